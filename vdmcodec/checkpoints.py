@@ -1,0 +1,144 @@
+"""Checkpoint files: config, EMA weights (half precision), the coding schedule and metadata.
+
+The file loads with torch.load(weights_only=True).  Its SHA-256 identifies the model in every
+.vdmc header; the gamma table at the coding T is stored in float64 so that the coder never
+recomputes it (a different CPU could round the schedule network differently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .model.vdm import VDM, VDMConfig
+
+FORMAT_NAME = "vdmcodec-checkpoint"
+FORMAT_VERSION = 1
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT_NAME = "default.pt"
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Where shipped checkpoints are looked for: the source tree, then an installed copy."""
+    return [PACKAGE_DIR.parent / "checkpoints", Path(sys.prefix) / "share" / "vdmcodec" / "checkpoints"]
+
+
+@dataclass
+class LoadedModel:
+    model: VDM
+    gamma_table: torch.Tensor  # float64, T + 1 values
+    model_id: str
+    sha256: str
+    path: Path
+    meta: dict
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def half_state_dict(model: VDM) -> dict:
+    """Network weights in float16; the few schedule/decoder scalars stay float32."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        out[k] = v.half() if k.startswith("net.") and v.is_floating_point() else v.float()
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: dict) -> str:
+    """Write atomically; returns the file's SHA-256.  Weights are rounded to float16 first,
+    and the gamma table is computed from exactly the stored weights."""
+    state = half_state_dict(model)
+    probe = VDM(model.cfg)
+    probe.load_state_dict({k: v.float() for k, v in state.items()})
+    table = probe.schedule.table(model.cfg.steps)
+    blob = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model_id": model_id,
+        "config": model.cfg.to_dict(),
+        "state_dict": state,
+        "gamma_table": table.to(torch.float64),
+        "meta": meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+def default_checkpoint_path() -> Path:
+    env = os.environ.get("VDMCODEC_CHECKPOINT")
+    if env:
+        return Path(env)
+    for d in checkpoint_dirs():
+        if (d / DEFAULT_CHECKPOINT_NAME).exists():
+            return d / DEFAULT_CHECKPOINT_NAME
+    return checkpoint_dirs()[0] / DEFAULT_CHECKPOINT_NAME
+
+
+def resolve_checkpoint(spec: str | os.PathLike | None) -> Path:
+    """A path, a file name in the checkpoint folder, or None for the default."""
+    if spec is None:
+        return default_checkpoint_path()
+    p = Path(spec)
+    if p.exists():
+        return p
+    for d in checkpoint_dirs():
+        for cand in (d / str(spec), d / f"{spec}.pt"):
+            if cand.exists():
+                return cand
+    raise CheckpointError(f"checkpoint not found: {spec}")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise CheckpointError(f"not a readable checkpoint: {path} ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"not a vdmcodec checkpoint: {path}")
+    if blob.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported checkpoint version {blob.get('version')}: {path}")
+    return blob
+
+
+def load_checkpoint(spec: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
+    path = resolve_checkpoint(spec)
+    blob = read_checkpoint(path)
+    cfg = VDMConfig.from_dict(blob["config"])
+    model = VDM(cfg)
+    model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        gamma_table=blob["gamma_table"].to(torch.float64),
+        model_id=str(blob["model_id"]),
+        sha256=file_sha256(path),
+        path=Path(path),
+        meta=dict(blob.get("meta", {})),
+    )

@@ -1,0 +1,125 @@
+"""The epsilon-prediction network: a small, fully convolutional U-Net conditioned on gamma.
+
+No normalisation layers: every output pixel depends only on its receptive field, so a
+region coded on its own gives the same numbers however large it is, and CPU time goes to
+convolutions.  Residual branches end in zero-initialised convolutions and the output is
+eps_hat = z + net(z, gamma), which is the right answer at high noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class NetConfig:
+    channels: tuple[int, int, int] = (32, 64, 128)  # full, 1/2 and 1/4 resolution
+    down_blocks: tuple[int, int] = (1, 2)  # residual blocks at 1/2 and 1/4 on the way down
+    up_blocks: int = 1  # residual blocks at 1/2 on the way up
+    emb_dim: int = 128
+    fourier_exponents: tuple[int, ...] = (6, 7)
+    image_channels: int = 3
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def fourier_features(z: torch.Tensor, exponents: tuple[int, ...]) -> torch.Tensor:
+    """sin/cos(2 pi 2^n z): the n = 7 pair has a period of one pixel level (2/256)."""
+    feats = []
+    for n in exponents:
+        arg = z * (2.0 * math.pi * 2.0**n)
+        feats += [torch.sin(arg), torch.cos(arg)]
+    return torch.cat(feats, dim=1)
+
+
+def gamma_embedding(gamma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of gamma mapped to about [0, 1000], as in the VDM reference."""
+    t = (gamma.float() + 13.3) / 18.3 * 1000.0
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=gamma.device) / (half - 1))
+    args = t[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, emb_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(x))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = h * (1.0 + scale) + shift
+        return x + self.conv2(F.silu(h))
+
+
+class EpsNet(nn.Module):
+    """eps_hat(z, gamma) for z of shape (B, C, H, W), any H and W."""
+
+    def __init__(self, cfg: NetConfig | None = None):
+        super().__init__()
+        cfg = cfg or NetConfig()
+        self.cfg = cfg
+        c0, c1, c2 = cfg.channels
+        cin = cfg.image_channels * (1 + 2 * len(cfg.fourier_exponents))
+        self.emb = nn.Sequential(
+            nn.Linear(cfg.emb_dim, cfg.emb_dim * 2), nn.SiLU(), nn.Linear(cfg.emb_dim * 2, cfg.emb_dim)
+        )
+        self.stem = nn.Conv2d(cin, c0, 3, padding=1)
+        self.down1 = nn.Conv2d(4 * c0, c1, 1)
+        self.blocks1 = nn.ModuleList(ResBlock(c1, cfg.emb_dim) for _ in range(cfg.down_blocks[0]))
+        self.down2 = nn.Conv2d(4 * c1, c2, 1)
+        self.blocks2 = nn.ModuleList(ResBlock(c2, cfg.emb_dim) for _ in range(cfg.down_blocks[1]))
+        self.up2 = nn.Conv2d(c2, 4 * c1, 1)
+        self.ublocks1 = nn.ModuleList(ResBlock(c1, cfg.emb_dim) for _ in range(cfg.up_blocks))
+        self.up1 = nn.Conv2d(c1, 4 * c0, 1)
+        self.head = nn.Conv2d(c0, c0, 3, padding=1)
+        self.out = nn.Conv2d(c0, cfg.image_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape.
+
+        A one-channel z (greyscale) is run as three equal channels and the outputs averaged.
+        """
+        grey = z.shape[1] == 1 and self.cfg.image_channels == 3
+        if grey:
+            z = z.expand(-1, 3, -1, -1)
+        b, _, h, w = z.shape
+        gamma = gamma.reshape(-1).to(z.dtype).expand(b) if gamma.numel() == 1 else gamma.to(z.dtype)
+        emb = self.emb(gamma_embedding(gamma, self.cfg.emb_dim))
+        ph, pw = (-h) % 4, (-w) % 4
+        x = F.pad(z, (0, pw, 0, ph), mode="replicate") if (ph or pw) else z
+        x = torch.cat([x, fourier_features(x, self.cfg.fourier_exponents)], dim=1)
+        h0 = self.stem(x)
+        h1 = self.down1(F.pixel_unshuffle(F.silu(h0), 2))
+        for blk in self.blocks1:
+            h1 = blk(h1, emb)
+        h2 = self.down2(F.pixel_unshuffle(F.silu(h1), 2))
+        for blk in self.blocks2:
+            h2 = blk(h2, emb)
+        u1 = h1 + F.pixel_shuffle(self.up2(F.silu(h2)), 2)
+        for blk in self.ublocks1:
+            u1 = blk(u1, emb)
+        u0 = h0 + F.pixel_shuffle(self.up1(F.silu(u1)), 2)
+        u0 = self.head(F.silu(u0))
+        out = self.out(F.silu(u0))[:, :, :h, :w]
+        eps = z + out
+        if grey:
+            eps = eps.mean(dim=1, keepdim=True)
+        return eps

@@ -1,0 +1,165 @@
+"""VDM terms in bits per dimension, and the per-step Gaussians the coder needs.
+
+Notation follows DESIGN.md section 1: x_tilde = (2x + 1)/256 - 1, sigma^2 = sigmoid(gamma),
+alpha^2 = sigmoid(-gamma), discrete times t_i = i/T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .network import EpsNet, NetConfig
+from .schedule import LearnedSchedule
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class VDMConfig:
+    steps: int = 64  # T, the same for training and coding
+    gamma0: float = -13.3
+    gamma1: float = 5.0
+    net: NetConfig = field(default_factory=NetConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["net"] = self.net.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VDMConfig":
+        d = dict(d)
+        d["net"] = NetConfig.from_dict(d["net"])
+        return cls(**d)
+
+
+def pixels_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8-valued pixels -> x_tilde = (2x + 1)/256 - 1 in float32."""
+    return (2.0 * x.float() + 1.0) / 256.0 - 1.0
+
+
+def sigma2(gamma: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(gamma)
+
+
+def alpha2(gamma: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(-gamma)
+
+
+def discretized_logistic_logp(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) under a logistic(loc, scale) discretised on the 256 levels (x uint8-valued).
+
+    The end bins take the tails.  Works in float64 for the tiny scales near gamma0.
+    """
+    x = x.double()
+    xt = (2.0 * x + 1.0) / 256.0 - 1.0
+    loc, scale = loc.double(), scale.double()
+    upper = (xt + 1.0 / 256.0 - loc) / scale
+    lower = (xt - 1.0 / 256.0 - loc) / scale
+    upper = torch.where(x >= 255, torch.full_like(upper, math.inf), upper)
+    lower = torch.where(x <= 0, torch.full_like(lower, -math.inf), lower)
+    # log(sigmoid(u) - sigmoid(l)) computed on the side of the bin nearer the centre
+    mid = 0.5 * (upper + lower)
+    flip = mid > 0
+    u = torch.where(flip, -lower, upper)
+    l = torch.where(flip, -upper, lower)
+    log_cdf_u = F.logsigmoid(u)
+    log_cdf_l = F.logsigmoid(l)
+    return log_cdf_u + torch.log1p(-torch.exp(torch.clamp(log_cdf_l - log_cdf_u, max=-1e-12)))
+
+
+class VDM(nn.Module):
+    def __init__(self, cfg: VDMConfig | None = None):
+        super().__init__()
+        cfg = cfg or VDMConfig()
+        self.cfg = cfg
+        self.schedule = LearnedSchedule(cfg.gamma0, cfg.gamma1)
+        self.net = EpsNet(cfg.net)
+        # learned log-correction of the pixel decoder's scale (tied to sigma0/alpha0)
+        self.decoder_log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
+        return self.terms(x)
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.steps
+
+    def eps_hat(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return self.net(z, gamma)
+
+    def decoder_scale(self, gamma0: torch.Tensor) -> torch.Tensor:
+        """Logistic scale of p(x | z_0) in x_tilde units: sigma0/alpha0 * sqrt(3)/pi * exp(c)."""
+        g = gamma0.double()
+        return torch.exp(0.5 * g) * (math.sqrt(3.0) / math.pi) * torch.exp(self.decoder_log_scale.double())
+
+    def terms(self, x: torch.Tensor, step_index: torch.Tensor | None = None, generator=None) -> dict:
+        """Per-image NELBO terms in bits per dimension (each a tensor of shape (B,)).
+
+        x: (B, C, H, W) uint8-valued.  step_index: (B,) ints in 1..T (default: stratified
+        random).  The diffusion term is the unbiased one-step estimate T * L_i.
+        """
+        b = x.shape[0]
+        dims = x[0].numel()
+        T = self.steps
+        xt = pixels_to_unit(x)
+        dev = x.device
+        if step_index is None:
+            u = torch.rand((), generator=generator, device=dev if generator is None else "cpu").item()
+            tcont = torch.remainder(u + torch.arange(b, device=dev, dtype=torch.float64) / b, 1.0)
+            step_index = torch.clamp(torch.floor(tcont * T).long() + 1, 1, T)
+        step_index = step_index.to(dev)
+        g_ends = self.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=dev))
+        g0, g1 = g_ends[0], g_ends[1]
+
+        # reconstruction: z_0 ~ q(z_0 | x), -log p(x | z_0)
+        e0 = torch.randn(x.shape, generator=generator, device=dev if generator is None else "cpu").to(dev)
+        a0, s0 = torch.sqrt(alpha2(g0)), torch.sqrt(sigma2(g0))
+        z0 = a0.float() * xt + s0.float() * e0
+        loc = z0.double() / a0
+        recon = -discretized_logistic_logp(x, loc, self.decoder_scale(g0)).flatten(1).sum(1)
+
+        # prior: KL(q(z_1 | x) || N(0, I))
+        a1sq, s1sq = alpha2(g1), sigma2(g1)
+        xt64 = xt.double().flatten(1)
+        prior = 0.5 * (s1sq + a1sq * xt64**2 - torch.log(s1sq) - 1.0).sum(1)
+
+        # diffusion: T * 1/2 (SNR(s) - SNR(t)) ||x - x_hat||^2 = T/2 expm1(g_t - g_s) ||eps - eps_hat||^2
+        t = step_index.double() / T
+        s = (step_index.double() - 1.0) / T
+        g_t = self.schedule(t)
+        g_s = self.schedule(s)
+        eps = torch.randn(x.shape, generator=generator, device=dev if generator is None else "cpu").to(dev)
+        at = torch.sqrt(alpha2(g_t)).float()[:, None, None, None]
+        st = torch.sqrt(sigma2(g_t)).float()[:, None, None, None]
+        zt = at * xt + st * eps
+        eps_hat = self.eps_hat(zt, g_t.float())
+        mse = ((eps - eps_hat) ** 2).flatten(1).sum(1).double()
+        diffusion = 0.5 * T * torch.expm1(g_t - g_s) * mse
+
+        scale = 1.0 / (dims * LN2)
+        out = {
+            "recon": recon * scale,
+            "prior": prior * scale,
+            "diffusion": diffusion * scale,
+        }
+        out["nelbo"] = out["recon"] + out["prior"] + out["diffusion"]
+        return out
+
+    @torch.no_grad()
+    def step_diffusion_bits(self, x: torch.Tensor, step: int, generator=None) -> torch.Tensor:
+        """Exact-in-expectation bits of diffusion step `step` (1..T), summed over dims, per image."""
+        T = self.steps
+        xt = pixels_to_unit(x)
+        g = self.schedule(torch.tensor([(step - 1) / T, step / T], dtype=torch.float64, device=x.device))
+        eps = torch.randn(x.shape, generator=generator).to(x.device)
+        at, st = torch.sqrt(alpha2(g[1])).float(), torch.sqrt(sigma2(g[1])).float()
+        eps_hat = self.eps_hat(at * xt + st * eps, g[1].float().expand(x.shape[0]))
+        mse = ((eps - eps_hat) ** 2).flatten(1).sum(1).double()
+        return 0.5 * torch.expm1(g[1] - g[0]) * mse / LN2

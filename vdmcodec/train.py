@@ -1,0 +1,347 @@
+"""Train a VDM on folders of images: `vdmcodec train` or `python -m vdmcodec.train`.
+
+Random crops and flips, AdamW, EMA weights, gradient clipping, a wall-clock budget,
+periodic checkpoints, --resume, a held-out evaluation, and a JSON-lines log of the three
+NELBO terms in bits per dimension.  Uses CUDA (bf16 autocast for the network) when present
+and torch.distributed when started by torchrun (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoints import read_checkpoint, save_checkpoint
+from .model.network import NetConfig
+from .model.vdm import VDM, VDMConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+def list_images(folders: list[str]) -> list[Path]:
+    files = []
+    for folder in folders:
+        p = Path(folder)
+        if p.is_file():
+            files.append(p)
+            continue
+        files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    return files
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class CropSampler:
+    """Crops from large images (area-weighted) and whole small images (smaller than a crop)."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, p_small: float, p_grey: float):
+        self.large = [im for im in images if min(im.shape[:2]) >= crop]
+        self.small = [im for im in images if min(im.shape[:2]) < crop]
+        self.small_size = min((min(im.shape[:2]) for im in self.small), default=0)
+        areas = np.array([im.shape[0] * im.shape[1] for im in self.large], dtype=np.float64)
+        self.weights = areas / areas.sum() if len(areas) else None
+        self.crop = crop
+        self.rng = rng
+        self.p_small = p_small if self.small and self.large else (1.0 if self.small else 0.0)
+        self.p_grey = p_grey
+
+    def _crop(self, im: np.ndarray, size: int) -> np.ndarray:
+        h, w = im.shape[:2]
+        y = self.rng.integers(0, h - size + 1)
+        x = self.rng.integers(0, w - size + 1)
+        out = im[y : y + size, x : x + size]
+        if self.rng.random() < 0.5:
+            out = out[:, ::-1]
+        return out
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """(B, C, H, W) uint8-valued int64 tensor; C = 1 for a greyscale batch."""
+        if self.rng.random() < self.p_small:
+            # same pixel count as a batch of crops
+            n = max(1, batch_size * (self.crop // self.small_size) ** 2)
+            idx = self.rng.integers(0, len(self.small), n)
+            crops = [self._crop(self.small[i], self.small_size) for i in idx]
+        else:
+            idx = self.rng.choice(len(self.large), batch_size, p=self.weights)
+            crops = [self._crop(self.large[i], self.crop) for i in idx]
+        arr = np.stack(crops).astype(np.int64)
+        if self.rng.random() < self.p_grey:
+            arr = ((arr[..., 0] * 299 + arr[..., 1] * 587 + arr[..., 2] * 114 + 500) // 1000)[..., None]
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+
+def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """Every `every`-th file (in sorted order) is held out for evaluation."""
+    hold = [f for i, f in enumerate(files) if i % every == every // 2]
+    keep = [f for i, f in enumerate(files) if i % every != every // 2]
+    return keep, hold
+
+
+def eval_batches(images: list[np.ndarray], crop: int, max_large: int = 12, max_small: int = 64) -> list[torch.Tensor]:
+    """Fixed centre crops of held-out images, grouped into batches of one size each."""
+    large = [im for im in images if min(im.shape[:2]) >= crop][:max_large]
+    small = [im for im in images if min(im.shape[:2]) < crop][:max_small]
+    out = []
+    if large:
+        crops = []
+        for im in large:
+            h, w = im.shape[:2]
+            y, x = (h - crop) // 2, (w - crop) // 2
+            crops.append(im[y : y + crop, x : x + crop])
+        out.append(torch.from_numpy(np.stack(crops).astype(np.int64)).permute(0, 3, 1, 2).contiguous())
+    if small:
+        s = min(min(im.shape[:2]) for im in small)
+        out.append(torch.from_numpy(np.stack([im[:s, :s] for im in small]).astype(np.int64)).permute(0, 3, 1, 2).contiguous())
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: VDM, batches: list[torch.Tensor], device: torch.device, repeats: int = 4, seed: int = 0) -> dict:
+    """Mean NELBO terms (bpd) over held-out batches, with a fixed seed and stratified steps."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0, "nelbo": 0.0}
+    count = 0
+    T = model.steps
+    for rep in range(repeats):
+        for xb in batches:
+            b = xb.shape[0]
+            steps = ((torch.arange(b) * T) // b + (rep * T) // (repeats * max(b, 1)) + rep) % T + 1
+            for i in range(0, b, 16):
+                terms = model.terms(xb[i : i + 16].to(device), step_index=steps[i : i + 16].to(device), generator=gen)
+                for k in sums:
+                    sums[k] += float(terms[k].sum())
+                count += terms["nelbo"].shape[0]
+    model.train()
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vdmcodec train", description=__doc__.split("\n")[0])
+    p.add_argument("data", nargs="+", help="folders (or files) of training images")
+    p.add_argument("--out", default="runs/default", help="run folder: state.pt, model.pt, log.jsonl")
+    p.add_argument("--resume", help="a run's state.pt (full resume) or a shipped checkpoint (weights only)")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    p.add_argument("--steps-T", type=int, default=64, help="diffusion steps T (training = coding)")
+    p.add_argument("--channels", default="16,64,128")
+    p.add_argument("--down-blocks", default="1,3")
+    p.add_argument("--up-blocks", type=int, default=1)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--final-decay", type=float, default=0.25, help="last fraction of the budget with linear LR decay")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--p-small", type=float, default=0.15, help="share of batches of whole small images")
+    p.add_argument("--p-grey", type=float, default=0.1, help="share of greyscale batches")
+    p.add_argument("--holdout-every", type=int, default=20)
+    p.add_argument("--eval-minutes", type=float, default=10.0)
+    p.add_argument("--ckpt-minutes", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-id", default="vdmc-rgb")
+    return p.parse_args(argv)
+
+
+def build_config(args) -> VDMConfig:
+    net = NetConfig(
+        channels=tuple(int(c) for c in args.channels.split(",")),
+        down_blocks=tuple(int(c) for c in args.down_blocks.split(",")),
+        up_blocks=args.up_blocks,
+    )
+    return VDMConfig(steps=args.steps_T, net=net)
+
+
+def lr_at(args, step: int, frac_time: float) -> float:
+    warm = min(1.0, (step + 1) / max(args.warmup, 1))
+    start = 1.0 - args.final_decay
+    decay = 1.0 if frac_time < start else max(0.1, 1.0 - 0.9 * (frac_time - start) / max(args.final_decay, 1e-9))
+    return args.lr * warm * decay
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.manual_seed(args.seed + rank)
+    rng = np.random.default_rng(args.seed + 1000 * rank + int(time.time()) % 100000)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    files = list_images(args.data)
+    if not files:
+        print(f"no images under {args.data}", file=sys.stderr)
+        return 2
+    train_files, hold_files = split_holdout(files, args.holdout_every)
+    train_imgs = [load_rgb(f) for f in train_files]
+    hold_imgs = [load_rgb(f) for f in hold_files]
+    sampler = CropSampler(train_imgs, args.crop, rng, args.p_small, args.p_grey)
+    eval_sets = eval_batches(hold_imgs, 128 if args.crop >= 64 else args.crop)
+
+    state = None
+    prior_meta = {"steps": 0, "images_seen": 0, "wall_seconds": 0.0}
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        if state.get("format") == "vdmcodec-checkpoint":
+            blob = read_checkpoint(args.resume)
+            cfg = VDMConfig.from_dict(blob["config"])
+            prior_meta.update({k: blob["meta"].get(k, prior_meta[k]) for k in prior_meta})
+        else:
+            cfg = VDMConfig.from_dict(state["config"])
+            prior_meta.update(state["meta"])
+    else:
+        cfg = build_config(args)
+
+    model = VDM(cfg).to(device)
+    if state is not None:
+        weights = state["state_dict"] if "state_dict" in state else state["model"]
+        model.load_state_dict({k: v.float() for k, v in weights.items()})
+    ema = EMA(model, args.ema)
+    if state is not None and "ema" in state:
+        ema.shadow.load_state_dict(state["ema"])
+        ema.updates = state.get("ema_updates", 10_000)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if state is not None and "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_params = sum(p.numel() for p in model.net.parameters())
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+
+    def write_log(rec: dict):
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+    write_log({"event": "start", "config": cfg.to_dict(), "params": n_params, "args": vars(args), "world": world,
+               "device": str(device), "train_files": len(train_files), "holdout_files": len(hold_files), **prior_meta})
+
+    t_start = time.time()
+    budget = args.minutes * 60.0
+    last_ckpt = last_eval = t_start
+    step = 0
+    run_sums = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0, "nelbo": 0.0}
+    run_n = 0
+    last_eval_result = prior_meta.get("eval")
+    amp = device.type == "cuda"
+
+    def save(final: bool = False):
+        nonlocal last_eval_result
+        if rank != 0:
+            return
+        meta = {
+            "steps": prior_meta["steps"] + step,
+            "images_seen": prior_meta["images_seen"] + step * args.batch * world,
+            "wall_seconds": prior_meta["wall_seconds"] + (time.time() - t_start),
+            "train_data": [str(d) for d in args.data],
+            "holdout_every": args.holdout_every,
+            "params": n_params,
+            "eval": last_eval_result,
+            "torch": torch.__version__,
+        }
+        torch.save(
+            {"config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.shadow.state_dict(),
+             "ema_updates": ema.updates, "optimizer": opt.state_dict(), "meta": meta},
+            out / "state.pt.tmp",
+        )
+        os.replace(out / "state.pt.tmp", out / "state.pt")
+        save_checkpoint(out / "model.pt", ema.shadow, args.model_id, meta)
+        write_log({"event": "checkpoint", "final": final, **{k: meta[k] for k in ("steps", "images_seen", "wall_seconds")}})
+
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
+            break
+        lr = lr_at(args, prior_meta["steps"] + step if state is not None and "optimizer" in state else step, elapsed / budget)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xb = sampler.batch(args.batch).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            terms = train_model(xb)
+        loss = terms["nelbo"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+        for k in run_sums:
+            run_sums[k] += float(terms[k].detach().mean())
+        run_n += 1
+        if step % 50 == 0 and rank == 0:
+            g = model.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)).tolist()
+            write_log({"event": "train", "step": prior_meta["steps"] + step, "elapsed": round(time.time() - t_start, 1),
+                       "lr": lr, "gnorm": float(gnorm), "gamma0": g[0], "gamma1": g[1],
+                       **{k: v / run_n for k, v in run_sums.items()}})
+            run_sums = dict.fromkeys(run_sums, 0.0)
+            run_n = 0
+        now = time.time()
+        if rank == 0 and now - last_eval >= args.eval_minutes * 60.0:
+            last_eval_result = evaluate(ema.shadow, eval_sets, device)
+            write_log({"event": "eval", "step": prior_meta["steps"] + step, "elapsed": round(now - t_start, 1), **last_eval_result})
+            last_eval = time.time()
+        if now - last_ckpt >= args.ckpt_minutes * 60.0:
+            save()
+            last_ckpt = time.time()
+
+    if rank == 0:
+        last_eval_result = evaluate(ema.shadow, eval_sets, device)
+        write_log({"event": "eval", "step": prior_meta["steps"] + step, "elapsed": round(time.time() - t_start, 1), **last_eval_result})
+    save(final=True)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
