@@ -286,7 +286,7 @@ def main(argv=None) -> int:
             "holdout_every": args.holdout_every,
             "params": n_params,
             "eval": last_eval_result,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
         torch.save(
             {"config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.shadow.state_dict(),

@@ -1,0 +1,219 @@
+"""The .vdmc container: round trip and every way a file can be damaged."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+
+from vdmcodec.container import FORMAT_VERSION, MAGIC, pack_container, read_header, unpack_container
+from vdmcodec.errors import CorruptFileError, InputNotFoundError, UnsupportedVersionError
+
+HEADER = {"model": {"id": "vdm-test", "sha256": "ab" * 32}, "coder": {"precision": 24}, "note": "größe ✓"}
+SECTIONS = [("image0", b"\x00\x01\x02" * 7), ("alpha0", b"\xff" * 5), ("empty", b""), ("tail", b"xyz")]
+HEADER_START = len(MAGIC) + 6
+
+
+@pytest.fixture
+def packed() -> bytes:
+    return pack_container(HEADER, SECTIONS)
+
+
+def header_length(data: bytes) -> int:
+    return struct.unpack_from("<I", data, len(MAGIC) + 2)[0]
+
+
+def sections_start(data: bytes) -> int:
+    return HEADER_START + header_length(data) + 4
+
+
+def expect_error(data: bytes, cls: type[Exception], words: tuple[str, ...] = ()) -> str:
+    """The exact class, never anything else (a bare struct/json error would be a bug)."""
+    with pytest.raises(Exception) as info:
+        unpack_container(data, source="f.vdmc")
+    assert type(info.value) is cls, f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value)
+    assert "f.vdmc" in message
+    for word in words:
+        assert word in message
+    return message
+
+
+def rebuild(header_bytes: bytes, tail: bytes = b"", version: int = FORMAT_VERSION) -> bytes:
+    """A container with an arbitrary header text but a valid header CRC: what a buggy or
+    hostile writer could produce."""
+    body = struct.pack("<HI", version, len(header_bytes)) + header_bytes
+    return MAGIC + body + struct.pack("<I", zlib.crc32(body)) + tail
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip(packed):
+    header, sections = unpack_container(packed)
+    assert sections == dict(SECTIONS)
+    assert list(sections) == [name for name, _ in SECTIONS]
+    assert {k: v for k, v in header.items() if k != "sections"} == HEADER
+    assert header["sections"] == [
+        {"name": n, "bytes": len(d), "crc32": zlib.crc32(d)} for n, d in SECTIONS
+    ]
+
+
+def test_layout_matches_spec(packed):
+    assert packed.startswith(b"\x89VDMC\r\n\x1a")
+    assert struct.unpack_from("<H", packed, 8)[0] == 1
+    n = header_length(packed)
+    text = packed[14 : 14 + n]
+    header = json.loads(text)
+    assert text == json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert struct.unpack_from("<I", packed, 14 + n)[0] == zlib.crc32(packed[8 : 14 + n])
+    assert packed[18 + n :] == b"".join(d for _, d in SECTIONS)
+
+
+def test_pack_does_not_modify_callers_header_and_overrides_sections():
+    header = dict(HEADER, sections="stale")
+    data = pack_container(header, [("a", b"1")])
+    assert header["sections"] == "stale"
+    assert unpack_container(data)[0]["sections"] == [{"name": "a", "bytes": 1, "crc32": zlib.crc32(b"1")}]
+
+
+def test_no_sections_and_deterministic_output():
+    assert unpack_container(pack_container({}, [])) == ({"sections": []}, {})
+    assert pack_container({"b": 1, "a": 2}, SECTIONS) == pack_container({"a": 2, "b": 1}, SECTIONS)
+
+
+def test_duplicate_section_names_rejected_when_packing():
+    with pytest.raises(ValueError):
+        pack_container({}, [("a", b""), ("a", b"x")])
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def test_every_truncation_is_reported(packed):
+    expect_error(b"", CorruptFileError, ("empty",))
+    for end in range(1, len(packed)):
+        expect_error(packed[:end], CorruptFileError, ("truncated",))
+
+
+def test_every_single_bit_flip_in_header_is_detected(packed):
+    end = sections_start(packed)
+    for pos in range(len(MAGIC), end):
+        damaged = bytearray(packed)
+        damaged[pos] ^= 0x10
+        with pytest.raises((CorruptFileError, UnsupportedVersionError)):
+            unpack_container(bytes(damaged))
+
+
+@pytest.mark.parametrize("offset", [0, 3, 5])
+def test_flipped_header_json_byte_is_corrupt(packed, offset):
+    damaged = bytearray(packed)
+    damaged[HEADER_START + offset] ^= 0x01
+    expect_error(bytes(damaged), CorruptFileError, ("corrupt", "header"))
+
+
+def test_flipped_header_crc_is_corrupt(packed):
+    damaged = bytearray(packed)
+    damaged[sections_start(packed) - 1] ^= 0x80
+    expect_error(bytes(damaged), CorruptFileError, ("corrupt",))
+
+
+def test_flipped_section_byte_is_corrupt_and_names_section(packed):
+    start = sections_start(packed)
+    for pos in range(start, len(packed)):
+        damaged = bytearray(packed)
+        damaged[pos] ^= 0xFF
+        message = expect_error(bytes(damaged), CorruptFileError, ("corrupt",))
+        assert "section" in message
+
+
+def test_huge_header_length_is_truncation_not_memory_error(packed):
+    damaged = bytearray(packed)
+    struct.pack_into("<I", damaged, len(MAGIC) + 2, 0xFFFFFFFF)
+    expect_error(bytes(damaged), CorruptFileError, ("truncated",))
+
+
+NOT_VDMC = [b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"hello world, not a codec file", b"\x00" * 3]
+
+
+@pytest.mark.parametrize("bad", NOT_VDMC)
+def test_wrong_magic(bad):
+    expect_error(bad, CorruptFileError, ("not a .vdmc file",))
+
+
+@pytest.mark.parametrize("version", [0, 2, 65535])
+def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
+    damaged = bytearray(packed)
+    struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
+    message = expect_error(bytes(damaged), UnsupportedVersionError, (str(version),))
+    assert "newer" in message or version == 0
+
+
+def test_version_checked_on_short_newer_file():
+    expect_error(MAGIC + struct.pack("<H", 2), UnsupportedVersionError)
+
+
+@pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
+def test_trailing_bytes_are_corrupt(packed, garbage):
+    expect_error(packed + garbage, CorruptFileError, ("corrupt", "after the last section"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"\xff\xfe not utf-8",
+        b"{not json",
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b"{}",
+        b'{"sections": 5}',
+        b'{"sections": [{"name": "a", "bytes": -1, "crc32": 0}]}',
+        b'{"sections": [{"name": "a", "bytes": true, "crc32": 0}]}',
+        b'{"sections": [{"name": "a", "bytes": 0, "crc32": 4294967296}]}',
+        b'{"sections": [{"name": 7, "bytes": 0, "crc32": 0}]}',
+        b'{"sections": [{"name": "a", "bytes": 1.5, "crc32": 0}]}',
+        b'{"sections": [{"name": "a", "bytes": 0, "crc32": 0}, {"name": "a", "bytes": 0, "crc32": 0}]}',
+        b'{"sections": ["a"]}',
+        b"[" * 100000 + b"]" * 100000,
+    ],
+)
+def test_bad_header_with_valid_crc_is_corrupt(text):
+    expect_error(rebuild(text), CorruptFileError, ("corrupt",))
+
+
+def test_sections_longer_than_file_is_truncated():
+    text = b'{"sections":[{"bytes":10,"crc32":0,"name":"a"}]}'
+    expect_error(rebuild(text, b"12345"), CorruptFileError, ("truncated",))
+
+
+# ----------------------------------------------------------------------------- read_header
+
+
+def test_read_header_from_file(tmp_path, packed):
+    path = tmp_path / "x.vdmc"
+    path.write_bytes(packed)
+    header, size = read_header(path)
+    assert size == len(packed)
+    assert header == unpack_container(packed)[0]
+
+
+def test_read_header_errors(tmp_path, packed):
+    with pytest.raises(InputNotFoundError):
+        read_header(tmp_path / "missing.vdmc")
+    path = tmp_path / "x.vdmc"
+    path.write_bytes(packed[:-1])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        read_header(path)
+    path.write_bytes(packed + b"!")
+    with pytest.raises(CorruptFileError, match="after the last section"):
+        read_header(path)
+    path.write_bytes(b"GIF89a" + bytes(20))
+    with pytest.raises(CorruptFileError, match="not a .vdmc"):
+        read_header(path)
+    damaged = bytearray(packed)
+    struct.pack_into("<H", damaged, len(MAGIC), 3)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(UnsupportedVersionError):
+        read_header(path)

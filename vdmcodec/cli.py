@@ -1,0 +1,368 @@
+"""The `vdmcodec` command line.  No maths here: it reads arguments, calls codec/evaluate,
+writes files atomically, and maps every error to its exit code in one place (`run`).
+Data goes to stdout, progress bars and messages to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import (
+    InputNotFoundError,
+    OutputExistsError,
+    UsageError,
+    VdmcError,
+)
+
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on stderr, silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="px·step", unit_scale=True, file=sys.stderr,
+                disable=not sys.stderr.isatty(), leave=False)
+
+
+def run(fn):
+    """Run a command body; every error becomes one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        show_tb = bool(ctx.find_root().params.get("traceback"))
+        try:
+            return fn(*args, **kwargs)
+        except VdmcError as exc:
+            if show_tb:
+                traceback.print_exc()
+            click.echo(f"vdmcodec: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("vdmcodec: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: say so plainly, no traceback unless asked
+            if show_tb:
+                traceback.print_exc()
+            click.echo(f"vdmcodec: internal error: {type(exc).__name__}: {exc} (run with --traceback for details)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _versions() -> str:
+    import constriction  # noqa: F401
+    import numpy
+    import torch
+
+    from .coding.ans import ANS_NAME, ANS_VERSION
+
+    lines = [f"vdmcodec {__version__}", f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
+             f"{ANS_NAME} {ANS_VERSION}", f"numpy {numpy.__version__}"]
+    try:
+        from .checkpoints import default_checkpoint_path, file_sha256, read_checkpoint
+
+        p = default_checkpoint_path()
+        lines.append(f"default model {read_checkpoint(p)['model_id']} sha256 {file_sha256(p)}")
+    except VdmcError as exc:
+        lines.append(f"default model: unavailable ({exc})")
+    return "\n".join(lines)
+
+
+def _print_version(ctx, _param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(_versions())
+        ctx.exit(0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show versions that matter for exact decoding, and exit.")
+@click.option("--traceback", is_flag=True, help="Show Python tracebacks on errors.")
+def main(traceback: bool):
+    """Lossless image compression with a variational diffusion model and bits-back ANS."""
+
+
+# ------------------------------------------------------------------ compress
+def _load_coder(checkpoint, device, threads):
+    import torch
+
+    from .checkpoints import load_checkpoint
+    from .codec import Coder
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return Coder(load_checkpoint(checkpoint, device), device=device, threads=threads or 0)
+
+
+def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix: str) -> list[Path]:
+    if archive:
+        if not output:
+            raise UsageError("--archive needs -o ARCHIVE.vdmc")
+        return [Path(output)]
+    if len(inputs) == 1:
+        return [Path(output) if output else inputs[0].with_suffix(suffix)]
+    folder = Path(output) if output else None
+    outs = [(folder / p.stem).with_suffix(suffix) if folder else p.with_suffix(suffix) for p in inputs]
+    if len(set(outs)) != len(outs):
+        raise UsageError("several inputs would write the same output file; use --archive or rename inputs")
+    return outs
+
+
+def _refuse_existing(paths: list[Path], force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise OutputExistsError(f"{p} exists (use -f to overwrite)")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", help="Output file (one input or --archive) or folder (several inputs).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--no-verify", is_flag=True, help="Skip the decode check (faster; not recommended).")
+@click.option("--archive", is_flag=True, help="Write all inputs into one file with one chained stream.")
+@click.option("--checkpoint", help="Model checkpoint (path or name in checkpoints/); default: the shipped one.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=0, help="Coding threads (recorded in the file; default: cores, max 8).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@run
+def compress(images, output, force, no_verify, archive, checkpoint, device, threads, as_json):
+    """Compress images (PNG, ...) to .vdmc files."""
+    from .codec import compress_images, verify_roundtrip
+    from .image_io import atomic_write_bytes, load_image
+
+    inputs = list(images)
+    outputs = _plan_outputs(inputs, output, archive, ".vdmc")
+    _refuse_existing(outputs, force)
+    rasters = [(p.stem, load_image(p)) for p in inputs]  # all inputs checked before any work
+    if not archive and len(inputs) > 1 and output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    coder = _load_coder(checkpoint, device, threads)
+    groups = [(rasters, outputs[0], inputs)] if archive else [([r], o, [i]) for r, o, i in zip(rasters, outputs, inputs)]
+    for group, out_path, group_inputs in groups:
+        _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json,
+                        compress_images, verify_roundtrip, atomic_write_bytes)
+
+
+def _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json,
+                    compress_images, verify_roundtrip, atomic_write_bytes):
+    T = coder.step_model.T
+    work = T * sum(r.width * r.height for _, r in group if r.planes is not None)
+    with _progress(work, f"encode {out_path.name}") as bar:
+        t0 = time.perf_counter()
+        data, reports = compress_images(group, coder, progress=bar.update)
+        enc_s = time.perf_counter() - t0
+    dec_s = None
+    if not no_verify:
+        with _progress(work, f"verify {out_path.name}") as bar:
+            t0 = time.perf_counter()
+            verify_roundtrip(data, group, coder, progress=bar.update)
+            dec_s = time.perf_counter() - t0
+    atomic_write_bytes(out_path, data, overwrite=force)
+    total_dims = sum(r.dims for r in reports)
+    for inp, rep in zip(group_inputs, reports):
+        _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archive, as_json)
+
+
+def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archive, as_json):
+    share = rep.dims / total_dims if total_dims else 1.0
+    nbytes = (rep.exact_bits / 8 + rep.side_bytes) if archive else len(data)
+    rec = {
+        "input": str(inp),
+        "output": str(out_path),
+        "width": rep.width,
+        "height": rep.height,
+        "mode": rep.mode,
+        "bytes": round(nbytes) if archive else nbytes,
+        "bpd": 8 * nbytes / rep.dims,
+        "nelbo_bpd": rep.nelbo_bits / rep.dims if rep.nelbo_bits else None,
+        "overhead_bytes": round(nbytes - rep.nelbo_bits / 8) if rep.nelbo_bits else None,
+        "encode_seconds": enc_s * share,
+        "method": rep.method,
+        "regions": rep.regions,
+        "seed_bytes": rep.seed_bytes,
+        "side_bytes": rep.side_bytes,
+        "coder_overhead_bits": rep.exact_bits - rep.implied_bits,
+        "sampling_bits": rep.implied_bits - rep.nelbo_bits,
+        "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},
+    }
+    if dec_s is not None:
+        rec["decode_seconds"] = dec_s * share
+    if archive:
+        rec["archive_bytes"] = len(data)
+    if as_json:
+        click.echo(json.dumps(rec))
+        return
+    theory = f", NELBO {rec['nelbo_bpd']:.3f}" if rec["nelbo_bpd"] else ""
+    check = ", verified" if dec_s is not None else ", not verified"
+    click.echo(f"{inp} -> {out_path}: {rec['bytes']} bytes, {rec['bpd']:.3f} bpd{theory} [{rep.method}]{check}")
+
+
+# ------------------------------------------------------------------ decompress
+def _safe_name(name: str, idx: int) -> str:
+    base = Path(str(name)).name.strip()
+    return base if base and base not in (".", "..") else f"image{idx}"
+
+
+def _read_input(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputNotFoundError(f"{path}: is a folder") from None
+    except PermissionError:
+        raise InputNotFoundError(f"{path}: cannot read (permission denied)") from None
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", help="Output image (default: beside the input, .png); a folder for archives.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--checkpoint", help="Use this checkpoint (its hash must match the file's).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@run
+def decompress(file, output, force, checkpoint, device):
+    """Decompress a .vdmc file to the exact original image(s)."""
+    from .codec import decompress_bytes
+    from .container import unpack_container
+    from .image_io import save_image
+
+    data = _read_input(file)
+    header, _ = unpack_container(data, source=str(file))
+    entries = header.get("images") or []
+    if header.get("archive"):
+        folder = Path(output) if output else file.with_suffix("")
+        outs = [folder / f"{_safe_name(e.get('name'), i)}.png" for i, e in enumerate(entries)]
+    else:
+        outs = [Path(output) if output else file.with_suffix(".png")]
+    _refuse_existing(outs, force)
+    T = int(header.get("coder", {}).get("T", 0))
+    work = T * sum(int(e.get("width", 0)) * int(e.get("height", 0)) for e in entries if e.get("method") == "bitsback")
+    with _progress(work, f"decode {file.name}") as bar:
+        images = decompress_bytes(data, checkpoint=checkpoint, device=device, progress=bar.update)
+    if header.get("archive"):
+        outs[0].parent.mkdir(parents=True, exist_ok=True)
+    for (name, img), out in zip(images, outs):
+        save_image(img, out, overwrite=force)
+        click.echo(f"{file} -> {out}: {img.width}x{img.height} {img.mode}")
+
+
+# ------------------------------------------------------------------ info
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+@run
+def info(file, as_json):
+    """Show a .vdmc file's header: model, coder settings, images, size and bpd."""
+    from .container import read_header
+
+    if not file.exists():
+        raise InputNotFoundError(f"{file}: no such file")
+    header, size = read_header(file)
+    images = header.get("images", [])
+    dims = sum(_entry_dims(e) for e in images)
+    if as_json:
+        click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": 8 * size / dims if dims else None, "header": header}))
+        return
+    model = header.get("model", {})
+    coder = header.get("coder", {})
+    comp = header.get("compute", {})
+    click.echo(f"file:     {file} ({size} bytes, {8 * size / dims:.4f} bpd over {dims} dims)" if dims else f"file: {file}")
+    click.echo(f"written:  {header.get('generator')}, {'archive' if header.get('archive') else 'single image'}")
+    click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
+    click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
+    click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+    for e in images:
+        regions = len(e.get("layout", []))
+        click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
+                   f"{e.get('method')}" + (f", {regions} regions" if regions else ""))
+
+
+def _entry_dims(e: dict) -> int:
+    per_pixel = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1}.get(e.get("mode"), 1)
+    return int(e.get("width", 0)) * int(e.get("height", 0)) * per_pixel
+
+
+# ------------------------------------------------------------------ eval
+def _expand_inputs(items) -> list[Path]:
+    from .train import IMAGE_SUFFIXES
+
+    files = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputNotFoundError(f"{p}: no such file or folder")
+    return files
+
+
+@main.command(name="eval")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--checkpoint", help="Model checkpoint; default: the shipped one.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=0)
+@click.option("--seed", type=int, default=0, help="Seed of the latents drawn (the NELBO is an expectation).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@run
+def eval_cmd(inputs, checkpoint, device, threads, seed, as_json):
+    """The model's NELBO (bits per dimension) on whole images at the coding T, without coding."""
+    from .evaluate import image_nelbo
+    from .image_io import load_image
+
+    files = _expand_inputs(inputs)
+    coder = _load_coder(checkpoint, device, threads)
+    coder.activate()
+    total_bits = total_dims = 0.0
+    for f in files:
+        img = load_image(f)
+        if img.planes is None:
+            click.echo(f"vdmcodec: skipping {f}: mode {img.mode} is coded classically", err=True)
+            continue
+        t0 = time.perf_counter()
+        with _progress(coder.step_model.T * img.width * img.height, f"eval {f.name}") as bar:
+            res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update)
+        rec = {"input": str(f), "dims": res["dims"], "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
+               "T": coder.step_model.T, "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
+        total_bits += res["nelbo_bits"]
+        total_dims += res["dims"]
+        if as_json:
+            click.echo(json.dumps(rec))
+        else:
+            t = res["terms"]
+            click.echo(f"{f}: {res['nelbo_bpd']:.4f} bpd (recon {t['recon']:.4f}, prior {t['prior']:.4f}, "
+                       f"diffusion {t['diffusion']:.4f})")
+    if total_dims and not as_json:
+        click.echo(f"mean over {len(files)} images: {total_bits / total_dims:.4f} bpd (T={coder.step_model.T})")
+
+
+# ------------------------------------------------------------------ train
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def train(ctx):
+    """Train a model (see `vdmcodec train --help`)."""
+    from .train import main as train_main
+
+    ctx.exit(train_main(ctx.args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Images <-> .vdmc bytes: the header, the classic fallback, verification and archives.
+
+One ANS stack runs through all images of a file (an archive continues it across images).
+Per image: the planes the model codes (grey or RGB) go on the stack as row regions; alpha,
+palette images and the ICC profile go into classic sections of the container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoints import LoadedModel, checkpoint_dirs, file_sha256, load_checkpoint
+from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
+from .coding.chain import MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
+from .coding.classic import decode_rows, encode_rows
+from .coding.grids import PARAM_SNAP
+from .container import pack_container, unpack_container
+from .errors import (
+    CorruptFileError,
+    EnvironmentMismatchError,
+    ModelMismatchError,
+    VerificationError,
+)
+from .image_io import RasterImage, decode_alpha, encode_alpha, pixel_sha256
+
+CODER_NAME = "vdm-bitsback-v1"
+
+
+@dataclass
+class Coder:
+    """A loaded model plus the compute setup that coding must reproduce exactly."""
+
+    loaded: LoadedModel
+    device: str = "cpu"
+    threads: int = 0
+    step_model: StepModel = field(init=False)
+
+    def __post_init__(self):
+        self.threads = self.threads or default_threads()
+        self.loaded.model.to(self.device)
+        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device)
+
+    def activate(self) -> None:
+        """Deterministic settings; the thread count is part of the file (see DESIGN §3)."""
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def compute(self) -> dict:
+        return {
+            "device": "cuda" if self.device.startswith("cuda") else "cpu",
+            "threads": self.threads,
+            "torch": str(torch.__version__),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine(),
+            "numpy": np.__version__,
+        }
+
+
+def default_threads() -> int:
+    """Coding threads: results differ in the last bit between thread counts, so this is
+    recorded in every file and the decoder uses the same number."""
+    env = os.environ.get("VDMCODEC_THREADS")
+    return int(env) if env else max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass
+class ImageReport:
+    """Per-image numbers for --json and the benchmark."""
+
+    name: str
+    width: int
+    height: int
+    mode: str
+    dims: int
+    method: str
+    nelbo_bits: float = 0.0
+    exact_bits: int = 0
+    implied_bits: float = 0.0
+    seed_bytes: int = 0
+    side_bytes: int = 0
+    regions: int = 0
+    terms: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ encode
+def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, progress=None,
+                    allow_fallback: bool = True) -> tuple[bytes, list[ImageReport]]:
+    """All images into one .vdmc file (an archive when there are several)."""
+    coder.activate()
+    stack = AnsStack()
+    entries, sections, reports = [], [], []
+    for idx, (name, img) in enumerate(images):
+        entry, report = _encode_one(stack, coder, idx, name, img, sections, progress)
+        entries.append(entry)
+        reports.append(report)
+    words = stack.words()
+    header = _header(coder, entries, archive=len(images) > 1, ans_words=len(words))
+    data = pack_container(header, [("ans", words.astype("<u4").tobytes())] + sections)
+    if allow_fallback and len(images) == 1 and reports[0].method == "bitsback":
+        classic = _classic_file(coder, images[0], entries[0])
+        if len(classic) < len(data):
+            reports[0].method = "classic"
+            return classic, reports
+    return data, reports
+
+
+def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress) -> tuple[dict, ImageReport]:
+    entry = _image_entry(name, img)
+    report = ImageReport(name=name, width=img.width, height=img.height, mode=img.mode,
+                         dims=img.width * img.height * _channels(img), method="classic")
+    _add_side_sections(idx, img, entry, sections, report)
+    if img.planes is None:
+        entry["method"] = "classic"
+        return entry, report
+    try:
+        regions = encode_image(stack, coder.step_model, img.planes, progress=progress)
+    except CoderInputError as exc:  # a latent fell outside its window: astronomically rare
+        raise VerificationError(f"{name}: bits-back coding failed ({exc}); use a classic codec") from None
+    entry["method"] = "bitsback"
+    entry["layout"] = [_layout_item(r) for r in regions]
+    report.method = "bitsback"
+    report.regions = len(regions)
+    _fill_accounting(report, regions, coder, img)
+    return entry, report
+
+
+def _channels(img: RasterImage) -> int:
+    if img.planes is not None:
+        return img.planes.shape[2] + (1 if img.alpha is not None else 0)
+    return {"P": 1, "1": 1}.get(img.mode, 1)
+
+
+def _image_entry(name: str, img: RasterImage) -> dict:
+    return {
+        "name": name,
+        "width": img.width,
+        "height": img.height,
+        "mode": img.mode,
+        "bit_depth": 1 if img.mode == "1" else 8,
+        "planes": 0 if img.planes is None else int(img.planes.shape[2]),
+        "pixel_sha256": pixel_sha256(img).hex(),
+    }
+
+
+def _add_side_sections(idx: int, img: RasterImage, entry: dict, sections: list, report: ImageReport) -> None:
+    side = []
+    if img.alpha is not None:
+        side.append(("alpha", encode_alpha(img.alpha)))
+    if img.classic is not None:
+        side.append(("classic", img.classic))
+    if img.icc_profile:
+        side.append(("icc", img.icc_profile))
+    for kind, blob in side:
+        entry[kind] = f"{kind}{idx}"
+        sections.append((f"{kind}{idx}", blob))
+        report.side_bytes += len(blob)
+
+
+def _layout_item(r: RegionStats) -> dict:
+    item = {"rows": list(r.rows), "kind": r.kind}
+    if r.kind == "classic":
+        item["bytes"] = r.classic_bytes
+        item["codec"] = r.classic_codec
+    return item
+
+
+def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Coder, img: RasterImage) -> None:
+    """Exact bits, implied bits and the model's NELBO over the regions as coded.  A classic
+    seed has no NELBO of its own, so its rows are run through the chain on a scratch stack."""
+    terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
+    for r in regions:
+        report.exact_bits += r.exact_bits
+        report.implied_bits += r.implied_bits
+        if r.kind == "classic":
+            report.seed_bytes += r.classic_bytes
+            x = np.ascontiguousarray(img.planes[r.rows[0] : r.rows[1]].transpose(2, 0, 1))
+            scratch = AnsStack(np.random.default_rng(0).integers(0, 2**32, 64 + x.size // 2, dtype=np.uint32))
+            r_terms = encode_region(scratch, coder.step_model, x).terms
+        else:
+            r_terms = r.terms
+        for k in terms:
+            terms[k] += r_terms[k]
+    report.nelbo_bits = sum(terms.values())
+    report.terms = terms
+
+
+def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int) -> dict:
+    g = coder.step_model.grids
+    return {
+        "generator": f"vdmcodec {__version__}",
+        "archive": archive,
+        "model": {"id": coder.loaded.model_id, "sha256": coder.loaded.sha256},
+        "coder": {
+            "name": CODER_NAME,
+            "T": g.T,
+            "ans": f"{ANS_NAME} {ANS_VERSION}",
+            "precision_bits": PRECISION_BITS,
+            "param_snap": PARAM_SNAP,
+            "max_region_pixels": MAX_REGION_PIXELS,
+            "log2_delta": [int(np.log2(d)) for d in g.delta],
+        },
+        "compute": coder.compute(),
+        "ans_words": ans_words,
+        "images": entries,
+    }
+
+
+def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> bytes:
+    """The same image with its planes in a classic section instead of on the stack."""
+    name, img = image
+    codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))
+    entry = {k: v for k, v in entry.items() if k != "layout"}
+    entry["method"] = "classic-planes"
+    entry["planes_section"] = "planes0"
+    sections = [("planes0", blob)]
+    side = {"alpha": img.alpha is not None, "icc": bool(img.icc_profile)}
+    if side["alpha"]:
+        sections.append(("alpha0", encode_alpha(img.alpha)))
+    if side["icc"]:
+        sections.append(("icc0", img.icc_profile))
+    header = _header(coder, [entry], archive=False, ans_words=0)
+    return pack_container(header, [("ans", b"")] + sections)
+
+
+# ------------------------------------------------------------------ decode
+def find_model_for(header: dict, checkpoint: str | None = None, device: str = "cpu") -> LoadedModel:
+    """The checkpoint whose SHA-256 the file names: the one asked for, the default, or any
+    shipped one with that hash."""
+    want = header.get("model", {}).get("sha256")
+    mid = header.get("model", {}).get("id", "?")
+    tried = []
+    if checkpoint is not None:
+        lm = load_checkpoint(checkpoint, device)
+        if lm.sha256 == want:
+            return lm
+        raise ModelMismatchError(f"file needs model {mid} ({str(want)[:12]}), but {checkpoint} is {lm.model_id} ({lm.sha256[:12]})")
+    for d in checkpoint_dirs():
+        for p in sorted(d.glob("*.pt")) if d.is_dir() else []:
+            tried.append(p)
+            if file_sha256(p) == want:
+                return load_checkpoint(p, device)
+    raise ModelMismatchError(f"file needs model {mid} (sha256 {str(want)[:12]}...), which is not installed here")
+
+
+def decompress_bytes(data: bytes, *, checkpoint: str | None = None, device: str | None = None,
+                     coder: Coder | None = None, progress=None) -> list[tuple[str, RasterImage]]:
+    header, sections = unpack_container(data)
+    try:
+        return _decode_all(header, sections, checkpoint, device, coder, progress)
+    except (KeyError, TypeError, IndexError, ValueError, CoderInputError) as exc:
+        raise CorruptFileError(f"file content is inconsistent ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_all(header, sections, checkpoint, device, coder, progress):
+    images = header["images"]
+    needs_model = any(e["method"] == "bitsback" for e in images)
+    if needs_model and coder is None:
+        coder = _coder_for_file(header, checkpoint, device)
+    elif needs_model and coder.loaded.sha256 != header["model"]["sha256"]:
+        raise ModelMismatchError("file was written with a different model than the one loaded")
+    if coder is not None:
+        if needs_model:
+            coder.threads = int(header["compute"]["threads"])
+        coder.activate()
+    words = np.frombuffer(sections["ans"], dtype="<u4").astype(np.uint32)
+    if len(words) != header["ans_words"]:
+        raise CorruptFileError("payload length does not match the header")
+    stack = AnsStack(words) if len(words) else AnsStack()
+    decoded = [None] * len(images)
+    for idx in reversed(range(len(images))):
+        decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress)
+    if stack.num_bits() != 0:
+        raise CorruptFileError("payload has bits left over after decoding")
+    return [(e["name"], img) for e, img in zip(images, decoded)]
+
+
+def _coder_for_file(header, checkpoint, device) -> Coder:
+    comp = header["compute"]
+    want_dev = comp["device"]
+    if device is None or device == "auto":
+        device = "cuda" if want_dev == "cuda" and torch.cuda.is_available() else "cpu"
+    if want_dev == "cuda" and not device.startswith("cuda"):
+        raise EnvironmentMismatchError("file was encoded on a GPU; decoding needs a GPU of the same kind")
+    if want_dev == "cpu" and device.startswith("cuda"):
+        device = "cpu"  # a CPU-made file must decode on the CPU
+    lm = find_model_for(header, checkpoint, device)
+    return Coder(lm, device=device, threads=int(comp["threads"]))
+
+
+def _decode_one(stack, coder, entry, sections, progress) -> RasterImage:
+    h, w = int(entry["height"]), int(entry["width"])
+    nplanes = int(entry["planes"])
+    planes = None
+    if entry["method"] == "bitsback":
+        planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress)
+    elif entry["method"] == "classic-planes":
+        planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
+    alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None
+    img = RasterImage(
+        mode=entry["mode"], width=w, height=h, planes=planes, alpha=alpha,
+        classic=sections[entry["classic"]] if entry.get("classic") else None,
+        icc_profile=sections[entry["icc"]] if entry.get("icc") else None,
+    )
+    if pixel_sha256(img).hex() != entry["pixel_sha256"]:
+        raise VerificationError(
+            f"{entry['name']}: decoded pixels do not match the stored hash (the file is corrupt, or this "
+            f"machine's compute differs from the encoder's: {_compute_diff()})"
+        )
+    return img
+
+
+def _compute_diff() -> str:
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def verify_roundtrip(data: bytes, images: list[tuple[str, RasterImage]], coder: Coder, progress=None) -> None:
+    """Decode what was just encoded and insist on identical pixels (compress's safety net)."""
+    out = decompress_bytes(data, coder=coder, progress=progress)
+    for (name, img), (_, back) in zip(images, out):
+        if pixel_sha256(img) != pixel_sha256(back):
+            raise VerificationError(f"{name}: verification failed, the file would not decode to the same pixels")

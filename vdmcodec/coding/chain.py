@@ -1,0 +1,262 @@
+"""The Bit-Swap-ordered bits-back chain of DESIGN.md section 2, for regions and whole images.
+
+`StepModel` is the one place where distribution parameters come from; encoder and decoder
+both call it with the same latents and shapes.  Each region's chain finishes before the next
+region starts; region sizes grow with the bits already on the stack, and an image's first
+rows are seeded with a classic lossless code of themselves when the stack is too short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..model.vdm import VDM
+from .ans import AnsStack, Codec, categorical, windowed_gaussian
+from .classic import decode_rows, encode_rows
+from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
+
+LN2 = math.log(2.0)
+LOG2E = 1.0 / LN2
+MAX_REGION_PIXELS = 1 << 20  # bounds memory per network call (~24 MP images stay within 4 GB)
+STACK_MARGIN_BITS = 256
+
+
+@dataclass
+class RegionStats:
+    rows: tuple[int, int]
+    kind: str  # "bitsback" or "classic"
+    dims: int
+    exact_bits: int = 0  # how much the stack grew
+    implied_bits: float = 0.0  # sum of -log2 P + log2 Q of the latents actually drawn
+    nelbo_bits: float = 0.0  # the model's expected NELBO for this region
+    terms: dict = field(default_factory=dict)
+    classic_bytes: int = 0
+    classic_codec: str = ""
+
+
+class StepModel:
+    """Distribution parameters for every step, shared by encoder and decoder."""
+
+    def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu"):
+        self.model = model
+        self.device = torch.device(device)
+        table = np.asarray(gamma_table, dtype=np.float64)
+        scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
+        self.decoder_scale = float(snap(scale * 128.0, 2.0**-24))  # logistic scale in pixel levels
+        self.grids: ChainGrids = build_grids(table, self.decoder_scale)
+        self.T = self.grids.T
+
+    # ---- network ----
+    @torch.no_grad()
+    def eps(self, k: np.ndarray, i: int) -> np.ndarray:
+        """eps_hat at z_i = k * delta_i, snapped to PARAM_SNAP; k: int32 (C, H, W)."""
+        z = torch.from_numpy(k.astype(np.float32)).to(self.device)[None] * float(self.grids.delta[i])
+        gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
+        out = self.model.net(z, gamma)[0].to("cpu", torch.float64).numpy()
+        return snap(out, PARAM_SNAP)
+
+    def x_hat(self, k: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
+        g = self.grids
+        z = k.astype(np.float64) * g.delta[i]
+        return np.clip((z - g.sigma[i] * eps) / g.alpha[i], -1.0, 1.0)
+
+    # ---- codecs, each used for one pop and the matching push ----
+    def q_z0(self, xt: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+        g = self.grids
+        mean = g.alpha[0] * xt / g.delta[0]
+        std = np.full(xt.size, g.sigma[0] / g.delta[0])
+        return windowed_gaussian(mean.ravel(), std, int(g.q_half[0])), mean.ravel(), std
+
+    def q_forward(self, k_prev: np.ndarray, i: int) -> tuple[Codec, np.ndarray, np.ndarray]:
+        g = self.grids
+        mean = (k_prev.astype(np.float64) * (g.alpha_ts[i] * g.delta[i - 1] / g.delta[i])).ravel()
+        std = np.full(k_prev.size, g.sigma_ts[i] / g.delta[i])
+        return windowed_gaussian(mean, std, int(g.q_half[i])), mean, std
+
+    def p_reverse(self, k: np.ndarray, i: int, eps: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+        g = self.grids
+        z = k.astype(np.float64) * g.delta[i]
+        mu = g.post_a[i] * z + g.post_b[i] * self.x_hat(k, i, eps)
+        mean = (mu / g.delta[i - 1]).ravel()
+        std = np.full(k.size, g.post_s[i] / g.delta[i - 1])
+        return windowed_gaussian(mean, std, int(g.p_half[i])), mean, std
+
+    def p_prior(self, n: int) -> tuple[Codec, np.ndarray, np.ndarray]:
+        g = self.grids
+        mean = np.zeros(n)
+        std = np.full(n, 1.0 / g.delta[self.T])
+        return windowed_gaussian(mean, std, int(g.prior_half)), mean, std
+
+    def p_pixels(self, k0: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+        """Discretised logistic over a window of levels around z_0 / alpha_0 (in levels)."""
+        g = self.grids
+        loc = snap((k0.astype(np.float64).ravel() * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
+        width = 2 * g.x_half + 1
+        offset = np.clip(np.rint(loc).astype(np.int64) - g.x_half, 0, 256 - width)
+        levels = offset[:, None] + np.arange(width)[None, :]
+        upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / self.decoder_scale)
+        lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / self.decoder_scale)
+        probs = _sigmoid_diff(upper, lower)
+        probs = snap(probs, 2.0**-40) + 2.0**-40
+        probs = probs / probs.sum(1, keepdims=True)
+        return categorical(probs, offset), probs, offset
+
+
+def _sigmoid_diff(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """sigmoid(upper) - sigmoid(lower), computed on the side nearer zero for accuracy."""
+    flip = (upper + lower) > 0
+    u = np.where(flip, -lower, upper)
+    l = np.where(flip, -upper, lower)
+    with np.errstate(over="ignore", invalid="ignore"):
+        su = 1.0 / (1.0 + np.exp(-u))
+        sl = 1.0 / (1.0 + np.exp(-l))
+    return np.maximum(su - sl, 0.0)
+
+
+def gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """-log2 of the Gaussian mass of the grid cells of `symbols` (ideal, for accounting)."""
+    k = torch.from_numpy(symbols.astype(np.float64).ravel())
+    m = torch.from_numpy(mean)
+    s = torch.from_numpy(std)
+    hi = (k + 0.5 - m) / s
+    lo = (k - 0.5 - m) / s
+    flip = (hi + lo) > 0
+    a = torch.where(flip, -hi, lo)
+    b = torch.where(flip, -lo, hi)
+    lb = torch.special.log_ndtr(b)
+    la = torch.special.log_ndtr(a)
+    logmass = lb + torch.log1p(-torch.exp(torch.clamp(la - lb, max=-1e-300)))
+    return float(-logmass.sum()) * LOG2E
+
+
+def table_bits(symbols: np.ndarray, probs: np.ndarray, offset: np.ndarray) -> float:
+    idx = symbols.ravel().astype(np.int64) - offset
+    return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
+
+
+# ---------------------------------------------------------------- one region
+def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None) -> RegionStats:
+    """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting."""
+    g = sm.grids
+    start = stack.num_bits()
+    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+    shape = x.shape
+    implied = 0.0
+
+    q0, qm, qs = sm.q_z0(xt)
+    k_prev = q0.pop(stack).reshape(shape)
+    implied -= gaussian_bits(k_prev, qm, qs)
+    px, probs, offset = sm.p_pixels(k_prev)
+    px.push(stack, x.ravel().astype(np.int32))
+    recon = table_bits(x, probs, offset)
+    implied += recon
+    diffusion = 0.0
+    for i in range(1, sm.T + 1):
+        qi, qm, qs = sm.q_forward(k_prev, i)
+        k = qi.pop(stack).reshape(shape)
+        implied -= gaussian_bits(k, qm, qs)
+        eps = sm.eps(k, i)
+        diffusion += 0.5 * g.snr_weight(i) * float(((xt - sm.x_hat(k, i, eps)) ** 2).sum()) * LOG2E
+        pi, pm, ps = sm.p_reverse(k, i, eps)
+        pi.push(stack, k_prev.ravel())
+        implied += gaussian_bits(k_prev, pm, ps)
+        k_prev = k
+        if progress:
+            progress(shape[1] * shape[2])
+    prior_codec, pm, ps = sm.p_prior(k_prev.size)
+    prior_codec.push(stack, k_prev.ravel())
+    implied += gaussian_bits(k_prev, pm, ps)
+    a2, s2 = g.alpha[g.T] ** 2, g.sigma[g.T] ** 2
+    prior = 0.5 * float((s2 + a2 * xt**2 - math.log(s2) - 1.0).sum()) * LOG2E
+    return RegionStats(
+        rows=(0, 0), kind="bitsback", dims=x.size, exact_bits=stack.num_bits() - start, implied_bits=implied,
+        nelbo_bits=recon + prior + diffusion, terms={"recon": recon, "prior": prior, "diffusion": diffusion},
+    )
+
+
+def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], progress=None) -> np.ndarray:
+    """Exact mirror of encode_region: pops the pixels (C, H, W uint8) it pushed."""
+    prior_codec, _, _ = sm.p_prior(int(np.prod(shape)))
+    k = prior_codec.pop(stack).reshape(shape)
+    for i in range(sm.T, 0, -1):
+        eps = sm.eps(k, i)
+        pi, _, _ = sm.p_reverse(k, i, eps)
+        k_prev = pi.pop(stack).reshape(shape)
+        qi, _, _ = sm.q_forward(k_prev, i)
+        qi.push(stack, k.ravel())
+        k = k_prev
+        if progress:
+            progress(shape[1] * shape[2])
+    px, _, _ = sm.p_pixels(k)
+    x = px.pop(stack).reshape(shape)
+    if x.min() < 0 or x.max() > 255:
+        raise ValueError("decoded pixel out of range")
+    x = x.astype(np.uint8)
+    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+    q0, _, _ = sm.q_z0(xt)
+    q0.push(stack, k.ravel())
+    return x
+
+
+# ---------------------------------------------------------------- whole images
+def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: float) -> int:
+    """How many full rows the bits on the stack can pay for without running dry."""
+    per_row = bits_per_dim * width * channels
+    return int(max(0, stack_bits - STACK_MARGIN_BITS) // per_row)
+
+
+def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None) -> list[RegionStats]:
+    """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
+
+    Returns the region list (the layout goes into the file header, in coding order).
+    """
+    h, w, c = planes.shape
+    x = np.ascontiguousarray(planes.transpose(2, 0, 1))
+    need = sm.grids.pop_bits_per_dim()
+    max_rows = max(1, MAX_REGION_PIXELS // w)
+    regions: list[RegionStats] = []
+    row = 0
+    if rows_affordable(stack.num_bits(), w, c, need) < 1:
+        row = _push_classic_seed(stack, x, need, regions)
+    while row < h:
+        rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, need)))
+        st = encode_region(stack, sm, x[:, row : row + rows], progress=progress)
+        st.rows = (row, row + rows)
+        regions.append(st)
+        row += rows
+    return regions
+
+
+def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: list[RegionStats]) -> int:
+    """Push a classic code of the first rows: enough that the next region has a quarter of
+    their rows (a classic code costs less than a region needs per dim, so it cannot pay for
+    as many rows as it holds)."""
+    c, h, w = x.shape
+    rows = 1
+    while True:
+        codec, data = encode_rows(x[:, :rows])
+        if rows >= h or stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(1, min(rows // 4, h - rows)):
+            break
+        rows = min(h, rows * 2)
+    stack.push_bytes(data)
+    regions.append(RegionStats(rows=(0, rows), kind="classic", dims=x[:, :rows].size, exact_bits=8 * len(data),
+                               implied_bits=8 * len(data), classic_bytes=len(data), classic_codec=codec))
+    return rows
+
+
+def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channels: int, layout: list[dict],
+                 progress=None) -> np.ndarray:
+    """Pop an image coded by encode_image, given its region layout from the header."""
+    x = np.zeros((channels, height, width), dtype=np.uint8)
+    for reg in reversed(layout):
+        r0, r1 = reg["rows"]
+        if reg["kind"] == "classic":
+            data = stack.pop_bytes(int(reg["bytes"]))
+            x[:, r0:r1] = decode_rows(data, channels, r1 - r0, width)
+        else:
+            x[:, r0:r1] = decode_region(stack, sm, (channels, r1 - r0, width), progress=progress)
+    return np.ascontiguousarray(x.transpose(1, 2, 0))

@@ -1,0 +1,170 @@
+"""The .vdmc container: magic, version, a CRC-protected JSON header, then raw sections.
+
+Layout (all integers little-endian; see docs/FORMAT.md):
+
+    0       8 bytes   MAGIC
+    8       u16       format version
+    10      u32       header length H
+    14      H bytes   header: UTF-8 JSON object, compact, sorted keys
+    14+H    u32       CRC-32 of bytes 8 .. 14+H
+    18+H    sections, in the order of header["sections"], nothing after them
+
+Everything that can go wrong with a file on disk is reported as a CorruptFileError or
+UnsupportedVersionError naming the file; raw struct/json/Unicode errors never escape.
+No torch here, so `vdmcodec info` stays fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from typing import BinaryIO
+
+from vdmcodec.errors import CorruptFileError, UnsupportedVersionError
+from vdmcodec.image_io import open_input
+
+MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
+FORMAT_VERSION = 1
+
+_FIXED = struct.Struct("<HI")  # version, header length; follows the magic
+_PREFIX_SIZE = len(MAGIC) + _FIXED.size
+_CRC = struct.Struct("<I")
+
+
+def pack_container(header: dict, sections: list[tuple[str, bytes]]) -> bytes:
+    """Serialise header and sections. header["sections"] is (re)computed here so that it
+    always matches the data; the caller's dict is not modified."""
+    names = [name for name, _ in sections]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate section names: {names}")
+    header = dict(header)
+    header["sections"] = [
+        {"name": name, "bytes": len(data), "crc32": zlib.crc32(data)} for name, data in sections
+    ]
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    encoded = text.encode("utf-8")
+    body = _FIXED.pack(FORMAT_VERSION, len(encoded)) + encoded
+    return MAGIC + body + _CRC.pack(zlib.crc32(body)) + b"".join(bytes(data) for _, data in sections)
+
+
+def unpack_container(data: bytes, *, source: str = "input") -> tuple[dict, dict[str, bytes]]:
+    """Parse and fully validate a container; `source` names the file in error messages."""
+    data = bytes(data)
+    header, start = _read_header(io.BytesIO(data), len(data), source)
+    out: dict[str, bytes] = {}
+    offset = start
+    for sec in header["sections"]:
+        chunk = data[offset : offset + sec["bytes"]]
+        if zlib.crc32(chunk) != sec["crc32"]:
+            raise CorruptFileError(f"{source} is corrupt: section {sec['name']!r} fails its CRC check")
+        out[sec["name"]] = chunk
+        offset += sec["bytes"]
+    return header, out
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """Header and total file size, reading only the header bytes (for `vdmcodec info`).
+    The section sizes are still checked against the file size, so a truncated file is
+    reported here too; section CRCs are not (that needs the whole file)."""
+    with open_input(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        header, _ = _read_header(fh, size, str(path))
+    return header, size
+
+
+def _read_header(fh: BinaryIO, size: int, source: str) -> tuple[dict, int]:
+    """Validate everything up to the sections; return the header and where sections start."""
+    prefix = fh.read(_PREFIX_SIZE)
+    _check_magic(prefix, source)
+    _check_version(prefix, source)
+    if len(prefix) < _PREFIX_SIZE:
+        raise _truncated(source, "before the header length")
+    _, length = _FIXED.unpack_from(prefix, len(MAGIC))
+    start = _PREFIX_SIZE + length + _CRC.size
+    if start > size:
+        raise _truncated(source, f"the header needs {start} bytes, the file has {size}")
+    rest = fh.read(length + _CRC.size)
+    if len(rest) != length + _CRC.size:
+        raise _truncated(source, "while reading the header")
+    text, (crc,) = rest[:length], _CRC.unpack(rest[length:])
+    if zlib.crc32(prefix[len(MAGIC):] + text) != crc:
+        raise CorruptFileError(f"{source} is corrupt: the header fails its CRC check")
+    header = _parse_header(text, source)
+    _check_section_sizes(header["sections"], size - start, source)
+    return header, start
+
+
+def _check_magic(prefix: bytes, source: str) -> None:
+    head = prefix[: len(MAGIC)]
+    if head == MAGIC:
+        return
+    if not head:
+        raise CorruptFileError(f"{source} is empty, not a .vdmc file")
+    if len(head) < len(MAGIC) and MAGIC.startswith(head):
+        raise _truncated(source, "inside the magic number")
+    raise CorruptFileError(f"{source} is not a .vdmc file")
+
+
+def _check_version(prefix: bytes, source: str) -> None:
+    """Checked before the header CRC so that a file from a newer vdmcodec gets a version
+    message rather than a misleading 'corrupt' one."""
+    if len(prefix) < len(MAGIC) + 2:
+        raise _truncated(source, "before the format version")
+    (version,) = struct.unpack_from("<H", prefix, len(MAGIC))
+    if version != FORMAT_VERSION:
+        newer = " (written by a newer vdmcodec?)" if version > FORMAT_VERSION else ""
+        raise UnsupportedVersionError(
+            f"{source} uses .vdmc format version {version}{newer}; "
+            f"this vdmcodec reads version {FORMAT_VERSION}"
+        )
+
+
+def _parse_header(text: bytes, source: str) -> dict:
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptFileError(f"{source} is corrupt: the header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{source} is corrupt: the header is not a JSON object")
+    _check_section_list(header.get("sections"), source)
+    return header
+
+
+def _check_section_list(sections: object, source: str) -> None:
+    """The header CRC guards against accidents, not against crafted files: check types so
+    that later code can index the entries without surprises."""
+    bad = CorruptFileError(f"{source} is corrupt: the header has no valid 'sections' list")
+    if not isinstance(sections, list):
+        raise bad
+    names = set()
+    for sec in sections:
+        if not (
+            isinstance(sec, dict)
+            and isinstance(sec.get("name"), str)
+            and _is_uint(sec.get("bytes"), 1 << 63)
+            and _is_uint(sec.get("crc32"), 1 << 32)
+            and sec["name"] not in names
+        ):
+            raise bad
+        names.add(sec["name"])
+
+
+def _is_uint(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+
+
+def _check_section_sizes(sections: list[dict], available: int, source: str) -> None:
+    needed = sum(sec["bytes"] for sec in sections)
+    if needed > available:
+        raise _truncated(source, f"the sections need {needed} bytes, only {available} are present")
+    if needed < available:
+        raise CorruptFileError(
+            f"{source} is corrupt: {available - needed} unexpected bytes after the last section"
+        )
+
+
+def _truncated(source: str, where: str) -> CorruptFileError:
+    return CorruptFileError(f"{source} is truncated ({where})")
