@@ -231,7 +231,10 @@ def run_codec(key: str, pixels: np.ndarray, threads: int | None = None) -> Codec
 
 
 def available_codecs() -> dict[str, str | None]:
-    """key -> None if usable, else the reason it is not (checked on a tiny RGB probe)."""
+    """key -> None if usable, else the reason it is not (checked on a tiny RGB probe).
+
+    Only a missing library makes a codec unavailable: any other error on the probe (a lossy
+    or broken build) leaves it available, so that every image records it as a failure."""
     out: dict[str, str | None] = {}
     for key in CODECS:
         try:
@@ -239,6 +242,6 @@ def available_codecs() -> dict[str, str | None]:
             out[key] = None
         except CodecUnavailableError as exc:
             out[key] = str(exc)
-        except Exception as exc:  # a broken build: record it rather than crash the benchmark
-            out[key] = f"probe failed: {type(exc).__name__}: {exc}"
+        except Exception:
+            out[key] = None
     return out

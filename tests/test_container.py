@@ -41,9 +41,19 @@ def expect_error(data: bytes, cls: type[Exception], words: tuple[str, ...] = ())
     return message
 
 
-def rebuild(header_bytes: bytes, tail: bytes = b"", version: int = FORMAT_VERSION) -> bytes:
+def deflate(raw: bytes) -> bytes:
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return comp.compress(raw) + comp.flush()
+
+
+def inflate(blob: bytes) -> bytes:
+    return zlib.decompress(blob, -15)
+
+
+def rebuild(header_text: bytes, tail: bytes = b"", version: int = FORMAT_VERSION, *, raw: bool = False) -> bytes:
     """A container with an arbitrary header text but a valid header CRC: what a buggy or
-    hostile writer could produce."""
+    hostile writer could produce.  The text is deflated as the format says unless raw."""
+    header_bytes = header_text if raw else deflate(header_text)
     body = struct.pack("<HI", version, len(header_bytes)) + header_bytes
     return MAGIC + body + struct.pack("<I", zlib.crc32(body)) + tail
 
@@ -65,7 +75,7 @@ def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
     assert struct.unpack_from("<H", packed, 8)[0] == 1
     n = header_length(packed)
-    text = packed[14 : 14 + n]
+    text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
     assert text == json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert struct.unpack_from("<I", packed, 14 + n)[0] == zlib.crc32(packed[8 : 14 + n])
@@ -181,6 +191,12 @@ def test_trailing_bytes_are_corrupt(packed, garbage):
 )
 def test_bad_header_with_valid_crc_is_corrupt(text):
     expect_error(rebuild(text), CorruptFileError, ("corrupt",))
+
+
+def test_header_that_does_not_inflate_is_corrupt():
+    expect_error(rebuild(b'{"sections":[]}', raw=True), CorruptFileError, ("inflate",))
+    good = deflate(b'{"sections":[]}')
+    expect_error(rebuild(good + b"xx", raw=True), CorruptFileError, ("inflate",))
 
 
 def test_sections_longer_than_file_is_truncated():

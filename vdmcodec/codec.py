@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,6 @@ class Coder:
             "threads": self.threads,
             "torch": str(torch.__version__),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine(),
             "numpy": np.__version__,
         }
 
@@ -209,7 +207,6 @@ def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int)
             "precision_bits": PRECISION_BITS,
             "param_snap": PARAM_SNAP,
             "max_region_pixels": MAX_REGION_PIXELS,
-            "log2_delta": [int(np.log2(d)) for d in g.delta],
         },
         "compute": coder.compute(),
         "ans_words": ans_words,
@@ -272,7 +269,7 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
         raise ModelMismatchError("file was written with a different model than the one loaded")
     if coder is not None:
         if needs_model:
-            coder.threads = int(header["compute"]["threads"])
+            coder.threads = _file_threads(header)
         coder.activate()
     words = np.frombuffer(sections["ans"], dtype="<u4").astype(np.uint32)
     if len(words) != header["ans_words"]:
@@ -286,6 +283,13 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     return [(e["name"], img) for e, img in zip(images, decoded)]
 
 
+def _file_threads(header: dict) -> int:
+    threads = int(header["compute"]["threads"])
+    if not 1 <= threads <= 1024:
+        raise CorruptFileError(f"implausible thread count {threads} in header")
+    return threads
+
+
 def _coder_for_file(header, checkpoint, device) -> Coder:
     comp = header["compute"]
     want_dev = comp["device"]
@@ -296,7 +300,7 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
     if want_dev == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
     lm = find_model_for(header, checkpoint, device)
-    return Coder(lm, device=device, threads=int(comp["threads"]))
+    return Coder(lm, device=device, threads=_file_threads(header))
 
 
 def _decode_one(stack, coder, entry, sections, progress) -> RasterImage:

@@ -189,6 +189,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_grown(model: torch.nn.Module, weights: dict) -> bool:
+    """Load weights into a model that may have grown since (new parameters, wider input
+    convolutions): old entries are copied into the leading slices, the rest keeps its
+    initialisation (zeros for new input channels).  Returns True if nothing had to grow."""
+    own = model.state_dict()
+    exact = set(own) == set(weights)
+    with torch.no_grad():
+        for k, v in weights.items():
+            if k not in own:
+                exact = False
+                continue
+            v = v.float()
+            if own[k].shape == v.shape:
+                own[k].copy_(v)
+            else:
+                exact = False
+                if k.endswith("weight") and own[k].dim() == 4 and own[k].shape[0] == v.shape[0]:
+                    own[k].zero_()
+                    own[k][:, : v.shape[1]].copy_(v)
+                else:
+                    raise ValueError(f"cannot grow parameter {k} from {tuple(v.shape)} to {tuple(own[k].shape)}")
+    return exact
+
+
 def build_config(args) -> VDMConfig:
     net = NetConfig(
         channels=tuple(int(c) for c in args.channels.split(",")),
@@ -228,7 +252,8 @@ def main(argv=None) -> int:
     state = None
     prior_meta = {"steps": 0, "images_seen": 0, "wall_seconds": 0.0}
     if args.resume:
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        # a run's own state.pt (trusted: written by this program) or a shipped checkpoint
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
         if state.get("format") == "vdmcodec-checkpoint":
             blob = read_checkpoint(args.resume)
             cfg = VDMConfig.from_dict(blob["config"])
@@ -240,16 +265,19 @@ def main(argv=None) -> int:
         cfg = build_config(args)
 
     model = VDM(cfg).to(device)
+    exact_resume = True
     if state is not None:
         weights = state["state_dict"] if "state_dict" in state else state["model"]
-        model.load_state_dict({k: v.float() for k, v in weights.items()})
+        exact_resume = load_grown(model, weights)
     ema = EMA(model, args.ema)
     if state is not None and "ema" in state:
-        ema.shadow.load_state_dict(state["ema"])
+        load_grown(ema.shadow, state["ema"])
         ema.updates = state.get("ema_updates", 10_000)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if state is not None and "optimizer" in state:
+    if state is not None and "optimizer" in state and exact_resume:
         opt.load_state_dict(state["optimizer"])
+    else:
+        state = {k: v for k, v in (state or {}).items() if k != "optimizer"} or None
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -24,6 +24,7 @@ class NetConfig:
     emb_dim: int = 128
     fourier_exponents: tuple[int, ...] = (6, 7)
     image_channels: int = 3
+    rounding_input: bool = True  # eps implied by the nearest pixel level, plus a gamma-gated skip
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -40,6 +41,20 @@ def fourier_features(z: torch.Tensor, exponents: tuple[int, ...]) -> torch.Tenso
         arg = z * (2.0 * math.pi * 2.0**n)
         feats += [torch.sin(arg), torch.cos(arg)]
     return torch.cat(feats, dim=1)
+
+
+def rounding_eps(z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """The eps that z implies if x is the pixel level nearest to z / alpha.
+
+    Exact while sigma/alpha * |eps| < half a level (the lowest-noise steps, which would
+    otherwise cost the most bits); a bounded, harmless input at higher noise.
+    """
+    g = gamma.to(z.dtype)[:, None, None, None]
+    alpha = torch.sqrt(torch.sigmoid(-g))
+    sigma = torch.sqrt(torch.sigmoid(g))
+    level = torch.clamp(torch.round((z / alpha + 1.0) * 128.0 - 0.5), 0.0, 255.0)
+    x_near = (2.0 * level + 1.0) / 256.0 - 1.0
+    return torch.clamp((z - alpha * x_near) / sigma, -10.0, 10.0)
 
 
 def gamma_embedding(gamma: torch.Tensor, dim: int) -> torch.Tensor:
@@ -75,7 +90,7 @@ class EpsNet(nn.Module):
         cfg = cfg or NetConfig()
         self.cfg = cfg
         c0, c1, c2 = cfg.channels
-        cin = cfg.image_channels * (1 + 2 * len(cfg.fourier_exponents))
+        cin = cfg.image_channels * (1 + 2 * len(cfg.fourier_exponents) + int(cfg.rounding_input))
         self.emb = nn.Sequential(
             nn.Linear(cfg.emb_dim, cfg.emb_dim * 2), nn.SiLU(), nn.Linear(cfg.emb_dim * 2, cfg.emb_dim)
         )
@@ -91,6 +106,10 @@ class EpsNet(nn.Module):
         self.out = nn.Conv2d(c0, cfg.image_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if cfg.rounding_input:
+            self.round_gate = nn.Linear(cfg.emb_dim, cfg.image_channels)
+            nn.init.zeros_(self.round_gate.weight)
+            nn.init.constant_(self.round_gate.bias, -6.0)
 
     def forward(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape.
@@ -105,7 +124,11 @@ class EpsNet(nn.Module):
         emb = self.emb(gamma_embedding(gamma, self.cfg.emb_dim))
         ph, pw = (-h) % 4, (-w) % 4
         x = F.pad(z, (0, pw, 0, ph), mode="replicate") if (ph or pw) else z
-        x = torch.cat([x, fourier_features(x, self.cfg.fourier_exponents)], dim=1)
+        feats = [x, fourier_features(x, self.cfg.fourier_exponents)]
+        if self.cfg.rounding_input:
+            e_round = rounding_eps(x, gamma)
+            feats.append(e_round)
+        x = torch.cat(feats, dim=1)
         h0 = self.stem(x)
         h1 = self.down1(F.pixel_unshuffle(F.silu(h0), 2))
         for blk in self.blocks1:
@@ -120,6 +143,9 @@ class EpsNet(nn.Module):
         u0 = self.head(F.silu(u0))
         out = self.out(F.silu(u0))[:, :, :h, :w]
         eps = z + out
+        if self.cfg.rounding_input:
+            gate = torch.sigmoid(self.round_gate(emb))[:, :, None, None]
+            eps = eps + gate * (e_round[:, :, :h, :w] - z)
         if grey:
             eps = eps.mean(dim=1, keepdim=True)
         return eps

@@ -1,0 +1,332 @@
+"""Bits-back coding: exact round trips, stack algebra, codelengths, archives, damage, threads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_roundtrip, assert_same_image, kodak_crop, noise_array, raster, tiny_config
+from vdmcodec.codec import Coder, compress_images, decompress_bytes
+from vdmcodec.coding.ans import AnsStack, categorical, windowed_gaussian
+from vdmcodec.coding.chain import StepModel, decode_region, encode_region
+from vdmcodec.coding.classic import encode_rows
+from vdmcodec.coding.grids import MAX_HALF_WINDOW
+from vdmcodec.container import pack_container, unpack_container
+from vdmcodec.errors import CorruptFileError, VerificationError
+from vdmcodec.image_io import encode_alpha
+from vdmcodec.model.vdm import VDM
+
+HEADER_ALLOWANCE = 1024  # bytes of container framing + JSON header a classic-planes file may add
+
+
+def seeded_stack(n_words: int = 4096, seed: int = 0) -> AnsStack:
+    """A stack holding random bits (enough for any pop in these tests)."""
+    words = np.random.default_rng(seed).integers(1, 2**32, n_words, dtype=np.uint32)
+    return AnsStack(words)
+
+
+def image(source: str, h: int, w: int, mode: str, seed: int = 0):
+    rgb = noise_array(h, w, 3, seed) if source == "noise" else kodak_crop(h, w, index=1 + seed % 24)
+    return raster(rgb, mode, seed)
+
+
+# ----------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("source", ["noise", "real"])
+@pytest.mark.parametrize("size", [(1, 1), (17, 5), (33, 65), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_roundtrip_bitsback(coder, size, source, mode):
+    h, w = size
+    _, reports, _ = assert_roundtrip(coder, [image(source, h, w, mode)])
+    rep = reports[0]
+    assert rep.dims == h * w * (1 if mode == "L" else 3)
+    # the stack grew by what the regions say; the classic seed is part of it
+    assert rep.exact_bits > 0 and math.isfinite(rep.nelbo_bits) and rep.nelbo_bits > 0
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+@pytest.mark.parametrize("size", [(1, 1), (33, 65)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_roundtrip_side_channels(coder, mode, size):
+    assert_roundtrip(coder, [image("real", *size, mode, seed=3)])
+
+
+def test_roundtrip_with_classic_fallback_allowed(coder):
+    data, reports, _ = assert_roundtrip(coder, [image("real", 9, 7, "RGB")], allow_fallback=True)
+    header, _ = unpack_container(data)
+    assert header["images"][0]["method"] == ("classic-planes" if reports[0].method == "classic" else "bitsback")
+
+
+def test_archive_of_three_images(coder):
+    images = [
+        ("wide.png", image("real", 7, 40, "RGB", seed=1)),
+        ("grey.png", image("noise", 23, 9, "L", seed=2)),
+        ("alpha.png", image("real", 16, 16, "RGBA", seed=3)),
+    ]
+    data, reports, out = assert_roundtrip(coder, images)
+    header, _ = unpack_container(data)
+    assert header["archive"] is True and len(header["images"]) == 3
+    assert [(e["width"], e["height"]) for e in header["images"]] == [(40, 7), (9, 23), (16, 16)]
+    # one stack runs through the archive: only the first image needs a classic seed
+    kinds = [[reg["kind"] for reg in e["layout"]] for e in header["images"]]
+    assert kinds[0][0] == "classic"
+    assert all("classic" not in k for k in kinds[1:]), kinds
+
+
+def test_archive_with_palette_image_in_the_middle(coder):
+    images = [image("real", 12, 10, "RGB", seed=4), image("real", 5, 6, "P", seed=5), image("noise", 3, 8, "L", seed=6)]
+    assert_roundtrip(coder, images)
+
+
+# ----------------------------------------------------------------------------- stack algebra
+def assert_pop_push_restores(codec, stack: AnsStack):
+    before = stack.words()
+    symbols = codec.pop(stack)
+    assert not np.array_equal(stack.words(), before)  # the pop did take bits
+    codec.push(stack, symbols)
+    np.testing.assert_array_equal(stack.words(), before)
+    return symbols
+
+
+def assert_push_pop_restores(codec, stack: AnsStack, symbols: np.ndarray):
+    before = stack.words()
+    codec.push(stack, symbols)
+    np.testing.assert_array_equal(codec.pop(stack), symbols)
+    np.testing.assert_array_equal(stack.words(), before)
+
+
+def test_windowed_gaussian_pop_push_is_identity():
+    rng = np.random.default_rng(1)
+    n, half = 2000, 3000
+    mean = rng.uniform(-5e4, 5e4, n)
+    std = np.exp(rng.uniform(np.log(0.3), np.log(300.0), n))
+    codec = windowed_gaussian(mean, std, half)
+    stack = seeded_stack(seed=1)
+    sym = assert_pop_push_restores(codec, stack)
+    assert np.all(np.abs(sym - np.rint(mean)) <= half)
+    assert np.abs((sym - mean) / std).max() < 8.0  # draws follow the Gaussian, not the window
+    assert_push_pop_restores(codec, stack, sym)
+    # a symbol outside the window is refused before it reaches the Rust core
+    bad = sym.copy()
+    bad[0] = int(np.rint(mean[0])) + half + 1
+    with pytest.raises(ValueError):
+        codec.push(stack, bad)
+
+
+def test_categorical_pop_push_is_identity():
+    rng = np.random.default_rng(2)
+    n, k = 1500, 37
+    probs = rng.dirichlet(np.full(k, 0.3), n)
+    probs[:, 5] = 1e-12  # near-empty entries, as the pixel tables have
+    offset = rng.integers(0, 200, n)
+    codec = categorical(probs, offset)
+    stack = seeded_stack(seed=2)
+    sym = assert_pop_push_restores(codec, stack)
+    assert np.all((sym >= offset) & (sym < offset + k))
+    assert_push_pop_restores(codec, stack, sym)
+
+
+def test_bytes_pop_push_is_identity():
+    stack = seeded_stack(seed=3)
+    before = stack.words()
+    data = stack.pop_bytes(777)
+    assert len(data) == 777
+    stack.push_bytes(data)
+    np.testing.assert_array_equal(stack.words(), before)
+    payload = bytes(range(256)) * 3
+    stack.push_bytes(payload)
+    assert stack.pop_bytes(len(payload)) == payload
+    np.testing.assert_array_equal(stack.words(), before)
+
+
+def test_step_model_codecs_pop_push_are_identities(coder):
+    sm: StepModel = coder.step_model
+    x = np.ascontiguousarray(kodak_crop(9, 13).transpose(2, 0, 1))
+    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+    stack = seeded_stack(seed=4)
+    q0, _, _ = sm.q_z0(xt)
+    k0 = assert_pop_push_restores(q0, stack).reshape(x.shape)
+    px, _, _ = sm.p_pixels(k0)
+    assert_pop_push_restores(px, stack)
+    assert_push_pop_restores(px, stack, x.ravel().astype(np.int32))
+    k_prev = k0
+    for i in range(1, sm.T + 1):
+        qi, _, _ = sm.q_forward(k_prev, i)
+        k = assert_pop_push_restores(qi, stack).reshape(x.shape)
+        pi, _, _ = sm.p_reverse(k, i, sm.eps(k, i))
+        assert_pop_push_restores(pi, stack)
+        assert_push_pop_restores(pi, stack, k_prev.ravel())
+        k_prev = k
+    prior, _, _ = sm.p_prior(x.size)
+    assert_pop_push_restores(prior, stack)
+
+
+def test_decode_region_restores_the_stack(coder):
+    """Bits back: encoding a region then decoding it leaves exactly the initial bits."""
+    x = np.ascontiguousarray(kodak_crop(11, 19, index=5).transpose(2, 0, 1))
+    stack = seeded_stack(seed=5)
+    before = stack.words()
+    encode_region(stack, coder.step_model, x)
+    np.testing.assert_array_equal(decode_region(stack, coder.step_model, x.shape), x)
+    np.testing.assert_array_equal(stack.words(), before)
+
+
+def test_grids_follow_design_rules(coder):
+    g = coder.step_model.grids
+    assert np.all(np.diff(g.gamma) > 0)
+    assert np.all(np.log2(g.delta) == np.round(np.log2(g.delta)))  # powers of two
+    assert g.delta[0] <= g.sigma[0] / 4
+    for i in range(1, g.T + 1):
+        assert g.delta[i] <= g.sigma_ts[i] / 4
+        assert g.delta[i - 1] <= g.post_s[i] / 4
+    assert max(g.q_half.max(), g.p_half.max(), g.prior_half) <= MAX_HALF_WINDOW
+
+
+# ----------------------------------------------------------------------------- codelengths
+@pytest.fixture(scope="module")
+def calibrated_step_model():
+    """A tiny untrained VDM at T = 64: fine steps keep p(z_{i-1}|z_i) close to q, so no symbol
+    lands in the far tails where the coder's 2^-24 probability floor caps its cost."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = VDM(tiny_config(steps=64)).eval().requires_grad_(False)
+    return StepModel(model, model.schedule.table(64).numpy())
+
+
+@pytest.mark.parametrize("source,h,w", [("real", 16, 16), ("noise", 16, 16), ("real", 12, 28)])
+def test_exact_codelength_matches_implied_bits(calibrated_step_model, source, h, w):
+    x = np.ascontiguousarray(image(source, h, w, "RGB", seed=7).planes.transpose(2, 0, 1))
+    stack = seeded_stack(n_words=40 * x.size, seed=6)
+    start = stack.num_bits()
+    stats = encode_region(stack, calibrated_step_model, x)
+    assert stats.exact_bits == stack.num_bits() - start
+    assert abs(stats.exact_bits - stats.implied_bits) <= 32 + 1e-3 * stats.exact_bits, (
+        stats.exact_bits, stats.implied_bits)
+    # and the expected codelength (NELBO) is close to the realised one
+    assert stats.implied_bits == pytest.approx(stats.nelbo_bits, rel=0.1)
+
+
+def test_exact_codelength_never_exceeds_implied_bits(coder):
+    """Any model, however poor: the coder never spends more than -log2 P + log2 Q (its
+    probability floor can only make far-tail symbols cheaper)."""
+    x = np.ascontiguousarray(kodak_crop(16, 16, index=3).transpose(2, 0, 1))
+    stack = seeded_stack(n_words=40 * x.size, seed=7)
+    stats = encode_region(stack, coder.step_model, x)
+    assert stats.exact_bits <= stats.implied_bits + 32 + 1e-3 * stats.exact_bits
+
+
+# ----------------------------------------------------------------------------- damage
+def repack(data: bytes, mutate_words) -> bytes:
+    """The same file with its ANS words changed but every CRC valid again."""
+    header, sections = unpack_container(data)
+    words = np.frombuffer(sections["ans"], dtype="<u4").copy()
+    words = mutate_words(words)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    header["ans_words"] = len(words)
+    secs = [(s, words.astype("<u4").tobytes() if s == "ans" else sections[s]) for s in sections]
+    return pack_container(header, secs)
+
+
+@pytest.fixture(scope="module")
+def encoded(coder):
+    img = image("real", 33, 65, "RGB", seed=8)
+    data, _ = compress_images([("img0", img)], coder, allow_fallback=False)
+    return data
+
+
+def test_flipped_payload_byte_is_a_corrupt_file(coder, encoded):
+    header, _ = unpack_container(encoded)
+    ans_start = len(encoded) - header["sections"][0]["bytes"]
+    bad = bytearray(encoded)
+    bad[ans_start + 100] ^= 0x10
+    with pytest.raises(CorruptFileError):
+        decompress_bytes(bytes(bad), coder=coder)
+
+
+def _flip(pos_fn, bit):
+    def mutate(w):
+        w = w.copy()
+        w[pos_fn(len(w))] ^= np.uint32(1 << bit)
+        return w
+    return mutate
+
+
+@pytest.mark.parametrize("mutate", [
+    _flip(lambda n: 0, 0), _flip(lambda n: 0, 31), _flip(lambda n: n // 3, 7), _flip(lambda n: n // 2, 20),
+    _flip(lambda n: n - 1, 0), _flip(lambda n: n - 1, 31), _flip(lambda n: n - 2, 13),
+    lambda w: np.concatenate([w[:-1], np.zeros(1, np.uint32)]),  # a zero last word
+    lambda w: w[1:],  # a word lost from the start (with a matching header)
+    lambda w: w[:-1],  # ... or the end
+    lambda w: np.concatenate([w, w[-1:]]),  # an extra word
+], ids=["w0b0", "w0b31", "third", "middle", "lastb0", "lastb31", "penult", "zero_last", "drop_first",
+        "drop_last", "extra"])
+def test_corrupted_payload_with_valid_crcs_never_decodes(coder, encoded, mutate):
+    bad = repack(encoded, mutate)
+    with pytest.raises((CorruptFileError, VerificationError)):
+        decompress_bytes(bad, coder=coder)
+
+
+def test_payload_length_mismatch_is_a_corrupt_file(coder, encoded):
+    header, sections = unpack_container(encoded)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    header["ans_words"] += 1
+    with pytest.raises(CorruptFileError):
+        decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
+
+
+# ----------------------------------------------------------------------------- threads
+def test_decoder_uses_thread_count_from_file(tiny_loaded, tiny_checkpoint, restore_threads):
+    img = image("real", 40, 24, "RGB", seed=9)
+    data, _ = compress_images([("img0", img)], Coder(tiny_loaded, threads=1), allow_fallback=False)
+    header, _ = unpack_container(data)
+    assert header["compute"]["threads"] == 1
+
+    torch.set_num_threads(2)
+    fresh = Coder(tiny_loaded, threads=2)
+    out = decompress_bytes(data, coder=fresh)
+    assert torch.get_num_threads() == header["compute"]["threads"]
+    assert_same_image(img, out[0][1])
+
+    torch.set_num_threads(2)  # and without a coder: the model is found by its checkpoint path
+    out = decompress_bytes(data, checkpoint=str(tiny_checkpoint))
+    assert torch.get_num_threads() == 1
+    assert_same_image(img, out[0][1])
+
+
+def test_two_thread_file_decodes_from_a_one_thread_process(tiny_loaded, restore_threads):
+    img = image("noise", 3, 5, "L", seed=10)  # tiny: two threads compete with the training job
+    data, _, _ = assert_roundtrip(Coder(tiny_loaded, threads=2), [img], decode_coder=Coder(tiny_loaded, threads=1))
+    assert unpack_container(data)[0]["compute"]["threads"] == 2
+    assert torch.get_num_threads() == 2
+
+
+# ----------------------------------------------------------------------------- classic fallback
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+@pytest.mark.parametrize("source", ["noise", "real"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (8, 8), (16, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_tiny_image_file_never_larger_than_classic_code(coder, size, source, mode):
+    img = image(source, *size, mode, seed=11)
+    data, reports, _ = assert_roundtrip(coder, [img], allow_fallback=True)
+    classic = len(encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))[1])
+    side = len(encode_alpha(img.alpha)) if img.alpha is not None else 0
+    assert len(data) <= classic + side + HEADER_ALLOWANCE, (len(data), classic, side, reports[0].method)
+
+
+# ----------------------------------------------------------------------------- the shipped model
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_default_checkpoint_roundtrip_and_codelength(default_checkpoint, mode):
+    from vdmcodec.checkpoints import load_checkpoint
+
+    lm = load_checkpoint(default_checkpoint)
+    coder = Coder(lm, threads=1)
+    img = image("real", 40, 48, mode, seed=12)
+    data, reports, _ = assert_roundtrip(coder, [img])
+    rep = reports[0]
+    # decoding with the model found through the file's model hash (no coder handed over)
+    assert decompress_bytes(data, checkpoint=str(default_checkpoint))[0][1].planes.tobytes() == img.planes.tobytes()
+    x = np.ascontiguousarray(img.planes.transpose(2, 0, 1))
+    stats = encode_region(seeded_stack(n_words=40 * x.size, seed=13), coder.step_model, x)
+    assert abs(stats.exact_bits - stats.implied_bits) <= 32 + 1e-3 * stats.exact_bits
+    assert rep.exact_bits == pytest.approx(rep.implied_bits, rel=0.02, abs=64)

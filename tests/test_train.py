@@ -1,0 +1,119 @@
+"""The trainer end to end on a few tiny crops: outputs, log, resume, and a 2-process gloo run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import REPO, kodak_array
+from vdmcodec.checkpoints import load_checkpoint
+from vdmcodec.train import main as train_main
+
+TINY_ARGS = ["--channels", "4,8,8", "--down-blocks", "1,1", "--steps-T", "4", "--batch", "2", "--crop", "16",
+             "--max-steps", "3", "--minutes", "1", "--holdout-every", "3", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Four small PNG crops from different Kodak images (the second one is held out)."""
+    d = tmp_path_factory.mktemp("train_data")
+    for i, idx in enumerate((2, 7, 13, 19)):
+        Image.fromarray(kodak_array(idx)[100:140, 200:236]).save(d / f"crop{i}.png")
+    return d
+
+
+def read_log(run_dir) -> list[dict]:
+    with open(run_dir / "log.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_trainer(args: list[str], monkeypatch) -> int:
+    before = torch.get_num_threads()
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        return train_main(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run1")
+    with pytest.MonkeyPatch.context() as mp:
+        rc = run_trainer([str(data_dir), "--out", str(out), *TINY_ARGS], mp)
+    assert rc == 0
+    return out
+
+
+def test_run_writes_state_model_and_log(first_run):
+    assert (first_run / "state.pt").exists() and (first_run / "model.pt").exists()
+    state = torch.load(first_run / "state.pt", map_location="cpu", weights_only=True)
+    assert state["meta"]["steps"] == 3
+    assert {"model", "ema", "optimizer", "config"} <= set(state)
+
+    lm = load_checkpoint(first_run / "model.pt")
+    assert lm.model.cfg.steps == 4 and tuple(lm.model.cfg.net.channels) == (4, 8, 8)
+    assert tuple(lm.model.cfg.net.down_blocks) == (1, 1)
+    assert lm.meta["steps"] == 3 and lm.gamma_table.shape == (5,)
+    assert torch.all(torch.diff(lm.gamma_table) > 0)
+
+    log = read_log(first_run)
+    events = [r["event"] for r in log]
+    assert events[0] == "start" and log[0]["train_files"] == 3 and log[0]["holdout_files"] == 1
+    assert "eval" in events and "checkpoint" in events
+    evals = [r for r in log if r["event"] == "eval"]
+    for k in ("recon", "prior", "diffusion", "nelbo"):
+        assert all(math.isfinite(r[k]) and r[k] >= 0 for r in evals), k
+    final = [r for r in log if r["event"] == "checkpoint"][-1]
+    assert final["final"] is True and final["steps"] == 3
+    assert final["images_seen"] == 3 * 2
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: train.py logs 'train' events only every 50 steps and drops the "
+                   "last partial window, so a short run never logs its training loss")
+def test_short_run_logs_its_training_loss(first_run):
+    train = [r for r in read_log(first_run) if r["event"] == "train"]
+    assert train and train[-1]["step"] == 3 and math.isfinite(train[-1]["nelbo"])
+
+
+@pytest.mark.parametrize("source", ["state.pt", "model.pt"])
+def test_resume_continues_step_count(first_run, data_dir, tmp_path, monkeypatch, source):
+    out = tmp_path / "run2"
+    rc = run_trainer([str(data_dir), "--out", str(out), "--resume", str(first_run / source), *TINY_ARGS], monkeypatch)
+    assert rc == 0
+    log = read_log(out)
+    assert log[0]["event"] == "start" and log[0]["steps"] == 3
+    final = [r for r in log if r["event"] == "checkpoint"][-1]
+    assert final["steps"] == 6
+    before, after = load_checkpoint(first_run / "model.pt"), load_checkpoint(out / "model.pt")
+    assert after.meta["steps"] == 6
+    assert before.model.cfg == after.model.cfg
+    assert any(not torch.equal(a, b) for a, b in zip(before.model.state_dict().values(),
+                                                    after.model.state_dict().values()))
+
+
+def test_two_process_gloo_run(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vdmcodec.train", str(data_dir), "--out", str(out), *TINY_ARGS]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(out)
+    assert log[0]["event"] == "start" and log[0]["world"] == 2
+    final = [r for r in log if r["event"] == "checkpoint"][-1]
+    assert final["steps"] == 3 and final["images_seen"] == 3 * 2 * 2
+    lm = load_checkpoint(out / "model.pt")
+    assert lm.meta["steps"] == 3
+    assert all(torch.isfinite(v).all() for v in lm.model.state_dict().values())
