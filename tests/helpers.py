@@ -59,6 +59,8 @@ def to_mode(rgb: np.ndarray, mode: str, seed: int = 0) -> Image.Image:
         return im.convert("L")
     if mode == "P":
         return im.quantize(colors=16)
+    if mode == "1":
+        return im.convert("1")
     alpha = Image.fromarray(np.random.default_rng(seed + 7).integers(0, 256, rgb.shape[:2], dtype=np.uint8), "L")
     base = im if mode == "RGBA" else im.convert("L")
     base = base.convert(mode)

@@ -124,7 +124,9 @@ def test_loss_decreases_on_fixed_batch():
         losses.append(loss.item())
     with torch.no_grad():
         final = loss_now().item()
-    assert final < losses[0] * 0.99, losses + [final]
+    seq = losses + [final]
+    assert all(b < a for a, b in zip(seq, seq[1:])), seq  # same noise and steps: a smooth objective
+    assert final < losses[0] * 0.99, seq
 
 
 # ----------------------------------------------------------------------------- diffusion term = KL sum
@@ -345,8 +347,6 @@ def test_checkpoint_with_damaged_weights_raises(tmp_path, tiny_checkpoint):
         load_checkpoint(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_checkpoint lets load_state_dict's RuntimeError escape when "
-                   "the stored weights do not fit the stored config (e.g. a checkpoint from an older NetConfig)")
 def test_checkpoint_whose_weights_do_not_fit_its_config_raises(tmp_path, tiny_checkpoint):
     blob = torch.load(tiny_checkpoint, weights_only=True)
     blob["config"]["net"]["channels"] = [8, 8, 8]

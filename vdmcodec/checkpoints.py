@@ -128,9 +128,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def load_checkpoint(spec: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
     path = resolve_checkpoint(spec)
     blob = read_checkpoint(path)
-    cfg = VDMConfig.from_dict(blob["config"])
-    model = VDM(cfg)
-    model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    try:
+        cfg = VDMConfig.from_dict(blob["config"])
+        model = VDM(cfg)
+        model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its config ({type(exc).__name__}: {str(exc)[:200]})") from None
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

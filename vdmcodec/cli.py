@@ -19,6 +19,7 @@ from . import __version__
 from .errors import (
     InputNotFoundError,
     OutputExistsError,
+    OutputNotWritableError,
     UsageError,
     VdmcError,
 )
@@ -124,6 +125,13 @@ def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix:
     return outs
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+
+
 def _refuse_existing(paths: list[Path], force: bool) -> None:
     for p in paths:
         if p.exists() and not force:
@@ -147,12 +155,14 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
     from .image_io import atomic_write_bytes, load_image
 
     inputs = list(images)
+    if archive and len({p.stem for p in inputs}) != len(inputs):
+        raise UsageError("archive members need distinct file names (stems); rename the inputs")
     outputs = _plan_outputs(inputs, output, archive, ".vdmc")
     _refuse_existing(outputs, force)
     rasters = [(p.stem, load_image(p)) for p in inputs]  # all inputs checked before any work
-    if not archive and len(inputs) > 1 and output:
-        Path(output).mkdir(parents=True, exist_ok=True)
     coder = _load_coder(checkpoint, device, threads)
+    if not archive and len(inputs) > 1 and output:
+        _make_folder(Path(output))
     groups = [(rasters, outputs[0], inputs)] if archive else [([r], o, [i]) for r, o, i in zip(rasters, outputs, inputs)]
     for group, out_path, group_inputs in groups:
         _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json,
@@ -197,8 +207,8 @@ def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archi
         "regions": rep.regions,
         "seed_bytes": rep.seed_bytes,
         "side_bytes": rep.side_bytes,
-        "coder_overhead_bits": rep.exact_bits - rep.implied_bits,
-        "sampling_bits": rep.implied_bits - rep.nelbo_bits,
+        "coder_overhead_bits": rep.exact_bits - rep.implied_bits if rep.method == "bitsback" else None,
+        "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" else None,
         "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},
     }
     if dec_s is not None:
@@ -217,6 +227,17 @@ def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archi
 def _safe_name(name: str, idx: int) -> str:
     base = Path(str(name)).name.strip()
     return base if base and base not in (".", "..") else f"image{idx}"
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Archive members written by other tools may share a name: never let one replace another."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}-{k + 1}")
+    return out
 
 
 def _read_input(path: Path) -> bytes:
@@ -247,17 +268,19 @@ def decompress(file, output, force, checkpoint, device):
     header, _ = unpack_container(data, source=str(file))
     entries = header.get("images") or []
     if header.get("archive"):
-        folder = Path(output) if output else file.with_suffix("")
-        outs = [folder / f"{_safe_name(e.get('name'), i)}.png" for i, e in enumerate(entries)]
+        folder = Path(output) if output else (file.with_suffix("") if file.suffix else file.with_name(file.name + ".d"))
+        outs = [folder / f"{name}.png" for name in _unique_names([_safe_name(e.get("name"), i) for i, e in enumerate(entries)])]
     else:
         outs = [Path(output) if output else file.with_suffix(".png")]
     _refuse_existing(outs, force)
+    if header.get("archive") and folder.exists() and not folder.is_dir():
+        raise OutputNotWritableError(f"cannot create folder {folder}: a file is in the way")
     T = int(header.get("coder", {}).get("T", 0))
     work = T * sum(int(e.get("width", 0)) * int(e.get("height", 0)) for e in entries if e.get("method") == "bitsback")
     with _progress(work, f"decode {file.name}") as bar:
         images = decompress_bytes(data, checkpoint=checkpoint, device=device, progress=bar.update)
     if header.get("archive"):
-        outs[0].parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
     for (name, img), out in zip(images, outs):
         save_image(img, out, overwrite=force)
         click.echo(f"{file} -> {out}: {img.width}x{img.height} {img.mode}")

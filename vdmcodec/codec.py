@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoints import LoadedModel, checkpoint_dirs, file_sha256, load_checkpoint
+from .checkpoints import LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.chain import MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
 from .coding.classic import decode_rows, encode_rows
@@ -109,7 +109,10 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     if allow_fallback and len(images) == 1 and reports[0].method == "bitsback":
         classic = _classic_file(coder, images[0], entries[0])
         if len(classic) < len(data):
-            reports[0].method = "classic"
+            rep = reports[0]
+            rep.method = "classic"
+            rep.regions = rep.seed_bytes = rep.exact_bits = 0
+            rep.implied_bits = 0.0
             return classic, reports
     return data, reports
 
@@ -243,11 +246,15 @@ def find_model_for(header: dict, checkpoint: str | None = None, device: str = "c
         if lm.sha256 == want:
             return lm
         raise ModelMismatchError(f"file needs model {mid} ({str(want)[:12]}), but {checkpoint} is {lm.model_id} ({lm.sha256[:12]})")
+    candidates = [default_checkpoint_path()]
     for d in checkpoint_dirs():
-        for p in sorted(d.glob("*.pt")) if d.is_dir() else []:
-            tried.append(p)
-            if file_sha256(p) == want:
-                return load_checkpoint(p, device)
+        candidates += sorted(d.glob("*.pt")) if d.is_dir() else []
+    for p in candidates:
+        if p in tried or not p.is_file():
+            continue
+        tried.append(p)
+        if file_sha256(p) == want:
+            return load_checkpoint(p, device)
     raise ModelMismatchError(f"file needs model {mid} (sha256 {str(want)[:12]}...), which is not installed here")
 
 

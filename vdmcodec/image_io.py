@@ -374,7 +374,7 @@ def _link_exclusive(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
         return
     except FileExistsError:
-        raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)") from None
+        raise OutputExistsError(f"{path} already exists (use -f to overwrite)") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
@@ -383,7 +383,7 @@ def _link_exclusive(tmp: Path, path: Path) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except FileExistsError:
-        raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)") from None
+        raise OutputExistsError(f"{path} already exists (use -f to overwrite)") from None
     try:
         os.replace(tmp, path)
     except OSError:

@@ -14,6 +14,7 @@ from PIL import Image
 TAG_ZLIB, TAG_PNG, TAG_WEBP = 0, 1, 2
 NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp"}
 WEBP_MAX_SIDE = 16383
+WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only for small strips
 
 
 def _to_pil(x: np.ndarray) -> Image.Image:
@@ -21,7 +22,7 @@ def _to_pil(x: np.ndarray) -> Image.Image:
     return Image.fromarray(x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0)), "L" if c == 1 else "RGB")
 
 
-def encode_rows(x: np.ndarray) -> tuple[str, bytes]:
+def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS) -> tuple[str, bytes]:
     """x: (C, H, W) uint8 with C in {1, 3}.  Returns (codec name, tagged bytes)."""
     c, h, w = x.shape
     cands = [bytes([TAG_ZLIB]) + zlib.compress(np.ascontiguousarray(x).tobytes(), 9)]
@@ -29,7 +30,7 @@ def encode_rows(x: np.ndarray) -> tuple[str, bytes]:
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=True)
     cands.append(bytes([TAG_PNG]) + buf.getvalue())
-    if c == 3 and max(h, w) <= WEBP_MAX_SIDE:
+    if c == 3 and max(h, w) <= WEBP_MAX_SIDE and h * w <= webp_max_pixels:
         buf = io.BytesIO()
         im.save(buf, "WEBP", lossless=True, quality=100, method=6, exact=True)
         cands.append(bytes([TAG_WEBP]) + buf.getvalue())

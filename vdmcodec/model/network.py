@@ -31,6 +31,8 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
+        d = dict(d)
+        d.setdefault("rounding_input", False)  # configs written before the option had none
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
