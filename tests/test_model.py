@@ -270,8 +270,6 @@ class Arbitrary:
     """Any class outside torch's weights_only allow-list."""
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the model id (file sha256) is not reproducible: torch.save writes a "
-                   "random serialization_id and the random temp-file name into the archive")
 def test_same_weights_saved_twice_give_same_sha256(tmp_path, tiny_loaded):
     a = save_checkpoint(tmp_path / "a.pt", tiny_loaded.model, "m", {})
     b = save_checkpoint(tmp_path / "b.pt", tiny_loaded.model, "m", {})
@@ -338,8 +336,6 @@ def _flip_inside_largest_tensor(src, dst) -> None:
     dst.write_bytes(bytes(raw))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_checkpoint does not verify the weights; torch.load ignores "
-                   "the zip CRCs, so a damaged tensor loads silently as a different model")
 def test_checkpoint_with_damaged_weights_raises(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad_weights.pt"
     _flip_inside_largest_tensor(tiny_checkpoint, bad)

@@ -78,8 +78,6 @@ def test_run_writes_state_model_and_log(first_run):
     assert final["images_seen"] == 3 * 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train.py logs 'train' events only every 50 steps and drops the "
-                   "last partial window, so a short run never logs its training loss")
 def test_short_run_logs_its_training_loss(first_run):
     train = [r for r in read_log(first_run) if r["event"] == "train"]
     assert train and train[-1]["step"] == 3 and math.isfinite(train[-1]["nelbo"])

@@ -8,6 +8,7 @@ recomputes it (a different CPU could round the schedule network differently).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -48,6 +49,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def content_sha256(config: dict, state: dict, gamma_table: torch.Tensor) -> str:
+    """Hash of what the coder uses: torch.load does not check the archive's CRCs, so a
+    damaged tensor would otherwise load silently as a different model."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    h.update(gamma_table.to(torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def half_state_dict(model: VDM) -> dict:
     """Network weights in float16; the few schedule/decoder scalars stay float32."""
     out = {}
@@ -64,13 +76,16 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
     probe = VDM(model.cfg)
     probe.load_state_dict({k: v.float() for k, v in state.items()})
     table = probe.schedule.table(model.cfg.steps)
+    config = model.cfg.to_dict()
+    table = table.to(torch.float64)
     blob = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "model_id": model_id,
-        "config": model.cfg.to_dict(),
+        "config": config,
         "state_dict": state,
-        "gamma_table": table.to(torch.float64),
+        "gamma_table": table,
+        "content_sha256": content_sha256(config, state, table),
         "meta": meta,
     }
     path = Path(path)
@@ -78,7 +93,10 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(blob, tmp)
+        # through a file object: saving to a path names the archive's records after the
+        # (random) temp file, and the file's SHA-256 is the model's identity
+        with open(tmp, "wb") as fh:
+            torch.save(blob, fh)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
@@ -128,6 +146,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def load_checkpoint(spec: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
     path = resolve_checkpoint(spec)
     blob = read_checkpoint(path)
+    want = blob.get("content_sha256")
+    if want is None or want != content_sha256(blob["config"], blob["state_dict"], blob["gamma_table"]):
+        raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match their hash")
     try:
         cfg = VDMConfig.from_dict(blob["config"])
         model = VDM(cfg)

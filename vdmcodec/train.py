@@ -327,7 +327,14 @@ def main(argv=None) -> int:
 
     while True:
         elapsed = time.time() - t_start
-        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
+        stop = elapsed >= budget or bool(args.max_steps and step >= args.max_steps)
+        if world > 1:
+            # rank 0 decides for everyone: ranks that stop at different steps would hang in
+            # the next all-reduce, and the LR decay must use one clock
+            flags = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=device)
+            torch.distributed.broadcast(flags, 0)
+            stop, elapsed = bool(flags[0].item()), float(flags[1].item())
+        if stop:
             break
         lr = lr_at(args, prior_meta["steps"] + step if state is not None and "optimizer" in state else step, elapsed / budget)
         for g in opt.param_groups:
@@ -361,6 +368,9 @@ def main(argv=None) -> int:
             save()
             last_ckpt = time.time()
 
+    if rank == 0 and run_n:
+        write_log({"event": "train", "step": prior_meta["steps"] + step, "elapsed": round(time.time() - t_start, 1),
+                   **{k: v / run_n for k, v in run_sums.items()}})
     if rank == 0:
         last_eval_result = evaluate(ema.shadow, eval_sets, device)
         write_log({"event": "eval", "step": prior_meta["steps"] + step, "elapsed": round(time.time() - t_start, 1), **last_eval_result})

@@ -45,7 +45,8 @@ class StepModel:
         self.model = model
         self.device = torch.device(device)
         table = np.asarray(gamma_table, dtype=np.float64)
-        scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
+        with torch.no_grad():
+            scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
         self.decoder_scale = float(snap(scale * 128.0, 2.0**-24))  # logistic scale in pixel levels
         self.grids: ChainGrids = build_grids(table, self.decoder_scale)
         self.T = self.grids.T
@@ -95,7 +96,7 @@ class StepModel:
         """Discretised logistic over a window of levels around z_0 / alpha_0 (in levels)."""
         g = self.grids
         loc = snap((k0.astype(np.float64).ravel() * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
-        width = 2 * g.x_half + 1
+        width = min(2 * g.x_half + 1, 256)
         offset = np.clip(np.rint(loc).astype(np.int64) - g.x_half, 0, 256 - width)
         levels = offset[:, None] + np.arange(width)[None, :]
         upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / self.decoder_scale)
