@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .checkpoints import LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.chain import MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
+from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
 from .coding.classic import decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
 from .container import pack_container, unpack_container
@@ -188,7 +188,8 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
             report.seed_bytes += r.classic_bytes
             x = np.ascontiguousarray(img.planes[r.rows[0] : r.rows[1]].transpose(2, 0, 1))
             scratch = AnsStack(np.random.default_rng(0).integers(0, 2**32, 64 + x.size // 2, dtype=np.uint32))
-            r_terms = encode_region(scratch, coder.step_model, x).terms
+            below = np.ascontiguousarray(img.planes[r.rows[1] : r.rows[1] + CONTEXT_ROWS].transpose(2, 0, 1))
+            r_terms = encode_region(scratch, coder.step_model, x, context=below).terms
         else:
             r_terms = r.terms
         for k in terms:
@@ -210,6 +211,7 @@ def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int)
             "precision_bits": PRECISION_BITS,
             "param_snap": PARAM_SNAP,
             "max_region_pixels": MAX_REGION_PIXELS,
+            "context_rows": CONTEXT_ROWS,
         },
         "compute": coder.compute(),
         "ans_words": ans_words,
@@ -284,7 +286,7 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     stack = AnsStack(words) if len(words) else AnsStack()
     decoded = [None] * len(images)
     for idx in reversed(range(len(images))):
-        decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress)
+        decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress, header.get("coder", {}))
     if stack.num_bits() != 0:
         raise CorruptFileError("payload has bits left over after decoding")
     return [(e["name"], img) for e, img in zip(images, decoded)]
@@ -310,12 +312,13 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
     return Coder(lm, device=device, threads=_file_threads(header))
 
 
-def _decode_one(stack, coder, entry, sections, progress) -> RasterImage:
+def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:
     h, w = int(entry["height"]), int(entry["width"])
     nplanes = int(entry["planes"])
     planes = None
     if entry["method"] == "bitsback":
-        planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress)
+        planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
+                              context_rows=int(header_coder.get("context_rows", 0)))
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
     alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None

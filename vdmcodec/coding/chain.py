@@ -23,6 +23,7 @@ LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 MAX_REGION_PIXELS = 1 << 20  # bounds memory per network call (~24 MP images stay within 4 GB)
 STACK_MARGIN_BITS = 256
+CONTEXT_ROWS = 4  # rows below a region that the decoder already has, shown to the network
 
 
 @dataclass
@@ -53,12 +54,33 @@ class StepModel:
 
     # ---- network ----
     @torch.no_grad()
-    def eps(self, k: np.ndarray, i: int) -> np.ndarray:
-        """eps_hat at z_i = k * delta_i, snapped to PARAM_SNAP; k: int32 (C, H, W)."""
-        z = torch.from_numpy(k.astype(np.float32)).to(self.device)[None] * float(self.grids.delta[i])
+    def eps(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> np.ndarray:
+        """eps_hat at z_i = k * delta_i, snapped to PARAM_SNAP; k: int32 (C, H, W).
+
+        context: uint8 pixels (C, c, W) of the rows just below the region, already known to
+        the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
+        (the forward process is independent per pixel given x, so this is an exact sample).
+        """
+        h = k.shape[1]
+        zk = k.astype(np.float32)
+        if context is not None and context.shape[1]:
+            zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
+        z = torch.from_numpy(zk).to(self.device)[None] * float(self.grids.delta[i])
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
-        out = self.model.net(z, gamma)[0].to("cpu", torch.float64).numpy()
+        out = self.model.net(z, gamma)[0, :, :h].to("cpu", torch.float64).numpy()
         return snap(out, PARAM_SNAP)
+
+    def _context_latents(self, context: np.ndarray, i: int, region_rows: int) -> np.ndarray:
+        """Grid indices of z_i for the context rows (float32), identical in encoder and decoder.
+
+        The noise is an Irwin-Hall sum of 12 uniforms from numpy's frozen legacy stream:
+        plain arithmetic only, so every machine draws the same numbers.
+        """
+        g = self.grids
+        rs = np.random.RandomState([i, region_rows, context.shape[1], context.shape[2]])
+        noise = rs.random_sample((12,) + context.shape).sum(0) - 6.0
+        xt = (2.0 * context.astype(np.float64) + 1.0) / 256.0 - 1.0
+        return np.rint((g.alpha[i] * xt + g.sigma[i] * noise) / g.delta[i]).astype(np.float32)
 
     def x_hat(self, k: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
         g = self.grids
@@ -140,8 +162,10 @@ def table_bits(symbols: np.ndarray, probs: np.ndarray, offset: np.ndarray) -> fl
 
 
 # ---------------------------------------------------------------- one region
-def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None) -> RegionStats:
-    """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting."""
+def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
+                  context: np.ndarray | None = None) -> RegionStats:
+    """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting.
+    context: pixels of the rows below (see StepModel.eps)."""
     g = sm.grids
     start = stack.num_bits()
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
@@ -160,7 +184,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None) 
         qi, qm, qs = sm.q_forward(k_prev, i)
         k = qi.pop(stack).reshape(shape)
         implied -= gaussian_bits(k, qm, qs)
-        eps = sm.eps(k, i)
+        eps = sm.eps(k, i, context)
         diffusion += 0.5 * g.snr_weight(i) * float(((xt - sm.x_hat(k, i, eps)) ** 2).sum()) * LOG2E
         pi, pm, ps = sm.p_reverse(k, i, eps)
         pi.push(stack, k_prev.ravel())
@@ -179,12 +203,13 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None) 
     )
 
 
-def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], progress=None) -> np.ndarray:
+def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], progress=None,
+                  context: np.ndarray | None = None) -> np.ndarray:
     """Exact mirror of encode_region: pops the pixels (C, H, W uint8) it pushed."""
     prior_codec, _, _ = sm.p_prior(int(np.prod(shape)))
     k = prior_codec.pop(stack).reshape(shape)
     for i in range(sm.T, 0, -1):
-        eps = sm.eps(k, i)
+        eps = sm.eps(k, i, context)
         pi, _, _ = sm.p_reverse(k, i, eps)
         k_prev = pi.pop(stack).reshape(shape)
         qi, _, _ = sm.q_forward(k_prev, i)
@@ -210,7 +235,8 @@ def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: fl
     return int(max(0, stack_bits - STACK_MARGIN_BITS) // per_row)
 
 
-def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None) -> list[RegionStats]:
+def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None,
+                 context_rows: int = CONTEXT_ROWS) -> list[RegionStats]:
     """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
 
     Returns the region list (the layout goes into the file header, in coding order).
@@ -225,7 +251,8 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
         row = _push_classic_seed(stack, x, need, regions)
     while row < h:
         rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, need)))
-        st = encode_region(stack, sm, x[:, row : row + rows], progress=progress)
+        st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
+                           context=x[:, row + rows : row + rows + context_rows])
         st.rows = (row, row + rows)
         regions.append(st)
         row += rows
@@ -250,7 +277,7 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
 
 
 def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channels: int, layout: list[dict],
-                 progress=None) -> np.ndarray:
+                 progress=None, context_rows: int = CONTEXT_ROWS) -> np.ndarray:
     """Pop an image coded by encode_image, given its region layout from the header."""
     x = np.zeros((channels, height, width), dtype=np.uint8)
     for reg in reversed(layout):
@@ -259,5 +286,7 @@ def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channe
             data = stack.pop_bytes(int(reg["bytes"]))
             x[:, r0:r1] = decode_rows(data, channels, r1 - r0, width)
         else:
-            x[:, r0:r1] = decode_region(stack, sm, (channels, r1 - r0, width), progress=progress)
+            # regions are decoded bottom-up, so the rows below this one are already known
+            x[:, r0:r1] = decode_region(stack, sm, (channels, r1 - r0, width), progress=progress,
+                                        context=x[:, r1 : r1 + context_rows])
     return np.ascontiguousarray(x.transpose(1, 2, 0))
