@@ -186,16 +186,29 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
         report.implied_bits += r.implied_bits
         if r.kind == "classic":
             report.seed_bytes += r.classic_bytes
-            x = np.ascontiguousarray(img.planes[r.rows[0] : r.rows[1]].transpose(2, 0, 1))
-            scratch = AnsStack(np.random.default_rng(0).integers(0, 2**32, 64 + x.size // 2, dtype=np.uint32))
-            below = np.ascontiguousarray(img.planes[r.rows[1] : r.rows[1] + CONTEXT_ROWS].transpose(2, 0, 1))
-            r_terms = encode_region(scratch, coder.step_model, x, context=below).terms
+            r_terms = _seed_terms(coder, img.planes, r.rows)
         else:
             r_terms = r.terms
         for k in terms:
             terms[k] += r_terms[k]
     report.nelbo_bits = sum(terms.values())
     report.terms = terms
+
+
+def _seed_terms(coder: Coder, planes: np.ndarray, rows: tuple[int, int]) -> dict:
+    """NELBO terms of classically coded rows, as if they had been a region: run through the
+    chain on a scratch stack, in chunks no larger than a region."""
+    h, w, _ = planes.shape
+    chunk = max(1, MAX_REGION_PIXELS // w)
+    terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
+    for r0 in range(rows[0], rows[1], chunk):
+        r1 = min(rows[1], r0 + chunk)
+        x = np.ascontiguousarray(planes[r0:r1].transpose(2, 0, 1))
+        below = np.ascontiguousarray(planes[r1 : r1 + CONTEXT_ROWS].transpose(2, 0, 1))
+        scratch = AnsStack(np.random.default_rng(r0).integers(0, 2**32, 64 + 8 * x.size, dtype=np.uint32))
+        for k, v in encode_region(scratch, coder.step_model, x, context=below).terms.items():
+            terms[k] += v
+    return terms
 
 
 def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int) -> dict:

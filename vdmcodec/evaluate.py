@@ -14,7 +14,7 @@ import torch
 
 from .coding.chain import LOG2E, StepModel
 
-EVAL_MAX_PIXELS = 4 << 20  # larger images are evaluated in row strips of this area
+EVAL_MAX_PIXELS = 1 << 19  # larger images are evaluated in row strips of this area (memory)
 
 
 def image_nelbo(sm: StepModel, planes: np.ndarray, seed: int = 0, progress=None) -> dict:

@@ -21,7 +21,7 @@ from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
 
 LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
-MAX_REGION_PIXELS = 1 << 20  # bounds memory per network call (~24 MP images stay within 4 GB)
+MAX_REGION_PIXELS = 1 << 19  # bounds memory per region (about 1 GB), whatever the image size
 STACK_MARGIN_BITS = 256
 CONTEXT_ROWS = 4  # rows below a region that the decoder already has, shown to the network
 
@@ -264,12 +264,14 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
     their rows (a classic code costs less than a region needs per dim, so it cannot pay for
     as many rows as it holds)."""
     c, h, w = x.shape
+    max_rows = max(4, -(-h // 8))  # a very compressible image must not end up all classic
     rows = 1
     while True:
         codec, data = encode_rows(x[:, :rows])
-        if rows >= h or stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(1, min(rows // 4, h - rows)):
+        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(1, min(rows // 4, h - rows))
+        if rows >= min(h, max_rows) or enough:
             break
-        rows = min(h, rows * 2)
+        rows = min(h, max_rows, rows * 2)
     stack.push_bytes(data)
     regions.append(RegionStats(rows=(0, rows), kind="classic", dims=x[:, :rows].size, exact_bits=8 * len(data),
                                implied_bits=8 * len(data), classic_bytes=len(data), classic_codec=codec))
