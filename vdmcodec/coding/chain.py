@@ -141,7 +141,22 @@ def _sigmoid_diff(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
 
 
 def gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
-    """-log2 of the Gaussian mass of the grid cells of `symbols` (ideal, for accounting)."""
+    """-log2 of the Gaussian mass of the grid cells of `symbols` (ideal, for accounting).
+
+    Every std here is at least 4 grid cells (grids.py), where the midpoint rule with its
+    second-order correction, mass = pdf(d) * (1 + (d^2/s^2 - 1) / (24 s^2)), is accurate
+    to ~1e-5 bits per symbol and several times cheaper than differences of normal CDFs.
+    """
+    d = symbols.astype(np.float64).ravel() - mean
+    inv_var = 1.0 / (std * std)
+    u = d * d * inv_var
+    log_mass = -0.5 * u - np.log(std) - 0.5 * math.log(2.0 * math.pi) + np.log1p((u - 1.0) * inv_var / 24.0)
+    if std.min() < 2.0:  # not reached by construction; keep the exact form for safety
+        return _gaussian_bits_exact(symbols, mean, std)
+    return float(-log_mass.sum()) * LOG2E
+
+
+def _gaussian_bits_exact(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     k = torch.from_numpy(symbols.astype(np.float64).ravel())
     m = torch.from_numpy(mean)
     s = torch.from_numpy(std)
