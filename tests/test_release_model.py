@@ -8,7 +8,7 @@ from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder
 from vdmcodec.evaluate import image_nelbo
 
-from .helpers import assert_roundtrip, kodak_crop, raster
+from helpers import assert_roundtrip, kodak_crop, raster
 
 
 @pytest.mark.slow
