@@ -308,9 +308,12 @@ def info(file, as_json):
     comp = header.get("compute", {})
     click.echo(f"file:     {file} ({size} bytes, {8 * size / dims:.4f} bpd over {dims} dims)" if dims else f"file: {file}")
     click.echo(f"written:  {header.get('generator')}, {'archive' if header.get('archive') else 'single image'}")
-    click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
-    click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
-    click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+    if model:
+        click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
+        click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
+        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+    else:
+        click.echo("model:    none (classic code only; decodes without a model)")
     for e in images:
         regions = len(e.get("layout", []))
         click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
