@@ -177,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-decay", type=float, default=0.25, help="last fraction of the budget with linear LR decay")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--clip", type=float, default=20.0, help="gradient-norm clip (norms run 5-20; 1.0 clips every step and biases the schedule)")
+    p.add_argument("--clip", type=float, default=20.0, help="gradient-norm clip (norms run 5-20 here; at 1.0 every step is clipped)")
     p.add_argument("--p-small", type=float, default=0.15, help="share of batches of whole small images")
     p.add_argument("--p-grey", type=float, default=0.1, help="share of greyscale batches")
     p.add_argument("--holdout-every", type=int, default=20)
