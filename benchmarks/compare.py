@@ -295,7 +295,7 @@ class VdmcRunner:
         lm = self.loaded
         cfg = lm.model.cfg
         return {
-            "path": str(lm.path),
+            "path": _display_path(lm.path),
             "model_id": lm.model_id,
             "sha256": lm.sha256,
             "meta": lm.meta,
@@ -919,3 +919,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _display_path(path) -> str:
+    """A path relative to the working folder where possible: results must not carry this
+    machine's absolute paths."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-KODIM01 = Path("/work/shared/data/kodak/kodim01.png")
+from data_paths import KODAK  # noqa: E402
+
+KODIM01 = KODAK / "kodim01.png"
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 

@@ -27,7 +27,9 @@ from vdmcodec.cli import main
 from vdmcodec.model.network import NetConfig
 from vdmcodec.model.vdm import VDM, VDMConfig
 
-KODAK23 = Path("/work/shared/data/kodak/kodim23.png")
+from data_paths import KODAK  # noqa: E402
+
+KODAK23 = KODAK / "kodim23.png"
 MODES = ["L", "LA", "RGB", "RGBA", "P", "P-trns", "P-trns1", "1"]
 SIZES = [(1, 1), (17, 5), (33, 65)]  # (width, height)
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1}
@@ -465,10 +467,6 @@ def test_unwritable_output_exit_7(tmp_path):
     assert_error(invoke("decompress", tmp_path / "img.vdmc", "-o", src / "x.png"), 7)
     assert listing(tmp_path) == before
 
-
-MKDIR_BUG = ("vdmcodec/cli.py: Path(output).mkdir(...) in compress (several inputs) and "
-             "outs[0].parent.mkdir(...) in decompress (archives) are not guarded: FileExistsError/"
-             "NotADirectoryError/PermissionError escape as 'internal error', exit 1 instead of 7")
 
 
 def test_several_inputs_into_a_file_used_as_folder_exit_7(tmp_path):

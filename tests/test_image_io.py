@@ -31,7 +31,7 @@ from vdmcodec.image_io import (
     save_image,
 )
 
-KODAK = Path("/work/shared/data/kodak")
+from data_paths import KODAK  # noqa: E402
 SIZES = [(1, 1), (17, 5), (33, 65)]
 MODES = ["L", "LA", "RGB", "RGBA", "P", "1"]
 

@@ -151,8 +151,7 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
 @run
 def compress(images, output, force, no_verify, archive, checkpoint, device, threads, as_json):
     """Compress images (PNG, ...) to .vdmc files."""
-    from .codec import compress_images, verify_roundtrip
-    from .image_io import atomic_write_bytes, load_image
+    from .image_io import load_image
 
     inputs = list(images)
     if archive and len({p.stem for p in inputs}) != len(inputs):
@@ -165,12 +164,14 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
         _make_folder(Path(output))
     groups = [(rasters, outputs[0], inputs)] if archive else [([r], o, [i]) for r, o, i in zip(rasters, outputs, inputs)]
     for group, out_path, group_inputs in groups:
-        _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json,
-                        compress_images, verify_roundtrip, atomic_write_bytes)
+        _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json)
 
 
-def _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json,
-                    compress_images, verify_roundtrip, atomic_write_bytes):
+def _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json):
+    """Encode one output file, verify it by decoding, write it atomically, report it."""
+    from .codec import compress_images, verify_roundtrip
+    from .image_io import atomic_write_bytes
+
     T = coder.step_model.T
     work = T * sum(r.width * r.height for _, r in group if r.planes is not None)
     with _progress(work, f"encode {out_path.name}") as bar:
