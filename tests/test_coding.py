@@ -245,6 +245,7 @@ def test_pixel_tables_stay_within_valid_levels():
         model = VDM(tiny_config(steps=8, gamma0=-3.0)).eval().requires_grad_(False)
     sm = StepModel(model, model.schedule.table(8).numpy())
     xt = (2.0 * np.array([0.0, 3.0, 128.0, 250.0, 255.0]) + 1.0) / 256.0 - 1.0
+    xt = np.tile(xt, (3, 1, 1))  # (C, H, W): the xhat decoder runs the network at z_0
     k0 = np.rint(sm.grids.alpha[0] * xt / sm.grids.delta[0]).astype(np.int32)
     _, probs, offset = sm.p_pixels(k0)
     assert np.all(offset >= 0) and np.all(offset + probs.shape[1] <= 256)

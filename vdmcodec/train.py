@@ -186,13 +186,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-id", default="vdmc-rgb")
+    p.add_argument("--decoder", choices=("z0", "xhat"), default=None,
+                   help="pixel decoder p(x | z_0); on --resume, 'xhat' upgrades a 'z0' model (default: keep; new runs: xhat)")
+    p.add_argument("--recon-share", type=float, default=0.25,
+                   help="share of each batch on which the xhat decoder's term is computed (it costs a network call)")
     return p.parse_args(argv)
 
 
 def load_grown(model: torch.nn.Module, weights: dict) -> bool:
     """Load weights into a model that may have grown since (new parameters, wider input
-    convolutions): old entries are copied into the leading slices, the rest keeps its
-    initialisation (zeros for new input channels).  Returns True if nothing had to grow."""
+    convolutions, more output channels): old entries are copied into the leading slices, the
+    rest is zero (new input channels, new outputs).  Returns True if nothing had to grow."""
     own = model.state_dict()
     exact = set(own) == set(weights)
     with torch.no_grad():
@@ -208,6 +212,9 @@ def load_grown(model: torch.nn.Module, weights: dict) -> bool:
                 if k.endswith("weight") and own[k].dim() == 4 and own[k].shape[0] == v.shape[0]:
                     own[k].zero_()
                     own[k][:, : v.shape[1]].copy_(v)
+                elif own[k].dim() == v.dim() and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0]:
+                    own[k].zero_()
+                    own[k][: v.shape[0]].copy_(v)
                 else:
                     raise ValueError(f"cannot grow parameter {k} from {tuple(v.shape)} to {tuple(own[k].shape)}")
     return exact
@@ -263,6 +270,9 @@ def main(argv=None) -> int:
             prior_meta.update(state["meta"])
     else:
         cfg = build_config(args)
+    if args.decoder is not None:
+        cfg.decoder = args.decoder
+        cfg.net.decoder_head = args.decoder == "xhat"
 
     model = VDM(cfg).to(device)
     exact_resume = True
@@ -341,7 +351,7 @@ def main(argv=None) -> int:
             g["lr"] = lr
         xb = sampler.batch(args.batch).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            terms = train_model(xb)
+            terms = train_model(xb, recon_batch=max(1, round(args.recon_share * xb.shape[0])))
         loss = terms["nelbo"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.vdm import VDM
+from ..model.vdm import DECODER_LOG_SCALE_RANGE, VDM
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -61,14 +61,19 @@ class StepModel:
         the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
+        return self._net(k, i, context, with_log_scale=False)[0]
+
+    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, with_log_scale: bool):
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
             zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
         z = torch.from_numpy(zk).to(self.device)[None] * float(self.grids.delta[i])
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
-        out = self.model.net(z, gamma)[0, :, :h].to("cpu", torch.float64).numpy()
-        return snap(out, PARAM_SNAP)
+        with torch.no_grad():
+            out = self.model.net(z, gamma, with_log_scale=with_log_scale)
+        outs = out if with_log_scale else (out,)
+        return [snap(o[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP) for o in outs]
 
     def _context_latents(self, context: np.ndarray, i: int, region_rows: int) -> np.ndarray:
         """Grid indices of z_i for the context rows (float32), identical in encoder and decoder.
@@ -114,15 +119,30 @@ class StepModel:
         std = np.full(n, 1.0 / g.delta[self.T])
         return windowed_gaussian(mean, std, int(g.prior_half)), mean, std
 
-    def p_pixels(self, k0: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
-        """Discretised logistic over a window of levels around z_0 / alpha_0 (in levels)."""
+    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Location and scale of p(x | z_0), both in pixel levels (float64, one per pixel)."""
         g = self.grids
-        loc = snap((k0.astype(np.float64).ravel() * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
+        z0 = k0.astype(np.float64).ravel() * g.delta[0]
+        if self.model.cfg.decoder == "z0":
+            x_est = z0 / g.alpha[0]
+            scale = np.full(z0.size, self.decoder_scale)
+        else:
+            eps, log_scale = self._net(k0, 0, context, with_log_scale=True)
+            # bounded only against wild outputs: training leaves the estimate unclipped
+            x_est = np.clip((z0 - g.sigma[0] * eps.ravel()) / g.alpha[0], -2.0, 2.0)
+            scale = snap(self.decoder_scale * np.exp(np.clip(log_scale.ravel(), *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
+        return snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale
+
+    def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[Codec, np.ndarray, np.ndarray]:
+        """Discretised logistic over a window of levels around z_0 / alpha_0, where x must lie."""
+        g = self.grids
+        centre = snap((k0.astype(np.float64).ravel() * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
         width = min(2 * g.x_half + 1, 256)
-        offset = np.clip(np.rint(loc).astype(np.int64) - g.x_half, 0, 256 - width)
+        offset = np.clip(np.rint(centre).astype(np.int64) - g.x_half, 0, 256 - width)
+        loc, scale = self.pixel_params(k0, context)
         levels = offset[:, None] + np.arange(width)[None, :]
-        upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / self.decoder_scale)
-        lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / self.decoder_scale)
+        upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / scale[:, None])
+        lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / scale[:, None])
         probs = _sigmoid_diff(upper, lower)
         probs = snap(probs, 2.0**-40) + 2.0**-40
         probs = probs / probs.sum(1, keepdims=True)
@@ -190,7 +210,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     q0, qm, qs = sm.q_z0(xt)
     k_prev = q0.pop(stack).reshape(shape)
     implied -= gaussian_bits(k_prev, qm, qs)
-    px, probs, offset = sm.p_pixels(k_prev)
+    px, probs, offset = sm.p_pixels(k_prev, context)
     px.push(stack, x.ravel().astype(np.int32))
     recon = table_bits(x, probs, offset)
     implied += recon
@@ -232,7 +252,7 @@ def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], p
         k = k_prev
         if progress:
             progress(shape[1] * shape[2])
-    px, _, _ = sm.p_pixels(k)
+    px, _, _ = sm.p_pixels(k, context)
     x = px.pop(stack).reshape(shape)
     if x.min() < 0 or x.max() > 255:
         raise ValueError("decoded pixel out of range")

@@ -25,6 +25,7 @@ class NetConfig:
     fourier_exponents: tuple[int, ...] = (6, 7)
     image_channels: int = 3
     rounding_input: bool = True  # eps implied by the nearest pixel level, plus a gamma-gated skip
+    decoder_head: bool = True  # extra outputs: per-pixel log-scale correction of p(x | z_0)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -33,6 +34,7 @@ class NetConfig:
     def from_dict(cls, d: dict) -> "NetConfig":
         d = dict(d)
         d.setdefault("rounding_input", False)  # configs written before the option had none
+        d.setdefault("decoder_head", False)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -105,7 +107,7 @@ class EpsNet(nn.Module):
         self.ublocks1 = nn.ModuleList(ResBlock(c1, cfg.emb_dim) for _ in range(cfg.up_blocks))
         self.up1 = nn.Conv2d(c1, 4 * c0, 1)
         self.head = nn.Conv2d(c0, c0, 3, padding=1)
-        self.out = nn.Conv2d(c0, cfg.image_channels, 3, padding=1)
+        self.out = nn.Conv2d(c0, cfg.image_channels * (2 if cfg.decoder_head else 1), 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         if cfg.rounding_input:
@@ -113,8 +115,9 @@ class EpsNet(nn.Module):
             nn.init.zeros_(self.round_gate.weight)
             nn.init.constant_(self.round_gate.bias, -6.0)
 
-    def forward(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape.
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_log_scale: bool = False):
+        """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape, and
+        with `with_log_scale` also the decoder's log-scale correction (zeros without a head).
 
         A one-channel z (greyscale) is run as three equal channels and the outputs averaged.
         """
@@ -144,10 +147,14 @@ class EpsNet(nn.Module):
         u0 = h0 + F.pixel_shuffle(self.up1(F.silu(u1)), 2)
         u0 = self.head(F.silu(u0))
         out = self.out(F.silu(u0))[:, :, :h, :w]
+        c = z.shape[1]
+        log_scale = out[:, c:] if self.cfg.decoder_head else torch.zeros_like(z)
+        out = out[:, :c]
         eps = z + out
         if self.cfg.rounding_input:
             gate = torch.sigmoid(self.round_gate(emb))[:, :, None, None]
             eps = eps + gate * (e_round[:, :, :h, :w] - z)
         if grey:
             eps = eps.mean(dim=1, keepdim=True)
-        return eps
+            log_scale = log_scale.mean(dim=1, keepdim=True)
+        return (eps, log_scale) if with_log_scale else eps

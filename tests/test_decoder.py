@@ -1,0 +1,128 @@
+"""The pixel decoder p(x | z_0): the "xhat" decoder (network estimate and per-pixel scale),
+the old "z0" decoder that earlier checkpoints use, and the upgrade from one to the other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_roundtrip, crop_batch, kodak_crop, raster, tiny_config, train_steps
+from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
+from vdmcodec.codec import Coder
+from vdmcodec.coding.chain import StepModel
+from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, sigma2
+from vdmcodec.train import load_grown
+
+
+def scrambled(decoder: str, seed: int = 0) -> VDM:
+    """A tiny model whose zero-initialised outputs are random, as after training."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        cfg = tiny_config(steps=8, decoder=decoder)
+        cfg.net.decoder_head = decoder == "xhat"
+        model = VDM(cfg)
+        with torch.no_grad():
+            for name, p in model.net.named_parameters():
+                if name.endswith("conv2.weight") or name.startswith("out."):
+                    p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def test_configs_without_decoder_field_load_as_z0_decoder():
+    d = VDMConfig().to_dict()
+    del d["decoder"]
+    del d["net"]["decoder_head"]
+    cfg = VDMConfig.from_dict(d)
+    assert cfg.decoder == "z0" and cfg.net.decoder_head is False
+    assert VDMConfig.from_dict(VDMConfig().to_dict()).decoder == "xhat"
+
+
+def test_unknown_decoder_is_rejected():
+    d = VDMConfig().to_dict()
+    d["decoder"] = "magic"
+    with pytest.raises(ValueError, match="decoder"):
+        VDMConfig.from_dict(d)
+
+
+def test_recon_subset_is_the_full_term_rescaled():
+    model = scrambled("xhat")
+    x = crop_batch(4, 16, seed=3)
+    with torch.no_grad():
+        full = model.terms(x, generator=torch.Generator().manual_seed(5))
+        part = model.terms(x, generator=torch.Generator().manual_seed(5), recon_batch=1)
+    assert torch.all(part["recon"][1:] == 0)
+    assert float(part["recon"][0]) == pytest.approx(4 * float(full["recon"][0]), rel=1e-5)
+    assert torch.allclose(part["diffusion"], full["diffusion"], rtol=1e-5)
+
+
+def test_recon_term_trains_the_network_and_its_scale_head():
+    model = scrambled("xhat")
+    x = crop_batch(2, 16, seed=1)
+    model.terms(x, generator=torch.Generator().manual_seed(0))["recon"].sum().backward()
+    grad = model.net.out.weight.grad
+    c = model.cfg.net.image_channels
+    assert grad[:c].abs().sum() > 0 and grad[c:].abs().sum() > 0  # location (eps) and scale rows
+
+
+@pytest.mark.slow
+def test_shipped_model_xhat_decoder_beats_z0_location():
+    """On real pixels the network's estimate at z_0 is a better centre than z_0 / alpha_0."""
+    from helpers import DEFAULT_CHECKPOINT
+    from vdmcodec.model.vdm import discretized_logistic_logp
+
+    model = load_checkpoint(DEFAULT_CHECKPOINT).model
+    assert model.cfg.decoder == "xhat"
+    x = torch.from_numpy(kodak_crop(64, 96, index=5)).permute(2, 0, 1)[None].long()
+    g0 = model.schedule(torch.tensor([0.0], dtype=torch.float64))[0].detach()
+    a0, s0 = torch.sqrt(alpha2(g0)), torch.sqrt(sigma2(g0))
+    z0 = (a0 * ((2.0 * x.double() + 1.0) / 256.0 - 1.0) + s0 * torch.randn(x.shape, dtype=torch.float64)).float()
+    with torch.no_grad():
+        loc, scale = model.decoder_params(z0, g0)
+        xhat_bits = -discretized_logistic_logp(x, loc, scale).mean() / np.log(2.0)
+        z0_bits = -discretized_logistic_logp(x, z0.double() / a0, model.decoder_scale(g0)).mean() / np.log(2.0)
+    assert float(xhat_bits) < float(z0_bits) - 0.1, (float(xhat_bits), float(z0_bits))
+
+
+def test_coder_pixel_distribution_matches_training_decoder():
+    """The coder's p(x | z_0) is the decoder that training optimised (same loc and scale)."""
+    model = scrambled("xhat")
+    sm = StepModel(model, model.schedule.table(8).numpy())
+    x = np.transpose(kodak_crop(12, 20), (2, 0, 1))
+    g = sm.grids
+    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+    k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(0).standard_normal(xt.shape)) / g.delta[0])
+    k0 = k0.astype(np.int32)
+    loc, scale = sm.pixel_params(k0)
+    z0 = torch.from_numpy(k0 * g.delta[0]).float()[None]
+    g0 = torch.tensor(g.gamma[0], dtype=torch.float64)
+    with torch.no_grad():
+        t_loc, t_scale = model.decoder_params(z0, g0)
+    t_loc_levels = (torch.clamp(t_loc, -2, 2) + 1.0) * 128.0 - 0.5
+    assert np.allclose(loc, t_loc_levels.numpy().ravel(), atol=1e-3)
+    assert np.allclose(scale, t_scale.numpy().ravel() * 128.0, rtol=1e-3)
+    assert np.ptp(scale) > 0  # per-pixel, not one scale for all
+
+
+def test_z0_model_upgrades_to_xhat_without_changing_eps():
+    old = scrambled("z0")
+    cfg = tiny_config(steps=8, decoder="xhat")
+    new = VDM(cfg).eval()
+    assert load_grown(new, old.state_dict()) is False
+    z = torch.randn(1, 3, 8, 12)
+    gamma = torch.tensor([-2.0])
+    with torch.no_grad():
+        eps_old = old.net(z, gamma)
+        eps_new, log_scale = new.net(z, gamma, with_log_scale=True)
+    assert torch.allclose(eps_old, eps_new, atol=1e-6)  # 6 output channels block differently
+    assert torch.count_nonzero(log_scale) == 0
+
+
+@pytest.mark.parametrize("decoder", ["z0", "xhat"])
+def test_roundtrip_with_each_decoder(tmp_path, decoder):
+    model = scrambled(decoder, seed=2)
+    path = tmp_path / f"{decoder}.pt"
+    save_checkpoint(path, model, f"vdmc-test-{decoder}", {"steps": 0})
+    coder = Coder(load_checkpoint(path), threads=1)
+    assert coder.loaded.model.cfg.decoder == decoder
+    assert_roundtrip(coder, [raster(kodak_crop(21, 19)), raster(kodak_crop(9, 33, index=3))])
