@@ -65,6 +65,13 @@ def test_schedule_monotone_after_perturbing_raw_weights(seed):
     assert torch.all(grad > 0)
 
 
+def test_schedule_stays_increasing_when_gamma1_falls_below_gamma0():
+    sched = LearnedSchedule(gamma0=-3.0, gamma1=-8.0)
+    table = sched.table(64)
+    assert torch.all(torch.diff(table) > 0)
+    assert table[-1].item() - table[0].item() == pytest.approx(1.0)  # MIN_SPAN
+
+
 # ----------------------------------------------------------------------------- NELBO terms
 def _check_terms(terms: dict, batch: int) -> None:
     for k in ("recon", "prior", "diffusion", "nelbo"):

@@ -2,7 +2,8 @@
 
 gamma(t) = gamma0 + (gamma1 - gamma0) * (h(t) - h(0)) / (h(1) - h(0)), where h is a sum of a
 positive-slope linear map and a positive-weight sigmoid layer, so gamma is monotone in t
-whatever the weights.  The schedule always computes in float64: its values feed the coder.
+whatever the weights; gamma1 - gamma0 is held at MIN_SPAN or more.  The schedule always
+computes in float64: its values feed the coder.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+MIN_SPAN = 1.0  # smallest gamma1 - gamma0
 
 
 class LearnedSchedule(nn.Module):
@@ -36,8 +39,10 @@ class LearnedSchedule(nn.Module):
         """gamma(t) in float64, t in [0, 1] of any shape."""
         ends = self._h(torch.tensor([0.0, 1.0], dtype=torch.float64, device=self.gamma0.device))
         frac = (self._h(t) - ends[0]) / (ends[1] - ends[0])
-        g0, g1 = self.gamma0.double(), self.gamma1.double()
-        return g0 + (g1 - g0) * frac
+        g0 = self.gamma0.double()
+        # the endpoints are free parameters: keep gamma1 above gamma0 so that monotone holds
+        span = torch.clamp(self.gamma1.double() - g0, min=MIN_SPAN)
+        return g0 + span * frac
 
     @torch.no_grad()
     def table(self, steps: int) -> torch.Tensor:
