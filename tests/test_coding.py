@@ -158,7 +158,7 @@ def test_step_model_codecs_pop_push_are_identities(coder):
     for i in range(1, sm.T + 1):
         qi, _, _ = sm.q_forward(k_prev, i)
         k = assert_pop_push_restores(qi, stack).reshape(x.shape)
-        pi, _, _ = sm.p_reverse(k, i, sm.eps(k, i))
+        pi, _, _ = sm.p_reverse(k, i, *sm.step_outputs(k, i))
         assert_pop_push_restores(pi, stack)
         assert_push_pop_restores(pi, stack, k_prev.ravel())
         k_prev = k

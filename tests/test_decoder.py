@@ -21,6 +21,7 @@ def scrambled(decoder: str, seed: int = 0) -> VDM:
         torch.manual_seed(seed)
         cfg = tiny_config(steps=8, decoder=decoder)
         cfg.net.decoder_head = decoder == "xhat"
+        cfg.net.variance_head = decoder == "xhat"
         model = VDM(cfg)
         with torch.no_grad():
             for name, p in model.net.named_parameters():
@@ -104,18 +105,25 @@ def test_coder_pixel_distribution_matches_training_decoder():
     assert np.ptp(scale) > 0  # per-pixel, not one scale for all
 
 
-def test_z0_model_upgrades_to_xhat_without_changing_eps():
+def test_z0_model_upgrades_to_xhat_and_variance_heads_without_changing_eps():
     old = scrambled("z0")
     cfg = tiny_config(steps=8, decoder="xhat")
+    assert cfg.net.decoder_head and cfg.net.variance_head
     new = VDM(cfg).eval()
     assert load_grown(new, old.state_dict()) is False
     z = torch.randn(1, 3, 8, 12)
     gamma = torch.tensor([-2.0])
     with torch.no_grad():
         eps_old = old.net(z, gamma)
-        eps_new, log_scale = new.net(z, gamma, with_log_scale=True)
-    assert torch.allclose(eps_old, eps_new, atol=1e-6)  # 6 output channels block differently
-    assert torch.count_nonzero(log_scale) == 0
+        eps_new, aux = new.net(z, gamma, with_aux=True)
+    assert torch.allclose(eps_old, eps_new, atol=1e-6)  # 9 output channels block differently
+    assert all(torch.count_nonzero(v) == 0 for v in aux.values())
+    x = crop_batch(2, 16, seed=2)
+    with torch.no_grad():
+        t_old = old.terms(x, generator=torch.Generator().manual_seed(0))
+        t_new = new.terms(x, generator=torch.Generator().manual_seed(0))
+    # zero new heads: lambda = 0 is the fixed-variance model, so the diffusion term is unchanged
+    assert torch.allclose(t_old["diffusion"], t_new["diffusion"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("decoder", ["z0", "xhat"])

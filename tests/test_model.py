@@ -14,7 +14,7 @@ from helpers import crop_batch, kodak_crop, tiny_config
 from vdmcodec.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from vdmcodec.errors import CheckpointError
 from vdmcodec.model.schedule import LearnedSchedule
-from vdmcodec.model.vdm import VDM, discretized_logistic_logp
+from vdmcodec.model.vdm import VDM, discretized_logistic_logp, reverse_log_var
 
 LN2 = math.log(2.0)
 
@@ -154,12 +154,15 @@ def reference_step_kl_bits(model: VDM, x: torch.Tensor, z: torch.Tensor, i: int)
 
     xt = (2.0 * x.double() + 1.0) / 256.0 - 1.0
     with torch.no_grad():
-        eps_hat = model.net(z, g[1].float().reshape(1)).double()
+        eps_hat, aux = model.net(z, g[1].float().reshape(1), with_aux=True)
+    eps_hat = eps_hat.double()
+    var_p = post_var * torch.exp(reverse_log_var(aux["reverse_var"].double()))  # learned per-pixel variance
     zd = z.double()
     x_hat = (zd - s2_i.sqrt() * eps_hat) / a_i
     mu_q = coef_z * zd + coef_x * xt
     mu_p = coef_z * zd + coef_x * x_hat
-    kl = ((mu_q - mu_p) ** 2 / (2.0 * post_var)).sum()  # equal variances: only the means differ
+    # KL of two Gaussians, written out
+    kl = (0.5 * torch.log(var_p / post_var) + (post_var + (mu_q - mu_p) ** 2) / (2.0 * var_p) - 0.5).sum()
     return float(kl) / LN2
 
 
@@ -356,3 +359,16 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_raises(tmp_path, tiny_ch
     torch.save(blob, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "mismatch.pt")
+
+
+def test_step_kl_is_smallest_at_the_matched_variance():
+    """KL(N(m, s^2) || N(m', s^2 e^lam)) is minimised at lam = log(1 + r), where it equals
+    1/2 log(1 + r): never more than the fixed-variance r/2."""
+    from vdmcodec.model.vdm import step_kl
+
+    r = torch.tensor([0.0, 0.01, 0.5, 4.0, 100.0], dtype=torch.float64)
+    best = torch.log1p(r)
+    assert torch.allclose(step_kl(r, best), 0.5 * torch.log1p(r))
+    assert torch.allclose(step_kl(r, torch.zeros_like(r)), 0.5 * r)
+    for d in (-0.3, 0.3):
+        assert torch.all(step_kl(r, best + d) > step_kl(r, best))

@@ -52,8 +52,8 @@ def _strip_terms(sm: StepModel, x: np.ndarray, seed: int, progress) -> dict:
     for i in range(1, g.T + 1):
         z = g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)
         k = np.rint(z / g.delta[i]).astype(np.int32)
-        eps = sm.eps(k, i)
-        diffusion += 0.5 * g.snr_weight(i) * float(((xt - sm.x_hat(k, i, eps)) ** 2).sum()) * LOG2E
+        eps, lam = sm.step_outputs(k, i)
+        diffusion += sm.step_kl_bits(xt, k, i, eps, lam)
         if progress:
             progress(x.shape[1] * x.shape[2])
     return {"recon": recon, "prior": prior, "diffusion": diffusion}

@@ -188,6 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-id", default="vdmc-rgb")
     p.add_argument("--decoder", choices=("z0", "xhat"), default=None,
                    help="pixel decoder p(x | z_0); on --resume, 'xhat' upgrades a 'z0' model (default: keep; new runs: xhat)")
+    p.add_argument("--variance-head", action="store_true",
+                   help="on --resume, give a model without one the learned per-pixel reverse variance (new runs have it)")
     p.add_argument("--recon-share", type=float, default=0.25,
                    help="share of each batch on which the xhat decoder's term is computed (it costs a network call)")
     return p.parse_args(argv)
@@ -273,6 +275,8 @@ def main(argv=None) -> int:
     if args.decoder is not None:
         cfg.decoder = args.decoder
         cfg.net.decoder_head = args.decoder == "xhat"
+    if args.variance_head:
+        cfg.net.variance_head = True
 
     model = VDM(cfg).to(device)
     exact_resume = True

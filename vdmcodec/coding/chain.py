@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.vdm import DECODER_LOG_SCALE_RANGE, VDM
+from ..model.vdm import DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -63,9 +63,14 @@ class StepModel:
         the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
-        return self._net(k, i, context, with_log_scale=False)[0]
+        return self._net(k, i, context)[0]
 
-    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, with_log_scale: bool):
+    def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """eps_hat and lambda = log(var_P / s_i^2) per latent at z_i (both snapped), for step i >= 1."""
+        eps, aux = self._net(k, i, context, with_aux=True)
+        return eps, reverse_log_var_np(aux["reverse_var"])
+
+    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, with_aux: bool = False):
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
@@ -74,9 +79,15 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            out = self.model.net(z, gamma, with_log_scale=with_log_scale)
-        outs = out if with_log_scale else (out,)
-        return [snap(o[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP) for o in outs]
+            out = self.model.net(z, gamma, with_aux=with_aux)
+
+        def crop(t: torch.Tensor) -> np.ndarray:
+            return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)
+
+        if not with_aux:
+            return crop(out), None
+        eps, aux = out
+        return crop(eps), {name: crop(v) for name, v in aux.items()}
 
     def _context_latents(self, context: np.ndarray, i: int, region_rows: int) -> np.ndarray:
         """Grid indices of z_i for the context rows (float32), identical in encoder and decoder.
@@ -89,6 +100,11 @@ class StepModel:
         noise = rs.random_sample((12,) + context.shape).sum(0) - 6.0
         xt = (2.0 * context.astype(np.float64) + 1.0) / 256.0 - 1.0
         return np.rint((g.alpha[i] * xt + g.sigma[i] * noise) / g.delta[i]).astype(np.float32)
+
+    def step_kl_bits(self, xt: np.ndarray, k: np.ndarray, i: int, eps: np.ndarray, lam: np.ndarray) -> float:
+        """KL(q(z_{i-1} | z_i, x) || P(z_{i-1} | z_i)) in bits, summed: step i's NELBO share."""
+        r = self.grids.snr_weight(i) * (xt - self.x_hat(k, i, eps)) ** 2
+        return float((0.5 * (lam + np.exp(-lam) * (1.0 + r) - 1.0)).sum()) * LOG2E
 
     def x_hat(self, k: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
         g = self.grids
@@ -108,12 +124,16 @@ class StepModel:
         std = np.full(k_prev.size, g.sigma_ts[i] / g.delta[i])
         return windowed_gaussian(mean, std, int(g.q_half[i])), mean, std
 
-    def p_reverse(self, k: np.ndarray, i: int, eps: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+    def p_reverse(self, k: np.ndarray, i: int, eps: np.ndarray,
+                  lam: np.ndarray | None = None) -> tuple[Codec, np.ndarray, np.ndarray]:
+        """P(z_{i-1} | z_i); lam: per-latent log variance ratio from step_outputs (None: 0)."""
         g = self.grids
         z = k.astype(np.float64) * g.delta[i]
         mu = g.post_a[i] * z + g.post_b[i] * self.x_hat(k, i, eps)
         mean = (mu / g.delta[i - 1]).ravel()
         std = np.full(k.size, g.post_s[i] / g.delta[i - 1])
+        if lam is not None:
+            std = snap(std * np.exp(0.5 * lam.ravel()), 2.0**-20)
         return windowed_gaussian(mean, std, int(g.p_half[i])), mean, std
 
     def p_prior(self, n: int) -> tuple[Codec, np.ndarray, np.ndarray]:
@@ -130,7 +150,8 @@ class StepModel:
             x_est = z0 / g.alpha[0]
             scale = np.full(z0.size, self.decoder_scale)
         else:
-            eps, log_scale = self._net(k0, 0, context, with_log_scale=True)
+            eps, aux = self._net(k0, 0, context, with_aux=True)
+            log_scale = aux["decoder_log_scale"]
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps.ravel()) / g.alpha[0], -2.0, 2.0)
             scale = snap(self.decoder_scale * np.exp(np.clip(log_scale.ravel(), *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
@@ -150,6 +171,11 @@ class StepModel:
         probs = snap(probs, 2.0**-40) + 2.0**-40
         probs = probs / probs.sum(1, keepdims=True)
         return categorical(probs, offset), probs, offset
+
+
+def reverse_log_var_np(h: np.ndarray) -> np.ndarray:
+    """vdm.reverse_log_var in float64 numpy, snapped: encoder and decoder compute it alike."""
+    return snap(np.minimum(np.logaddexp(0.0, h) - LN2, REVERSE_LOG_VAR_MAX), PARAM_SNAP)
 
 
 def _sigmoid_diff(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
@@ -222,9 +248,9 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
         qi, qm, qs = sm.q_forward(k_prev, i)
         k = qi.pop(stack).reshape(shape)
         implied -= gaussian_bits(k, qm, qs)
-        eps = sm.eps(k, i, context)
-        diffusion += 0.5 * g.snr_weight(i) * float(((xt - sm.x_hat(k, i, eps)) ** 2).sum()) * LOG2E
-        pi, pm, ps = sm.p_reverse(k, i, eps)
+        eps, lam = sm.step_outputs(k, i, context)
+        diffusion += sm.step_kl_bits(xt, k, i, eps, lam)
+        pi, pm, ps = sm.p_reverse(k, i, eps, lam)
         pi.push(stack, k_prev.ravel())
         implied += gaussian_bits(k_prev, pm, ps)
         k_prev = k
@@ -247,8 +273,8 @@ def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], p
     prior_codec, _, _ = sm.p_prior(int(np.prod(shape)))
     k = prior_codec.pop(stack).reshape(shape)
     for i in range(sm.T, 0, -1):
-        eps = sm.eps(k, i, context)
-        pi, _, _ = sm.p_reverse(k, i, eps)
+        eps, lam = sm.step_outputs(k, i, context)
+        pi, _, _ = sm.p_reverse(k, i, eps, lam)
         k_prev = pi.pop(stack).reshape(shape)
         qi, _, _ = sm.q_forward(k_prev, i)
         qi.push(stack, k.ravel())

@@ -26,6 +26,7 @@ class NetConfig:
     image_channels: int = 3
     rounding_input: bool = True  # eps implied by the nearest pixel level, plus a gamma-gated skip
     decoder_head: bool = True  # extra outputs: per-pixel log-scale correction of p(x | z_0)
+    variance_head: bool = True  # extra outputs: per-pixel variance of p(z_{i-1} | z_i)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -35,6 +36,7 @@ class NetConfig:
         d = dict(d)
         d.setdefault("rounding_input", False)  # configs written before the option had none
         d.setdefault("decoder_head", False)
+        d.setdefault("variance_head", False)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -107,7 +109,7 @@ class EpsNet(nn.Module):
         self.ublocks1 = nn.ModuleList(ResBlock(c1, cfg.emb_dim) for _ in range(cfg.up_blocks))
         self.up1 = nn.Conv2d(c1, 4 * c0, 1)
         self.head = nn.Conv2d(c0, c0, 3, padding=1)
-        self.out = nn.Conv2d(c0, cfg.image_channels * (2 if cfg.decoder_head else 1), 3, padding=1)
+        self.out = nn.Conv2d(c0, cfg.image_channels * (1 + len(self.aux_heads())), 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         if cfg.rounding_input:
@@ -115,9 +117,15 @@ class EpsNet(nn.Module):
             nn.init.zeros_(self.round_gate.weight)
             nn.init.constant_(self.round_gate.bias, -6.0)
 
-    def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_log_scale: bool = False):
+    def aux_heads(self) -> list[str]:
+        """Names of the extra output groups (image_channels each), after the eps channels."""
+        return [n for n, on in (("decoder_log_scale", self.cfg.decoder_head), ("reverse_var", self.cfg.variance_head)) if on]
+
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_aux: bool = False):
         """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape, and
-        with `with_log_scale` also the decoder's log-scale correction (zeros without a head).
+        with `with_aux` also a dict of the extra outputs, each of z's shape (zeros for a head
+        the network does not have): "decoder_log_scale" (used at gamma0, by p(x | z_0)) and
+        "reverse_var" (used at gamma_i, i >= 1, by p(z_{i-1} | z_i)).
 
         A one-channel z (greyscale) is run as three equal channels and the outputs averaged.
         """
@@ -148,7 +156,7 @@ class EpsNet(nn.Module):
         u0 = self.head(F.silu(u0))
         out = self.out(F.silu(u0))[:, :, :h, :w]
         c = z.shape[1]
-        log_scale = out[:, c:] if self.cfg.decoder_head else torch.zeros_like(z)
+        aux = {name: out[:, c * (k + 1) : c * (k + 2)] for k, name in enumerate(self.aux_heads())}
         out = out[:, :c]
         eps = z + out
         if self.cfg.rounding_input:
@@ -156,5 +164,9 @@ class EpsNet(nn.Module):
             eps = eps + gate * (e_round[:, :, :h, :w] - z)
         if grey:
             eps = eps.mean(dim=1, keepdim=True)
-            log_scale = log_scale.mean(dim=1, keepdim=True)
-        return (eps, log_scale) if with_log_scale else eps
+            aux = {k: v.mean(dim=1, keepdim=True) for k, v in aux.items()}
+        if not with_aux:
+            return eps
+        for name in ("decoder_log_scale", "reverse_var"):
+            aux.setdefault(name, torch.zeros_like(eps))
+        return eps, aux

@@ -18,6 +18,19 @@ from .schedule import LearnedSchedule
 
 LN2 = math.log(2.0)
 DECODER_LOG_SCALE_RANGE = (-6.0, 3.0)  # per-pixel correction, bounded so no scale collapses
+REVERSE_LOG_VAR_MAX = 4.0  # log of the largest reverse-variance inflation
+
+
+def reverse_log_var(h: torch.Tensor) -> torch.Tensor:
+    """lambda = log(var_P / s_i^2) of p(z_{i-1} | z_i) from the network's raw output h:
+    zero at h = 0 (the fixed-variance model), at least -log 2, at most REVERSE_LOG_VAR_MAX.
+    The best lambda is log(1 + r) for a squared mean error of r s_i^2, so it is mostly >= 0."""
+    return torch.clamp(F.softplus(h) - LN2, max=REVERSE_LOG_VAR_MAX)
+
+
+def step_kl(r: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """KL(N(m, s^2) || N(m', s^2 e^lam)) in nats, with r = (m - m')^2 / s^2 (elementwise)."""
+    return 0.5 * (lam + torch.exp(-lam) * (1.0 + r) - 1.0)
 
 
 @dataclass
@@ -117,7 +130,8 @@ class VDM(nn.Module):
         if self.cfg.decoder == "z0":
             return z0.double() / a0, base.expand(z0.shape)
         if eps is None:
-            eps, log_scale = self.net(z0, g0.float().reshape(1), with_log_scale=True)
+            eps, aux = self.net(z0, g0.float().reshape(1), with_aux=True)
+            log_scale = aux["decoder_log_scale"]
         loc = (z0.double() - s0 * eps.double()) / a0
         lo, hi = DECODER_LOG_SCALE_RANGE
         return loc, base * torch.exp(torch.clamp(log_scale.double(), lo, hi))
@@ -155,7 +169,7 @@ class VDM(nn.Module):
         xt64 = xt.double().flatten(1)
         prior = 0.5 * (s1sq + a1sq * xt64**2 - torch.log(s1sq) - 1.0).sum(1)
 
-        # diffusion: T * 1/2 (SNR(s) - SNR(t)) ||x - x_hat||^2 = T/2 expm1(g_t - g_s) ||eps - eps_hat||^2
+        # diffusion: T * KL(q(z_s | z_t, x) || p(z_s | z_t)), the one-step estimate of the sum over steps
         t = step_index.double() / T
         s = (step_index.double() - 1.0) / T
         g_t = self.schedule(t)
@@ -167,16 +181,18 @@ class VDM(nn.Module):
         if self.cfg.decoder == "xhat":
             # one network call for both: the diffusion step at z_t and the decoder at z_0
             gam = torch.cat([g_t.float(), g0.float().expand(n_rec)])
-            out, log_scale = self.net(torch.cat([zt, z0[:n_rec]]), gam, with_log_scale=True)
-            eps_hat = out[:b]
-            loc, dscale = self.decoder_params(z0[:n_rec], g0, out[b:], log_scale[b:])
+            out, aux = self.net(torch.cat([zt, z0[:n_rec]]), gam, with_aux=True)
+            eps_hat, var_raw = out[:b], aux["reverse_var"][:b]
+            loc, dscale = self.decoder_params(z0[:n_rec], g0, out[b:], aux["decoder_log_scale"][b:])
         else:
-            eps_hat = self.eps_hat(zt, g_t.float())
+            eps_hat, aux = self.net(zt, g_t.float(), with_aux=True)
+            var_raw = aux["reverse_var"]
             loc, dscale = self.decoder_params(z0[:n_rec], g0)
         recon = torch.zeros(b, dtype=torch.float64, device=dev)
         recon[:n_rec] = -discretized_logistic_logp(x[:n_rec], loc, dscale).flatten(1).sum(1) * (b / n_rec)
-        mse = ((eps - eps_hat) ** 2).flatten(1).sum(1).double()
-        diffusion = 0.5 * T * torch.expm1(g_t - g_s) * mse
+        # per pixel, (mu_Q - mu_P)^2 / s_i^2 = (SNR(s) - SNR(t)) (x - x_hat)^2 = expm1(g_t - g_s) (eps - eps_hat)^2
+        r = torch.expm1(g_t - g_s)[:, None, None, None] * ((eps - eps_hat) ** 2).double()
+        diffusion = T * step_kl(r, reverse_log_var(var_raw.double())).flatten(1).sum(1)
 
         scale = 1.0 / (dims * LN2)
         out = {
@@ -186,15 +202,3 @@ class VDM(nn.Module):
         }
         out["nelbo"] = out["recon"] + out["prior"] + out["diffusion"]
         return out
-
-    @torch.no_grad()
-    def step_diffusion_bits(self, x: torch.Tensor, step: int, generator=None) -> torch.Tensor:
-        """Exact-in-expectation bits of diffusion step `step` (1..T), summed over dims, per image."""
-        T = self.steps
-        xt = pixels_to_unit(x)
-        g = self.schedule(torch.tensor([(step - 1) / T, step / T], dtype=torch.float64, device=x.device))
-        eps = torch.randn(x.shape, generator=generator).to(x.device)
-        at, st = torch.sqrt(alpha2(g[1])).float(), torch.sqrt(sigma2(g[1])).float()
-        eps_hat = self.eps_hat(at * xt + st * eps, g[1].float().expand(x.shape[0]))
-        mse = ((eps - eps_hat) ** 2).flatten(1).sum(1).double()
-        return 0.5 * torch.expm1(g[1] - g[0]) * mse / LN2
