@@ -304,8 +304,9 @@ def main(argv=None) -> int:
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
-    write_log({"event": "start", "config": cfg.to_dict(), "params": n_params, "args": vars(args), "world": world,
-               "device": str(device), "train_files": len(train_files), "holdout_files": len(hold_files), **prior_meta})
+    # the resumed run's meta first: its "params" is the old network's count
+    write_log({**prior_meta, "event": "start", "config": cfg.to_dict(), "params": n_params, "args": vars(args),
+               "world": world, "device": str(device), "train_files": len(train_files), "holdout_files": len(hold_files)})
 
     t_start = time.time()
     budget = args.minutes * 60.0
