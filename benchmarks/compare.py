@@ -886,6 +886,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     return {"settings": settings, "codecs": codec_info, "datasets": out_sets, "failures": failures}
 
 
+def _display_path(path) -> str:
+    """A path relative to the working folder where possible: results must not carry this
+    machine's absolute paths."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -919,12 +928,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _display_path(path) -> str:
-    """A path relative to the working folder where possible: results must not carry this
-    machine's absolute paths."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return Path(path).name
