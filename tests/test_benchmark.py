@@ -216,3 +216,19 @@ def test_missing_imagecodecs_is_recorded_as_unavailable(bench_inputs, tmp_path, 
         (im,) = data["datasets"][0]["images"]
         assert im["results"][key]["status"] == "unavailable"
     assert "| JPEG XL lossless (e7) | unavailable |" in out
+
+
+def test_compare_runs_as_a_module(bench_inputs, tmp_path):
+    """`python -m benchmarks.compare`, the way release.sh calls it (not just main() in-process):
+    code placed after the __main__ block would be missing there."""
+    imgs, ckpt = bench_inputs
+    out_json = tmp_path / "m.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", str(imgs), "--checkpoint", str(ckpt), "--device", "cpu",
+         "--threads", "1", "--codecs", "png,vdmc", "--no-progress", "--json", str(out_json)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(out_json.read_text())
+    assert Path(data["settings"]["checkpoint"]["path"]).name == ckpt.name
+    assert not data["failures"]
