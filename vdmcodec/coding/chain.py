@@ -55,22 +55,18 @@ class StepModel:
         self.T = self.grids.T
 
     # ---- network ----
-    @torch.no_grad()
-    def eps(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> np.ndarray:
-        """eps_hat at z_i = k * delta_i, snapped to PARAM_SNAP; k: int32 (C, H, W).
+    def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """eps_hat and lambda = log(var_P / s_i^2) per latent at z_i = k * delta_i (both snapped
+        to PARAM_SNAP), for step i >= 1; k: int32 (C, H, W).
 
         context: uint8 pixels (C, c, W) of the rows just below the region, already known to
         the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
-        return self._net(k, i, context)[0]
-
-    def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """eps_hat and lambda = log(var_P / s_i^2) per latent at z_i (both snapped), for step i >= 1."""
-        eps, aux = self._net(k, i, context, with_aux=True)
+        eps, aux = self._net(k, i, context)
         return eps, reverse_log_var_np(aux["reverse_var"])
 
-    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, with_aux: bool = False):
+    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None) -> tuple[np.ndarray, dict]:
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
@@ -79,14 +75,11 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            out = self.model.net(z, gamma, with_aux=with_aux)
+            eps, aux = self.model.net(z, gamma, with_aux=True)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)
 
-        if not with_aux:
-            return crop(out), None
-        eps, aux = out
         return crop(eps), {name: crop(v) for name, v in aux.items()}
 
     def _context_latents(self, context: np.ndarray, i: int, region_rows: int) -> np.ndarray:
@@ -150,7 +143,7 @@ class StepModel:
             x_est = z0 / g.alpha[0]
             scale = np.full(z0.size, self.decoder_scale)
         else:
-            eps, aux = self._net(k0, 0, context, with_aux=True)
+            eps, aux = self._net(k0, 0, context)
             log_scale = aux["decoder_log_scale"]
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps.ravel()) / g.alpha[0], -2.0, 2.0)
@@ -229,7 +222,7 @@ def table_bits(symbols: np.ndarray, probs: np.ndarray, offset: np.ndarray) -> fl
 def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
                   context: np.ndarray | None = None) -> RegionStats:
     """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting.
-    context: pixels of the rows below (see StepModel.eps)."""
+    context: pixels of the rows below (see StepModel.step_outputs)."""
     g = sm.grids
     start = stack.num_bits()
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0

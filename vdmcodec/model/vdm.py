@@ -111,9 +111,6 @@ class VDM(nn.Module):
     def steps(self) -> int:
         return self.cfg.steps
 
-    def eps_hat(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        return self.net(z, gamma)
-
     def decoder_scale(self, gamma0: torch.Tensor) -> torch.Tensor:
         """Logistic scale of p(x | z_0) in x_tilde units: sigma0/alpha0 * sqrt(3)/pi * exp(c)."""
         g = gamma0.double()
