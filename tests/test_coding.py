@@ -151,7 +151,7 @@ def test_step_model_codecs_pop_push_are_identities(coder):
     stack = seeded_stack(seed=4)
     q0, _, _ = sm.q_z0(xt)
     k0 = assert_pop_push_restores(q0, stack).reshape(x.shape)
-    px, _, _ = sm.p_pixels(k0)
+    px = sm.p_pixels(k0)
     assert_pop_push_restores(px, stack)
     assert_push_pop_restores(px, stack, x.ravel().astype(np.int32))
     k_prev = k0
@@ -247,8 +247,9 @@ def test_pixel_tables_stay_within_valid_levels():
     xt = (2.0 * np.array([0.0, 3.0, 128.0, 250.0, 255.0]) + 1.0) / 256.0 - 1.0
     xt = np.tile(xt, (3, 1, 1))  # (C, H, W): the xhat decoder runs the network at z_0
     k0 = np.rint(sm.grids.alpha[0] * xt / sm.grids.delta[0]).astype(np.int32)
-    _, probs, offset = sm.p_pixels(k0)
-    assert np.all(offset >= 0) and np.all(offset + probs.shape[1] <= 256)
+    x = np.rint((xt + 1.0) * 128.0 - 0.5).astype(np.int32)
+    for probs, offset in sm.p_pixels(k0).tables(x):
+        assert np.all(offset >= 0) and np.all(offset + probs.shape[1] <= 256)
 
 
 # ----------------------------------------------------------------------------- damage

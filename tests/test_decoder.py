@@ -15,18 +15,24 @@ from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, sigma2
 from vdmcodec.train import load_grown
 
 
-def scrambled(decoder: str, seed: int = 0) -> VDM:
-    """A tiny model whose zero-initialised outputs are random, as after training."""
+def scrambled(decoder: str, seed: int = 0, context: bool | None = None) -> VDM:
+    """A tiny model whose zero-initialised outputs are random, as after training.
+    context: the two-pass, colour-ordered pixel decoder (default: with "xhat")."""
+    context = decoder == "xhat" if context is None else context
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        cfg = tiny_config(steps=8, decoder=decoder)
+        cfg = tiny_config(steps=8, decoder=decoder, pixel_context=context)
         cfg.net.decoder_head = decoder == "xhat"
         cfg.net.variance_head = decoder == "xhat"
+        cfg.net.channel_head = context
         model = VDM(cfg)
         with torch.no_grad():
             for name, p in model.net.named_parameters():
                 if name.endswith("conv2.weight") or name.startswith("out."):
                     p.normal_(0.0, 0.05)
+            if context:
+                model.context_weight.normal_(0.0, 0.1)
+                model.context_log_scale.normal_(0.0, 0.2)
     return model.eval()
 
 
@@ -34,8 +40,11 @@ def test_configs_without_decoder_field_load_as_z0_decoder():
     d = VDMConfig().to_dict()
     del d["decoder"]
     del d["net"]["decoder_head"]
+    del d["pixel_context"]
+    del d["net"]["channel_head"]
     cfg = VDMConfig.from_dict(d)
     assert cfg.decoder == "z0" and cfg.net.decoder_head is False
+    assert cfg.pixel_context is False and cfg.net.channel_head is False
     assert VDMConfig.from_dict(VDMConfig().to_dict()).decoder == "xhat"
 
 
@@ -85,24 +94,74 @@ def test_shipped_model_xhat_decoder_beats_z0_location():
     assert float(xhat_bits) < float(z0_bits) - 0.1, (float(xhat_bits), float(z0_bits))
 
 
-def test_coder_pixel_distribution_matches_training_decoder():
-    """The coder's p(x | z_0) is the decoder that training optimised (same loc and scale)."""
-    model = scrambled("xhat")
+@pytest.mark.parametrize("context", [False, True])
+def test_coder_pixel_distribution_matches_training_decoder(context):
+    """The coder's p(x | z_0), pixel by pixel in its coding order, is the decoder that
+    training optimised (same loc and scale; teacher-forced with the true pixels)."""
+    model = scrambled("xhat", context=context)
     sm = StepModel(model, model.schedule.table(8).numpy())
     x = np.transpose(kodak_crop(12, 20), (2, 0, 1))
     g = sm.grids
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
     k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(0).standard_normal(xt.shape)) / g.delta[0])
     k0 = k0.astype(np.int32)
-    loc, scale = sm.pixel_params(k0)
+    loc, scale = sm.p_pixels(k0).params(x)
     z0 = torch.from_numpy(k0 * g.delta[0]).float()[None]
     g0 = torch.tensor(g.gamma[0], dtype=torch.float64)
     with torch.no_grad():
-        t_loc, t_scale = model.decoder_params(z0, g0)
-    t_loc_levels = (torch.clamp(t_loc, -2, 2) + 1.0) * 128.0 - 0.5
-    assert np.allclose(loc, t_loc_levels.numpy().ravel(), atol=1e-3)
-    assert np.allclose(scale, t_scale.numpy().ravel() * 128.0, rtol=1e-3)
+        t_loc, t_scale = model.decoder_params(z0, g0, x=torch.from_numpy(x.astype(np.int64))[None])
+    t_loc_levels = (t_loc[0] + 1.0) * 128.0 - 0.5
+    assert np.allclose(loc, t_loc_levels.numpy(), atol=1e-3)
+    assert np.allclose(scale, t_scale[0].numpy() * 128.0, rtol=1e-3)
     assert np.ptp(scale) > 0  # per-pixel, not one scale for all
+    if context:  # the context really moved the second pass: not the base decoder
+        base_loc, _, _ = sm.pixel_params(k0)
+        others = ~((np.arange(x.shape[1])[:, None] + np.arange(x.shape[2])[None]) % 2 == 0)
+        assert np.abs(loc - base_loc)[:, others].mean() > 1e-2
+
+
+def test_pixel_context_upgrade_keeps_every_term():
+    """Zero context weights, scales and colour coefficients are the decoder without context."""
+    old = scrambled("xhat", context=False)
+    new = VDM(tiny_config(steps=8, decoder="xhat", pixel_context=True)).eval()
+    assert load_grown(new, old.state_dict()) is False
+    x = crop_batch(2, 16, seed=4)
+    with torch.no_grad():
+        t_old = old.terms(x, generator=torch.Generator().manual_seed(0))
+        t_new = new.terms(x, generator=torch.Generator().manual_seed(0))
+    for k in ("recon", "prior", "diffusion"):
+        assert torch.allclose(t_old[k], t_new[k], rtol=1e-6), k
+
+
+def test_pixel_context_needs_the_xhat_decoder():
+    d = tiny_config(steps=8, decoder="z0").to_dict()
+    d["pixel_context"] = True
+    with pytest.raises(ValueError, match="pixel_context"):
+        VDMConfig.from_dict(d)
+
+
+def test_context_decoder_learns_from_neighbours():
+    """On real pixels, fitting only the context weights, scales and colour coefficients lowers
+    the reconstruction term: the already-coded pixels carry information about the rest."""
+    model = scrambled("xhat", context=False, seed=1)
+    new = VDM(tiny_config(steps=8, decoder="xhat", pixel_context=True))
+    load_grown(new, model.state_dict())
+    x = torch.from_numpy(np.stack([np.transpose(kodak_crop(24, 24, index=i), (2, 0, 1)) for i in (1, 5)]).astype(np.int64))
+    params = [new.context_weight, new.context_log_scale]
+    opt = torch.optim.Adam(params, lr=0.05)
+
+    def recon() -> torch.Tensor:
+        return new.terms(x, generator=torch.Generator().manual_seed(3))["recon"].mean()
+
+    with torch.no_grad():
+        before = float(recon())
+    for _ in range(30):
+        opt.zero_grad()
+        recon().backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(recon())
+    assert after < before - 0.05, (before, after)
 
 
 def test_z0_model_upgrades_to_xhat_and_variance_heads_without_changing_eps():
@@ -126,11 +185,13 @@ def test_z0_model_upgrades_to_xhat_and_variance_heads_without_changing_eps():
     assert torch.allclose(t_old["diffusion"], t_new["diffusion"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("decoder", ["z0", "xhat"])
-def test_roundtrip_with_each_decoder(tmp_path, decoder):
-    model = scrambled(decoder, seed=2)
+@pytest.mark.parametrize("decoder,context", [("z0", False), ("xhat", False), ("xhat", True)])
+def test_roundtrip_with_each_decoder(tmp_path, decoder, context):
+    model = scrambled(decoder, seed=2, context=context)
     path = tmp_path / f"{decoder}.pt"
     save_checkpoint(path, model, f"vdmc-test-{decoder}", {"steps": 0})
     coder = Coder(load_checkpoint(path), threads=1)
     assert coder.loaded.model.cfg.decoder == decoder
-    assert_roundtrip(coder, [raster(kodak_crop(21, 19)), raster(kodak_crop(9, 33, index=3))])
+    assert coder.loaded.model.cfg.pixel_context == context
+    grey = raster(kodak_crop(14, 17, index=7), mode="L")
+    assert_roundtrip(coder, [raster(kodak_crop(21, 19)), raster(kodak_crop(9, 33, index=3)), grey])

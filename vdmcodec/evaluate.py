@@ -43,9 +43,7 @@ def _strip_terms(sm: StepModel, x: np.ndarray, seed: int, progress) -> dict:
     # reconstruction at z_0 ~ q(z_0 | x) on the coder's grid
     z0 = g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)
     k0 = np.rint(z0 / g.delta[0]).astype(np.int32)
-    _, probs, offset = sm.p_pixels(k0)
-    idx = np.clip(x.ravel().astype(np.int64) - offset, 0, probs.shape[1] - 1)
-    recon = float(-np.log2(probs[np.arange(idx.size), idx]).sum())
+    recon = sm.p_pixels(k0).bits(x)
     a2, s2 = g.alpha[g.T] ** 2, g.sigma[g.T] ** 2
     prior = 0.5 * float((s2 + a2 * xt**2 - math.log(s2) - 1.0).sum()) * LOG2E
     diffusion = 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.vdm import DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM
+from ..model.vdm import CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -135,35 +135,188 @@ class StepModel:
         std = np.full(n, 1.0 / g.delta[self.T])
         return windowed_gaussian(mean, std, int(g.prior_half)), mean, std
 
-    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Location and scale of p(x | z_0), both in pixel levels (float64, one per pixel)."""
+    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Base location and scale of p(x | z_0), in pixel levels (float64, shape (C, H, W)),
+        and the network's other outputs at z_0 (channel_coef, snapped)."""
         g = self.grids
-        z0 = k0.astype(np.float64).ravel() * g.delta[0]
+        z0 = k0.astype(np.float64) * g.delta[0]
         if self.model.cfg.decoder == "z0":
             x_est = z0 / g.alpha[0]
-            scale = np.full(z0.size, self.decoder_scale)
+            scale = np.full(z0.shape, self.decoder_scale)
+            aux = {}
         else:
             eps, aux = self._net(k0, 0, context)
-            log_scale = aux["decoder_log_scale"]
             # bounded only against wild outputs: training leaves the estimate unclipped
-            x_est = np.clip((z0 - g.sigma[0] * eps.ravel()) / g.alpha[0], -2.0, 2.0)
-            scale = snap(self.decoder_scale * np.exp(np.clip(log_scale.ravel(), *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
-        return snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale
+            x_est = np.clip((z0 - g.sigma[0] * eps) / g.alpha[0], -2.0, 2.0)
+            scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
+        return snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale, aux
 
-    def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[Codec, np.ndarray, np.ndarray]:
-        """Discretised logistic over a window of levels around z_0 / alpha_0, where x must lie."""
+    def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None) -> "PixelCodec":
+        """p(x | z_0) on a window of levels around z_0 / alpha_0, where x must lie."""
         g = self.grids
-        centre = snap((k0.astype(np.float64).ravel() * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
+        centre = snap((k0.astype(np.float64) * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
         width = min(2 * g.x_half + 1, 256)
         offset = np.clip(np.rint(centre).astype(np.int64) - g.x_half, 0, 256 - width)
-        loc, scale = self.pixel_params(k0, context)
-        levels = offset[:, None] + np.arange(width)[None, :]
+        loc, scale, aux = self.pixel_params(k0, context)
+        ctx = None
+        if getattr(self.model.cfg, "pixel_context", False):
+            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0])
+        return PixelCodec(loc, scale, offset, width, ctx)
+
+
+@dataclass
+class PixelContext:
+    """The two-pass, colour-ordered part of p(x | z_0) (VDM.context_params, in numpy)."""
+
+    weight: np.ndarray  # (C, C, K, K) float64: anchor residuals -> second-pass shift
+    log_scale: np.ndarray  # (2, C) float64: per pass and channel
+    coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
+
+    @classmethod
+    def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int) -> "PixelContext":
+        weight = model.context_weight.detach().to("cpu", torch.float64).numpy()
+        log_scale = model.context_log_scale.detach().to("cpu", torch.float64).numpy()
+        if channels == 1:
+            weight = weight.sum(1, keepdims=True).mean(0, keepdims=True)
+            log_scale = log_scale.mean(1, keepdims=True)
+        coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
+        return cls(weight=weight, log_scale=log_scale, coef=coef)
+
+    def spatial_shift(self, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        """sum of weight * normalised anchor residuals over the kernel, zero outside the region;
+        a fixed order of float64 operations, so encoder and decoder agree on every machine."""
+        c, h, w = loc.shape
+        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * anchors
+        k = self.weight.shape[-1]
+        r = k // 2
+        pad = np.pad(u, ((0, 0), (r, r), (r, r)))
+        out = np.zeros_like(u)
+        for o in range(c):
+            for i in range(c):
+                for dy in range(k):
+                    for dx in range(k):
+                        wv = self.weight[o, i, dy, dx]
+                        if wv != 0.0:
+                            out[o] += wv * pad[i, dy : dy + h, dx : dx + w]
+        return out
+
+
+class PixelCodec:
+    """p(x | z_0) for one region, pushed and popped as a few table codecs.
+
+    Without a PixelContext it is one table per pixel, all in one call.  With one, the pixels
+    go in passes (anchors, then the rest) and within a pass by channel (R, G, B): one
+    vectorised call each, every table depending only on pixels popped before it (the push
+    runs the same calls in reverse)."""
+
+    def __init__(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int,
+                 context: PixelContext | None = None):
+        self.loc, self.scale, self.offset, self.width, self.ctx = loc, scale, offset, width, context
+        c, h, w = loc.shape
+        self.shape = (c, h, w)
+        anchors = np.add.outer(np.arange(h), np.arange(w)) % 2 == 0
+        self.anchors = anchors
+        if context is None:
+            self.groups = [(None, None)]
+        else:
+            self.groups = [(p, ch) for p in (0, 1) for ch in range(c)]
+        self._shift = None
+
+    def _select(self, p) -> np.ndarray:
+        return self.anchors if p == 0 else ~self.anchors
+
+    def _params(self, p, c, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """loc, scale and window offset for group (pass p, channel c), reading only pixels of
+        earlier groups from x (C, H, W float64 levels)."""
+        if p is None:
+            return self.loc.ravel(), self.scale.ravel(), self.offset.ravel()
+        sel = self._select(p)
+        ctx = self.ctx
+
+        def loc1(ch: int) -> np.ndarray:
+            base = self.loc[ch][sel]
+            if p == 0:
+                return base
+            if self._shift is None:  # every anchor is known once pass 1 starts
+                self._shift = ctx.spatial_shift(x, self.loc, self.scale, self.anchors)
+            return snap(base + self.scale[ch][sel] * self._shift[ch][sel], 2.0**-20)
+
+        loc = loc1(c)
+        if c >= 1:
+            e = [x[ch][sel] - loc1(ch) for ch in range(c)]
+            if c == 1:
+                loc = loc + ctx.coef[0][sel] * e[0]
+            else:
+                loc = loc + ctx.coef[1][sel] * e[0] + ctx.coef[2][sel] * e[1]
+            loc = snap(loc, 2.0**-20)
+        scale = snap(self.scale[c][sel] * math.exp(ctx.log_scale[p, c]), 2.0**-24)
+        return loc, scale, self.offset[c][sel]
+
+    def _table(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        levels = offset[:, None] + np.arange(self.width)[None, :]
         upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / scale[:, None])
         lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / scale[:, None])
         probs = _sigmoid_diff(upper, lower)
         probs = snap(probs, 2.0**-40) + 2.0**-40
-        probs = probs / probs.sum(1, keepdims=True)
-        return categorical(probs, offset), probs, offset
+        return probs / probs.sum(1, keepdims=True)
+
+    def _mask(self, p, c) -> tuple:
+        if p is None:
+            return (slice(None),)
+        return (c, self._select(p))
+
+    def push(self, stack: AnsStack, symbols: np.ndarray) -> None:
+        x = symbols.reshape(self.shape).astype(np.float64)
+        self._shift = None
+        for p, c in reversed(self.groups):
+            loc, scale, offset = self._params(p, c, x)
+            codec = categorical(self._table(loc, scale, offset), offset)
+            codec.push(stack, x[self._mask(p, c)].ravel().astype(np.int32))
+
+    def pop(self, stack: AnsStack) -> np.ndarray:
+        x = np.zeros(self.shape)
+        self._shift = None
+        for p, c in self.groups:
+            loc, scale, offset = self._params(p, c, x)
+            codec = categorical(self._table(loc, scale, offset), offset)
+            x[self._mask(p, c)] = codec.pop(stack).reshape(x[self._mask(p, c)].shape)
+        return x.astype(np.int32).ravel()
+
+    def params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every pixel's location and scale (levels, (C, H, W)) given the whole of x."""
+        x = x.reshape(self.shape).astype(np.float64)
+        self._shift = None
+        loc, scale = np.empty(self.shape), np.empty(self.shape)
+        for p, c in self.groups:
+            lo, sc, _ = self._params(p, c, x)
+            loc[self._mask(p, c)], scale[self._mask(p, c)] = lo.reshape(loc[self._mask(p, c)].shape), sc.reshape(loc[self._mask(p, c)].shape)
+        return loc, scale
+
+    def bits(self, x: np.ndarray) -> float:
+        """-log2 P(x), the ideal cost of x (C, H, W) under the tables that push uses."""
+        xf = x.reshape(self.shape).astype(np.float64)
+        self._shift = None
+        total = 0.0
+        for p, c in self.groups:
+            loc, scale, offset = self._params(p, c, xf)
+            probs = self._table(loc, scale, offset)
+            sym = x.reshape(self.shape)[self._mask(p, c)].ravel().astype(np.int64) - offset
+            total += table_bits_rows(probs, np.clip(sym, 0, self.width - 1))
+        return total
+
+    def tables(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(probs, offset) of every group, for tests."""
+        xf = x.reshape(self.shape).astype(np.float64)
+        self._shift = None
+        out = []
+        for p, c in self.groups:
+            loc, scale, offset = self._params(p, c, xf)
+            out.append((self._table(loc, scale, offset), offset))
+        return out
+
+
+def table_bits_rows(probs: np.ndarray, idx: np.ndarray) -> float:
+    return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
 
 
 def reverse_log_var_np(h: np.ndarray) -> np.ndarray:
@@ -213,11 +366,6 @@ def _gaussian_bits_exact(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray)
     return float(-logmass.sum()) * LOG2E
 
 
-def table_bits(symbols: np.ndarray, probs: np.ndarray, offset: np.ndarray) -> float:
-    idx = symbols.ravel().astype(np.int64) - offset
-    return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
-
-
 # ---------------------------------------------------------------- one region
 def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
                   context: np.ndarray | None = None) -> RegionStats:
@@ -232,9 +380,9 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     q0, qm, qs = sm.q_z0(xt)
     k_prev = q0.pop(stack).reshape(shape)
     implied -= gaussian_bits(k_prev, qm, qs)
-    px, probs, offset = sm.p_pixels(k_prev, context)
+    px = sm.p_pixels(k_prev, context)
     px.push(stack, x.ravel().astype(np.int32))
-    recon = table_bits(x, probs, offset)
+    recon = px.bits(x)
     implied += recon
     diffusion = 0.0
     for i in range(1, sm.T + 1):
@@ -274,8 +422,7 @@ def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], p
         k = k_prev
         if progress:
             progress(shape[1] * shape[2])
-    px, _, _ = sm.p_pixels(k, context)
-    x = px.pop(stack).reshape(shape)
+    x = sm.p_pixels(k, context).pop(stack).reshape(shape)
     if x.min() < 0 or x.max() > 255:
         raise ValueError("decoded pixel out of range")
     x = x.astype(np.uint8)

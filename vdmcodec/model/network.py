@@ -16,6 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+AUX_NAMES = ("decoder_log_scale", "reverse_var", "channel_coef")
+
+
 @dataclass
 class NetConfig:
     channels: tuple[int, int, int] = (32, 64, 128)  # full, 1/2 and 1/4 resolution
@@ -27,6 +30,7 @@ class NetConfig:
     rounding_input: bool = True  # eps implied by the nearest pixel level, plus a gamma-gated skip
     decoder_head: bool = True  # extra outputs: per-pixel log-scale correction of p(x | z_0)
     variance_head: bool = True  # extra outputs: per-pixel variance of p(z_{i-1} | z_i)
+    channel_head: bool = True  # extra outputs: per-pixel colour coefficients of p(x | z_0)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -37,6 +41,7 @@ class NetConfig:
         d.setdefault("rounding_input", False)  # configs written before the option had none
         d.setdefault("decoder_head", False)
         d.setdefault("variance_head", False)
+        d.setdefault("channel_head", False)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -119,13 +124,16 @@ class EpsNet(nn.Module):
 
     def aux_heads(self) -> list[str]:
         """Names of the extra output groups (image_channels each), after the eps channels."""
-        return [n for n, on in (("decoder_log_scale", self.cfg.decoder_head), ("reverse_var", self.cfg.variance_head)) if on]
+        heads = (("decoder_log_scale", self.cfg.decoder_head), ("reverse_var", self.cfg.variance_head),
+                 ("channel_coef", self.cfg.channel_head))
+        return [n for n, on in heads if on]
 
     def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_aux: bool = False):
         """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape, and
         with `with_aux` also a dict of the extra outputs, each of z's shape (zeros for a head
         the network does not have): "decoder_log_scale" (used at gamma0, by p(x | z_0)) and
-        "reverse_var" (used at gamma_i, i >= 1, by p(z_{i-1} | z_i)).
+        "reverse_var" (used at gamma_i, i >= 1, by p(z_{i-1} | z_i)) and "channel_coef" (at
+        gamma0: the raw colour coefficients of p(x | z_0), G on R, B on R, B on G).
 
         A one-channel z (greyscale) is run as three equal channels and the outputs averaged.
         """
@@ -167,6 +175,6 @@ class EpsNet(nn.Module):
             aux = {k: v.mean(dim=1, keepdim=True) for k, v in aux.items()}
         if not with_aux:
             return eps
-        for name in ("decoder_log_scale", "reverse_var"):
+        for name in AUX_NAMES:
             aux.setdefault(name, torch.zeros_like(eps))
         return eps, aux

@@ -19,6 +19,21 @@ from .schedule import LearnedSchedule
 LN2 = math.log(2.0)
 DECODER_LOG_SCALE_RANGE = (-6.0, 3.0)  # per-pixel correction, bounded so no scale collapses
 REVERSE_LOG_VAR_MAX = 4.0  # log of the largest reverse-variance inflation
+CONTEXT_KERNEL = 5  # spatial reach of the pixel context (anchors within 2 pixels)
+CONTEXT_RESIDUAL_CLIP = 16.0  # |normalised residual| fed to the context, bounded against outliers
+
+
+def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
+    """The checkerboard half of the pixels coded first, (h, w) bool: (row + col) even.
+    The other half is coded knowing them."""
+    r = torch.arange(h, device=device)[:, None]
+    c = torch.arange(w, device=device)[None, :]
+    return (r + c) % 2 == 0
+
+
+def channel_coefficients(raw: torch.Tensor) -> torch.Tensor:
+    """Colour coefficients (G on R, B on R, B on G) from the network's raw output, in (-1, 1)."""
+    return torch.tanh(raw)
 
 
 def reverse_log_var(h: torch.Tensor) -> torch.Tensor:
@@ -41,6 +56,9 @@ class VDMConfig:
     # p(x | z_0) located at "z0" (z_0 / alpha_0) or at "xhat", the network's estimate of x at
     # z_0 with a per-pixel scale: at the learned gamma0 the first costs ~1.8 bpd, the second less
     decoder: str = "xhat"
+    # "xhat" only: code the pixels in two checkerboard passes, R then G then B in each, each
+    # pixel's location shifted by what the pixels already coded say about its residual
+    pixel_context: bool = True
     net: NetConfig = field(default_factory=NetConfig)
 
     def to_dict(self) -> dict:
@@ -53,9 +71,16 @@ class VDMConfig:
         d = dict(d)
         d["net"] = NetConfig.from_dict(d["net"])
         d.setdefault("decoder", "z0")  # configs written before the option had none
+        d.setdefault("pixel_context", False)
         if d["decoder"] not in ("z0", "xhat"):
             raise ValueError(f"unknown pixel decoder {d['decoder']!r}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.pixel_context and not (self.decoder == "xhat" and self.net.channel_head and self.net.decoder_head):
+            raise ValueError("pixel_context needs the xhat decoder and the network's decoder and channel heads")
 
 
 def pixels_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +127,14 @@ class VDM(nn.Module):
         self.net = EpsNet(cfg.net)
         # learned log-correction of the pixel decoder's scale (tied to sigma0/alpha0)
         self.decoder_log_scale = nn.Parameter(torch.zeros(()))
+        if cfg.pixel_context:
+            cfg.validate()
+            c, k = cfg.net.image_channels, CONTEXT_KERNEL
+            # linear prediction of a second-pass pixel's normalised residual from the anchors'
+            # (zero at the start: an upgraded model begins as the one it came from)
+            self.context_weight = nn.Parameter(torch.zeros(c, c, k, k))
+            # log-scale change per pass (anchors, others) and channel
+            self.context_log_scale = nn.Parameter(torch.zeros(2, c))
 
     def forward(self, x: torch.Tensor, recon_batch: int | None = None) -> dict:
         """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
@@ -117,21 +150,54 @@ class VDM(nn.Module):
         return torch.exp(0.5 * g) * (math.sqrt(3.0) / math.pi) * torch.exp(self.decoder_log_scale.double())
 
     def decoder_params(self, z0: torch.Tensor, g0: torch.Tensor, eps: torch.Tensor | None = None,
-                       log_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale (float64, x_tilde units) of the discretised logistic p(x | z_0).
+                       aux: dict | None = None, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale (float64, x_tilde units) of the discretised logistic p(x | z_0),
+        one per pixel.
 
-        With the "xhat" decoder, eps and log_scale are the network's outputs at (z_0, gamma0)
-        (computed here when not given)."""
+        With the "xhat" decoder, eps and aux are the network's outputs at (z_0, gamma0)
+        (computed here when not given).  With pixel_context, each pixel's distribution also
+        depends on the pixels coded before it, which are taken from x (uint8-valued): the
+        teacher-forced form that training and evaluation use."""
         a0, s0 = torch.sqrt(alpha2(g0.double())), torch.sqrt(sigma2(g0.double()))
         base = self.decoder_scale(g0)
         if self.cfg.decoder == "z0":
             return z0.double() / a0, base.expand(z0.shape)
         if eps is None:
             eps, aux = self.net(z0, g0.float().reshape(1), with_aux=True)
-            log_scale = aux["decoder_log_scale"]
         loc = (z0.double() - s0 * eps.double()) / a0
         lo, hi = DECODER_LOG_SCALE_RANGE
-        return loc, base * torch.exp(torch.clamp(log_scale.double(), lo, hi))
+        scale = base * torch.exp(torch.clamp(aux["decoder_log_scale"].double(), lo, hi))
+        if not self.cfg.pixel_context:
+            return loc, scale
+        if x is None:
+            raise ValueError("the pixel-context decoder needs the pixels coded before each one")
+        return self.context_params(pixels_to_unit(x).double(), loc, scale, aux["channel_coef"])
+
+    def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                       coef_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced locations and scales of the two-pass, colour-ordered pixel decoder.
+
+        Pass 1 codes the anchors (anchor_mask); pass 2 the rest, each located at
+        loc + scale * sum(context_weight * anchor residuals / anchor scales) over a
+        CONTEXT_KERNEL square.  In both passes G is shifted by a * (R's residual) and B by
+        b * (R's) + c * (G's), residuals taken from the pass's own locations.  Outside the
+        image counts as zero residual.  The coder computes the same in numpy
+        (coding.chain.PixelCodec)."""
+        b, c, h, w = xt.shape
+        anchors = anchor_mask(h, w, xt.device)
+        u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * anchors
+        weight, log_scale = self.context_weight.double(), self.context_log_scale.double()
+        if c == 1:  # greyscale: the RGB weights seen through three equal channels
+            weight, log_scale = weight.sum(1, keepdim=True).mean(0, keepdim=True), log_scale.mean(1, keepdim=True)
+        shift = F.conv2d(u, weight, padding=CONTEXT_KERNEL // 2)
+        loc = loc + torch.where(anchors, torch.zeros_like(shift), scale * shift)
+        scale = scale * torch.exp(torch.where(anchors, log_scale[0][:, None, None], log_scale[1][:, None, None]))
+        if c == 3:
+            a = channel_coefficients(coef_raw.double())
+            e = xt - loc
+            loc = torch.stack([loc[:, 0], loc[:, 1] + a[:, 0] * e[:, 0],
+                               loc[:, 2] + a[:, 1] * e[:, 0] + a[:, 2] * e[:, 1]], dim=1)
+        return loc, scale
 
     def terms(self, x: torch.Tensor, step_index: torch.Tensor | None = None, generator=None,
               recon_batch: int | None = None) -> dict:
@@ -180,7 +246,7 @@ class VDM(nn.Module):
             gam = torch.cat([g_t.float(), g0.float().expand(n_rec)])
             out, aux = self.net(torch.cat([zt, z0[:n_rec]]), gam, with_aux=True)
             eps_hat, var_raw = out[:b], aux["reverse_var"][:b]
-            loc, dscale = self.decoder_params(z0[:n_rec], g0, out[b:], aux["decoder_log_scale"][b:])
+            loc, dscale = self.decoder_params(z0[:n_rec], g0, out[b:], {k: v[b:] for k, v in aux.items()}, x[:n_rec])
         else:
             eps_hat, aux = self.net(zt, g_t.float(), with_aux=True)
             var_raw = aux["reverse_var"]
