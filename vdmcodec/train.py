@@ -116,23 +116,31 @@ def eval_batches(images: list[np.ndarray], crop: int, max_large: int = 12, max_s
 
 @torch.no_grad()
 def evaluate(model: VDM, batches: list[torch.Tensor], device: torch.device, repeats: int = 4, seed: int = 0) -> dict:
-    """Mean NELBO terms (bpd) over held-out batches, with a fixed seed and stratified steps."""
+    """Mean NELBO terms (bpd) over held-out batches, with a fixed seed and stratified steps;
+    also "nelbo_<size>", the mean over the crops of each size (the large crops are the
+    better guide for photos)."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     sums = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0, "nelbo": 0.0}
+    by_size: dict[str, list[float]] = {}
     count = 0
     T = model.steps
     for rep in range(repeats):
         for xb in batches:
             b = xb.shape[0]
+            size = by_size.setdefault(f"nelbo_{xb.shape[-1]}", [0.0, 0])
             steps = ((torch.arange(b) * T) // b + (rep * T) // (repeats * max(b, 1)) + rep) % T + 1
             for i in range(0, b, 16):
                 terms = model.terms(xb[i : i + 16].to(device), step_index=steps[i : i + 16].to(device), generator=gen)
                 for k in sums:
                     sums[k] += float(terms[k].sum())
                 count += terms["nelbo"].shape[0]
+                size[0] += float(terms["nelbo"].sum())
+                size[1] += terms["nelbo"].shape[0]
     model.train()
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    out = {k: v / max(count, 1) for k, v in sums.items()}
+    out.update({k: v[0] / max(v[1], 1) for k, v in by_size.items()})
+    return out
 
 
 class EMA:
