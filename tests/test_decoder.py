@@ -77,7 +77,8 @@ def test_recon_term_trains_the_network_and_its_scale_head():
 
 @pytest.mark.slow
 def test_shipped_model_xhat_decoder_beats_z0_location():
-    """On real pixels the network's estimate at z_0 is a better centre than z_0 / alpha_0."""
+    """On real pixels the network's estimate at z_0 is a better centre than z_0 / alpha_0, and
+    the pixel context (neighbours and colours coded before) improves on it again."""
     from helpers import DEFAULT_CHECKPOINT
     from vdmcodec.model.vdm import discretized_logistic_logp
 
@@ -88,10 +89,18 @@ def test_shipped_model_xhat_decoder_beats_z0_location():
     a0, s0 = torch.sqrt(alpha2(g0)), torch.sqrt(sigma2(g0))
     z0 = (a0 * ((2.0 * x.double() + 1.0) / 256.0 - 1.0) + s0 * torch.randn(x.shape, dtype=torch.float64)).float()
     with torch.no_grad():
-        loc, scale = model.decoder_params(z0, g0)
+        loc, scale = model.decoder_params(z0, g0, x=x)
         xhat_bits = -discretized_logistic_logp(x, loc, scale).mean() / np.log(2.0)
         z0_bits = -discretized_logistic_logp(x, z0.double() / a0, model.decoder_scale(g0)).mean() / np.log(2.0)
+        assert model.cfg.pixel_context
+        model.cfg.pixel_context = False  # the same network's estimate without the pixel context
+        try:
+            base_loc, base_scale = model.decoder_params(z0, g0)
+        finally:
+            model.cfg.pixel_context = True
+        base_bits = -discretized_logistic_logp(x, base_loc, base_scale).mean() / np.log(2.0)
     assert float(xhat_bits) < float(z0_bits) - 0.1, (float(xhat_bits), float(z0_bits))
+    assert float(xhat_bits) < float(base_bits) - 0.1, (float(xhat_bits), float(base_bits))
 
 
 @pytest.mark.parametrize("context", [False, True])
