@@ -78,6 +78,32 @@ def test_archive_of_three_images(coder):
     assert all("classic" not in k for k in kinds[1:]), kinds
 
 
+def _archive_header_with(data: bytes, change) -> bytes:
+    header, sections = unpack_container(data)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    change(header)
+    return pack_container(header, list(sections.items()))
+
+
+def test_archive_keeps_short_image_hashes_and_one_full_hash(coder):
+    images = [(f"im{i}", image("real", 12, 10, "RGB", seed=20 + i)) for i in range(3)]
+    data, _, _ = assert_roundtrip(coder, images)
+    header, _ = unpack_container(data)
+    assert all(len(e["pixel_sha256_short"]) == 16 and "pixel_sha256" not in e for e in header["images"])
+    assert len(header["pixels_sha256"]) == 64
+
+    def wrong_image_hash(h):
+        e = h["images"][1]
+        e["pixel_sha256_short"] = ("0" if e["pixel_sha256_short"][0] != "0" else "1") + e["pixel_sha256_short"][1:]
+
+    with pytest.raises(VerificationError, match="im1"):
+        decompress_bytes(_archive_header_with(data, wrong_image_hash), coder=coder)
+    with pytest.raises(VerificationError, match="archive"):
+        decompress_bytes(_archive_header_with(data, lambda h: h.update(pixels_sha256="0" * 64)), coder=coder)
+    with pytest.raises(CorruptFileError):  # short hashes need the archive's hash
+        decompress_bytes(_archive_header_with(data, lambda h: h.pop("pixels_sha256")), coder=coder)
+
+
 def test_archive_with_palette_image_in_the_middle(coder):
     images = [image("real", 12, 10, "RGB", seed=4), image("real", 5, 6, "P", seed=5), image("noise", 3, 8, "L", seed=6)]
     assert_roundtrip(coder, images)
