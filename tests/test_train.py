@@ -115,3 +115,38 @@ def test_two_process_gloo_run(data_dir, tmp_path):
     lm = load_checkpoint(out / "model.pt")
     assert lm.meta["steps"] == 3
     assert all(torch.isfinite(v).all() for v in lm.model.state_dict().values())
+
+
+def test_heldout_crops_four_per_large_image_and_means_per_size():
+    from helpers import tiny_config
+    from vdmcodec.model.vdm import VDM
+    from vdmcodec.train import eval_batches, evaluate
+
+    big, mid, small = kodak_array(3)[:80, :90], kodak_array(4)[:50, :60], kodak_array(5)[:12, :12]
+    batches = eval_batches([big, mid, small], 32)
+    assert [tuple(b.shape) for b in batches] == [(5, 3, 32, 32), (1, 3, 12, 12)]  # 4 + 1 crops, 1 small
+    np.testing.assert_array_equal(batches[0][0].permute(1, 2, 0).numpy(), big[4:36, 6:38])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = VDM(tiny_config(steps=4))
+    res = evaluate(model, batches, torch.device("cpu"), repeats=1)
+    assert res["nelbo"] == pytest.approx((5 * res["nelbo_32"] + res["nelbo_12"]) / 6)
+    assert res["nelbo_32"] != res["nelbo_12"]
+
+
+def test_schedule_lr_mult_zero_freezes_the_schedule(first_run, data_dir, tmp_path, monkeypatch):
+    """Also on an exact resume, where the restored optimiser state carries the first run's
+    factors."""
+    out = tmp_path / "frozen"
+    rc = run_trainer([str(data_dir), "--out", str(out), "--resume", str(first_run / "state.pt"),
+                      "--schedule-lr-mult", "0", *TINY_ARGS], monkeypatch)
+    assert rc == 0
+    # the trained (not EMA) weights: an EMA of a constant moves by rounding
+    start = torch.load(first_run / "state.pt", map_location="cpu", weights_only=True)["model"]
+    end = torch.load(out / "state.pt", map_location="cpu", weights_only=True)["model"]
+    sched = [k for k in start if k.startswith("schedule.")]
+    assert sched and all(torch.equal(start[k], end[k]) for k in sched)
+    before, after = load_checkpoint(first_run / "model.pt"), load_checkpoint(out / "model.pt")
+    assert after.model.cfg.pixel_context and after.model.cfg.net.channel_head  # new models have it
+    assert any(not torch.equal(a, b) for k, (a, b) in
+               ((k, (v, after.model.state_dict()[k])) for k, v in before.model.state_dict().items()) if k.startswith("net."))

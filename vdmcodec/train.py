@@ -318,9 +318,12 @@ def main(argv=None) -> int:
         load_grown(ema.shadow, state["ema"])
         ema.updates = state.get("ema_updates", 10_000)
     opt = torch.optim.AdamW(param_groups(model, args.schedule_lr_mult), lr=args.lr, weight_decay=args.weight_decay)
-    if state is not None and "optimizer" in state and exact_resume:
+    if state is not None and "optimizer" in state and exact_resume \
+            and len(state["optimizer"]["param_groups"]) == len(opt.param_groups):
         opt.load_state_dict(state["optimizer"])
-    else:
+        for g, fresh in zip(opt.param_groups, param_groups(model, args.schedule_lr_mult)):
+            g["lr_mult"] = fresh["lr_mult"]  # this run's factors, not the saved run's
+    else:  # a weights-only resume, a grown model or an older optimiser layout: fresh moments
         state = {k: v for k, v in (state or {}).items() if k != "optimizer"} or None
     train_model = model
     if world > 1:
