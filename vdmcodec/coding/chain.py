@@ -265,21 +265,32 @@ class PixelCodec:
             return (slice(None),)
         return (c, self._select(p))
 
-    def push(self, stack: AnsStack, symbols: np.ndarray) -> None:
-        x = symbols.reshape(self.shape).astype(np.float64)
+    def _group_tables(self, x: np.ndarray) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
+        """(mask, probs, offset) of every group in pop order, given the whole of x (C, H, W)."""
+        xf = x.reshape(self.shape).astype(np.float64)
         self._shift = None
-        for p, c in reversed(self.groups):
-            loc, scale, offset = self._params(p, c, x)
-            codec = categorical(self._table(loc, scale, offset), offset)
-            codec.push(stack, x[self._mask(p, c)].ravel().astype(np.int32))
+        out = []
+        for p, c in self.groups:
+            loc, scale, offset = self._params(p, c, xf)
+            out.append((self._mask(p, c), self._table(loc, scale, offset), offset))
+        return out
+
+    def push(self, stack: AnsStack, symbols: np.ndarray) -> float:
+        """Push x; returns its ideal cost -log2 P(x) (the encoder's accounting, from the same
+        tables, so they are not built twice)."""
+        x = symbols.reshape(self.shape)
+        groups = self._group_tables(x)
+        for mask, probs, offset in reversed(groups):
+            categorical(probs, offset).push(stack, x[mask].ravel().astype(np.int32))
+        return sum(table_bits_rows(probs, x[mask].ravel().astype(np.int64) - offset) for mask, probs, offset in groups)
 
     def pop(self, stack: AnsStack) -> np.ndarray:
         x = np.zeros(self.shape)
         self._shift = None
         for p, c in self.groups:
             loc, scale, offset = self._params(p, c, x)
-            codec = categorical(self._table(loc, scale, offset), offset)
-            x[self._mask(p, c)] = codec.pop(stack).reshape(x[self._mask(p, c)].shape)
+            mask = self._mask(p, c)
+            x[mask] = categorical(self._table(loc, scale, offset), offset).pop(stack).reshape(x[mask].shape)
         return x.astype(np.int32).ravel()
 
     def params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,30 +300,19 @@ class PixelCodec:
         loc, scale = np.empty(self.shape), np.empty(self.shape)
         for p, c in self.groups:
             lo, sc, _ = self._params(p, c, x)
-            loc[self._mask(p, c)], scale[self._mask(p, c)] = lo.reshape(loc[self._mask(p, c)].shape), sc.reshape(loc[self._mask(p, c)].shape)
+            mask = self._mask(p, c)
+            loc[mask], scale[mask] = lo.reshape(loc[mask].shape), sc.reshape(loc[mask].shape)
         return loc, scale
 
     def bits(self, x: np.ndarray) -> float:
         """-log2 P(x), the ideal cost of x (C, H, W) under the tables that push uses."""
-        xf = x.reshape(self.shape).astype(np.float64)
-        self._shift = None
-        total = 0.0
-        for p, c in self.groups:
-            loc, scale, offset = self._params(p, c, xf)
-            probs = self._table(loc, scale, offset)
-            sym = x.reshape(self.shape)[self._mask(p, c)].ravel().astype(np.int64) - offset
-            total += table_bits_rows(probs, np.clip(sym, 0, self.width - 1))
-        return total
+        x = x.reshape(self.shape)
+        return sum(table_bits_rows(probs, np.clip(x[mask].ravel().astype(np.int64) - offset, 0, self.width - 1))
+                   for mask, probs, offset in self._group_tables(x))
 
     def tables(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(probs, offset) of every group, for tests."""
-        xf = x.reshape(self.shape).astype(np.float64)
-        self._shift = None
-        out = []
-        for p, c in self.groups:
-            loc, scale, offset = self._params(p, c, xf)
-            out.append((self._table(loc, scale, offset), offset))
-        return out
+        return [(probs, offset) for _, probs, offset in self._group_tables(x)]
 
 
 def table_bits_rows(probs: np.ndarray, idx: np.ndarray) -> float:
@@ -380,9 +380,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     q0, qm, qs = sm.q_z0(xt)
     k_prev = q0.pop(stack).reshape(shape)
     implied -= gaussian_bits(k_prev, qm, qs)
-    px = sm.p_pixels(k_prev, context)
-    px.push(stack, x.ravel().astype(np.int32))
-    recon = px.bits(x)
+    recon = sm.p_pixels(k_prev, context).push(stack, x.ravel().astype(np.int32))
     implied += recon
     diffusion = 0.0
     for i in range(1, sm.T + 1):
