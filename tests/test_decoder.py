@@ -10,18 +10,18 @@ import torch
 from helpers import assert_roundtrip, crop_batch, kodak_crop, raster, tiny_config, train_steps
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
 from vdmcodec.codec import Coder
-from vdmcodec.coding.chain import StepModel
-from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, sigma2
+from vdmcodec.coding.chain import PixelContext, StepModel
+from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, pass_map_np, sigma2, upgrade_context_passes
 from vdmcodec.train import load_grown
 
 
-def scrambled(decoder: str, seed: int = 0, context: bool | None = None) -> VDM:
+def scrambled(decoder: str, seed: int = 0, context: bool | None = None, passes: int = 4) -> VDM:
     """A tiny model whose zero-initialised outputs are random, as after training.
-    context: the two-pass, colour-ordered pixel decoder (default: with "xhat")."""
+    context: the multi-pass, colour-ordered pixel decoder (default: with "xhat")."""
     context = decoder == "xhat" if context is None else context
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        cfg = tiny_config(steps=8, decoder=decoder, pixel_context=context)
+        cfg = tiny_config(steps=8, decoder=decoder, pixel_context=context, context_passes=passes)
         cfg.net.decoder_head = decoder == "xhat"
         cfg.net.variance_head = decoder == "xhat"
         cfg.net.channel_head = context
@@ -103,11 +103,11 @@ def test_shipped_model_xhat_decoder_beats_z0_location():
     assert float(xhat_bits) < float(base_bits) - 0.1, (float(xhat_bits), float(base_bits))
 
 
-@pytest.mark.parametrize("context", [False, True])
-def test_coder_pixel_distribution_matches_training_decoder(context):
+@pytest.mark.parametrize("context,passes", [(False, 2), (True, 2), (True, 4)])
+def test_coder_pixel_distribution_matches_training_decoder(context, passes):
     """The coder's p(x | z_0), pixel by pixel in its coding order, is the decoder that
     training optimised (same loc and scale; teacher-forced with the true pixels)."""
-    model = scrambled("xhat", context=context)
+    model = scrambled("xhat", context=context, passes=passes)
     sm = StepModel(model, model.schedule.table(8).numpy())
     x = np.transpose(kodak_crop(12, 20), (2, 0, 1))
     g = sm.grids
@@ -123,10 +123,59 @@ def test_coder_pixel_distribution_matches_training_decoder(context):
     assert np.allclose(loc, t_loc_levels.numpy(), atol=1e-3)
     assert np.allclose(scale, t_scale[0].numpy() * 128.0, rtol=1e-3)
     assert np.ptp(scale) > 0  # per-pixel, not one scale for all
-    if context:  # the context really moved the second pass: not the base decoder
+    if context:  # the context really moved every later pass: not the base decoder
         base_loc, _, _ = sm.pixel_params(k0)
-        others = ~((np.arange(x.shape[1])[:, None] + np.arange(x.shape[2])[None]) % 2 == 0)
-        assert np.abs(loc - base_loc)[:, others].mean() > 1e-2
+        pm = pass_map_np(x.shape[1], x.shape[2], passes)
+        for p in range(1, passes):
+            assert np.abs(loc - base_loc)[:, pm == p].mean() > 1e-2, p
+
+
+@pytest.mark.parametrize("passes", [2, 4])
+def test_each_pass_sees_only_pixels_of_earlier_passes(passes):
+    """The coder's shift for pass p changes with the pixels of earlier passes and with no other."""
+    rng = np.random.default_rng(passes)
+    c, h, w = 3, 7, 9
+    ctx = PixelContext(weight=rng.normal(size=((passes - 1), c, c, 5, 5)), log_scale=np.zeros((passes, c)),
+                       coef=np.zeros((3, h, w)))
+    pm = pass_map_np(h, w, passes)
+    # (even, even), (odd, odd), (even, odd), (odd, even) on 7 x 9: 4*5, 3*4, 4*4, 3*5
+    assert np.bincount(pm.ravel()).tolist() == ([32, 31] if passes == 2 else [20, 12, 16, 15])
+    loc, scale = rng.normal(128, 5, (c, h, w)), rng.uniform(1, 3, (c, h, w))
+    x = rng.integers(100, 156, (c, h, w)).astype(np.float64)
+    for p in range(1, passes):
+        base = ctx.spatial_shift(p, x, loc, scale, pm)
+        later = x + 7.0 * (pm >= p)
+        assert np.array_equal(base[:, pm == p], ctx.spatial_shift(p, later, loc, scale, pm)[:, pm == p])
+        earlier = x + 7.0 * (pm < p)
+        assert np.all(base[:, pm == p] != ctx.spatial_shift(p, earlier, loc, scale, pm)[:, pm == p])
+        assert np.all(base[:, pm != p] == 0)
+
+
+def test_two_pass_model_upgrades_to_four_passes_without_changing_a_term():
+    """Passes 1 and 2 of four are the old anchors and passes 3 and 4 the old second pass, which
+    keep the old weights on the old anchors only: every pixel keeps its distribution."""
+    old = scrambled("xhat", passes=2, seed=3)
+    new = VDM(tiny_config(steps=8, decoder="xhat", context_passes=4)).eval()
+    assert load_grown(new, upgrade_context_passes(old.state_dict(), 4)) is True
+    x = crop_batch(2, 16, seed=4)
+    with torch.no_grad():
+        t_old = old.terms(x, generator=torch.Generator().manual_seed(0))
+        t_new = new.terms(x, generator=torch.Generator().manual_seed(0))
+    for k in ("recon", "prior", "diffusion"):
+        assert torch.allclose(t_old[k], t_new[k], rtol=1e-9), k
+    assert upgrade_context_passes(new.state_dict(), 4) is not None
+    with pytest.raises(ValueError, match="passes"):
+        upgrade_context_passes(old.state_dict(), 3)
+
+
+def test_configs_without_context_passes_are_two_pass():
+    d = VDMConfig().to_dict()
+    assert d["context_passes"] == 4
+    del d["context_passes"]
+    assert VDMConfig.from_dict(d).context_passes == 2
+    d["context_passes"] = 3
+    with pytest.raises(ValueError, match="context_passes"):
+        VDMConfig.from_dict(d)
 
 
 def test_pixel_context_upgrade_keeps_every_term():
@@ -194,13 +243,15 @@ def test_z0_model_upgrades_to_xhat_and_variance_heads_without_changing_eps():
     assert torch.allclose(t_old["diffusion"], t_new["diffusion"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("decoder,context", [("z0", False), ("xhat", False), ("xhat", True)])
-def test_roundtrip_with_each_decoder(tmp_path, decoder, context):
-    model = scrambled(decoder, seed=2, context=context)
+@pytest.mark.parametrize("decoder,context,passes", [("z0", False, 2), ("xhat", False, 2), ("xhat", True, 2),
+                                                    ("xhat", True, 4)])
+def test_roundtrip_with_each_decoder(tmp_path, decoder, context, passes):
+    model = scrambled(decoder, seed=2, context=context, passes=passes)
     path = tmp_path / f"{decoder}.pt"
     save_checkpoint(path, model, f"vdmc-test-{decoder}", {"steps": 0})
     coder = Coder(load_checkpoint(path), threads=1)
     assert coder.loaded.model.cfg.decoder == decoder
     assert coder.loaded.model.cfg.pixel_context == context
+    assert not context or coder.loaded.model.cfg.context_passes == passes
     grey = raster(kodak_crop(14, 17, index=7), mode="L")
     assert_roundtrip(coder, [raster(kodak_crop(21, 19)), raster(kodak_crop(9, 33, index=3)), grey])

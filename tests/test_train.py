@@ -150,3 +150,17 @@ def test_schedule_lr_mult_zero_freezes_the_schedule(first_run, data_dir, tmp_pat
     assert after.model.cfg.pixel_context and after.model.cfg.net.channel_head  # new models have it
     assert any(not torch.equal(a, b) for k, (a, b) in
                ((k, (v, after.model.state_dict()[k])) for k, v in before.model.state_dict().items()) if k.startswith("net."))
+
+
+def test_resume_upgrades_a_two_pass_context_to_four(data_dir, tmp_path, monkeypatch):
+    two = tmp_path / "two"
+    assert run_trainer([str(data_dir), "--out", str(two), "--context-passes", "2", *TINY_ARGS], monkeypatch) == 0
+    assert load_checkpoint(two / "model.pt").model.cfg.context_passes == 2
+    four = tmp_path / "four"
+    rc = run_trainer([str(data_dir), "--out", str(four), "--resume", str(two / "state.pt"), "--context-passes", "4",
+                      *TINY_ARGS], monkeypatch)
+    assert rc == 0
+    model = load_checkpoint(four / "model.pt").model
+    assert model.cfg.context_passes == 4 and tuple(model.context_weight.shape) == (9, 3, 5, 5)
+    assert tuple(model.context_log_scale.shape) == (4, 3)
+    assert torch.load(four / "state.pt", map_location="cpu", weights_only=True)["meta"]["steps"] == 6

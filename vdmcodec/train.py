@@ -24,7 +24,7 @@ from PIL import Image
 
 from .checkpoints import read_checkpoint, save_checkpoint
 from .model.network import NetConfig
-from .model.vdm import VDM, VDMConfig
+from .model.vdm import VDM, VDMConfig, upgrade_context_passes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
@@ -205,6 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="on --resume, give a model without one the learned per-pixel reverse variance (new runs have it)")
     p.add_argument("--pixel-context", action="store_true",
                    help="upgrade to the two-pass, colour-ordered pixel decoder (new models have it)")
+    p.add_argument("--context-passes", type=int, choices=(2, 4), default=None,
+                   help="passes of the pixel context (new models: 4); on --resume, 4 upgrades a two-pass model")
     p.add_argument("--schedule-lr-mult", type=float, default=1.0,
                    help="learning-rate factor of the noise schedule (0 freezes it)")
     p.add_argument("--recon-share", type=float, default=0.25,
@@ -306,16 +308,19 @@ def main(argv=None) -> int:
     if args.pixel_context:
         cfg.pixel_context = True
         cfg.net.channel_head = True
+    if args.context_passes is not None:
+        cfg.context_passes = args.context_passes
     cfg.validate()
 
     model = VDM(cfg).to(device)
     exact_resume = True
     if state is not None:
         weights = state["state_dict"] if "state_dict" in state else state["model"]
-        exact_resume = load_grown(model, weights)
+        converted = upgrade_context_passes(weights, cfg.context_passes) if cfg.pixel_context else weights
+        exact_resume = load_grown(model, converted) and converted is weights
     ema = EMA(model, args.ema)
     if state is not None and "ema" in state:
-        load_grown(ema.shadow, state["ema"])
+        load_grown(ema.shadow, upgrade_context_passes(state["ema"], cfg.context_passes) if cfg.pixel_context else state["ema"])
         ema.updates = state.get("ema_updates", 10_000)
     opt = torch.optim.AdamW(param_groups(model, args.schedule_lr_mult), lr=args.lr, weight_decay=args.weight_decay)
     if state is not None and "optimizer" in state and exact_resume \

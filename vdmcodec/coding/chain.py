@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.vdm import CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM
+from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, pass_classes,
+                         pass_map_np)
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -166,38 +167,56 @@ class StepModel:
 
 @dataclass
 class PixelContext:
-    """The two-pass, colour-ordered part of p(x | z_0) (VDM.context_params, in numpy)."""
+    """The multi-pass, colour-ordered part of p(x | z_0) (VDM.context_params, in numpy)."""
 
-    weight: np.ndarray  # (C, C, K, K) float64: anchor residuals -> second-pass shift
-    log_scale: np.ndarray  # (2, C) float64: per pass and channel
+    weight: np.ndarray  # (passes - 1, C, C, K, K) float64: earlier passes' residuals -> shift
+    log_scale: np.ndarray  # (passes, C) float64: per pass and channel
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int) -> "PixelContext":
-        weight = model.context_weight.detach().to("cpu", torch.float64).numpy()
-        log_scale = model.context_log_scale.detach().to("cpu", torch.float64).numpy()
-        if channels == 1:
-            weight = weight.sum(1, keepdims=True).mean(0, keepdims=True)
-            log_scale = log_scale.mean(1, keepdims=True)
+        with torch.no_grad():
+            weight, log_scale = model.context_weights(channels)
+        weight = weight.detach().to("cpu", torch.float64).numpy()
+        log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
         return cls(weight=weight, log_scale=log_scale, coef=coef)
 
-    def spatial_shift(self, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        """sum of weight * normalised anchor residuals over the kernel, zero outside the region;
-        a fixed order of float64 operations, so encoder and decoder agree on every machine."""
+    @property
+    def passes(self) -> int:
+        return self.weight.shape[0] + 1
+
+    def spatial_shift(self, p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray) -> np.ndarray:
+        """(C, H, W), at the pixels of pass p >= 1: sum of weight[p-1] * normalised residuals of
+        the pixels of earlier passes over the kernel, zero outside the region (and elsewhere).
+
+        Computed on each (row % 2, col % 2) class of the pass with strided slices, skipping
+        taps that only see pixels not yet coded.  A fixed order of float64 operations (the
+        same for every pixel as a full convolution's), so encoder and decoder agree on every
+        machine."""
         c, h, w = loc.shape
-        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * anchors
-        k = self.weight.shape[-1]
+        known = pm < p
+        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * known
+        weight = self.weight[p - 1]
+        k = weight.shape[-1]
         r = k // 2
         pad = np.pad(u, ((0, 0), (r, r), (r, r)))
         out = np.zeros_like(u)
-        for o in range(c):
-            for i in range(c):
-                for dy in range(k):
-                    for dx in range(k):
-                        wv = self.weight[o, i, dy, dx]
+        for ra, ca in pass_classes(self.passes)[p]:
+            nh, nw = len(range(ra, h, 2)), len(range(ca, w, 2))
+            if nh == 0 or nw == 0:
+                continue
+            sub = np.zeros((c, nh, nw))
+            # which taps land on pixels coded before (class parity of the source)
+            src = [(dy, dx) for dy in range(k) for dx in range(k)
+                   if known[(ra + dy - r) % 2 :: 2, (ca + dx - r) % 2 :: 2].any()]
+            for o in range(c):
+                for i in range(c):
+                    for dy, dx in src:
+                        wv = weight[o, i, dy, dx]
                         if wv != 0.0:
-                            out[o] += wv * pad[i, dy : dy + h, dx : dx + w]
+                            sub[o] += wv * pad[i, ra + dy : ra + dy + 2 * nh - 1 : 2, ca + dx : ca + dx + 2 * nw - 1 : 2]
+            out[:, ra::2, ca::2] = sub
         return out
 
 
@@ -205,25 +224,24 @@ class PixelCodec:
     """p(x | z_0) for one region, pushed and popped as a few table codecs.
 
     Without a PixelContext it is one table per pixel, all in one call.  With one, the pixels
-    go in passes (anchors, then the rest) and within a pass by channel (R, G, B): one
-    vectorised call each, every table depending only on pixels popped before it (the push
-    runs the same calls in reverse)."""
+    go in passes (pass_classes) and within a pass by channel (R, G, B): one vectorised call
+    each, every table depending only on pixels popped before it (the push runs the same
+    calls in reverse)."""
 
     def __init__(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int,
                  context: PixelContext | None = None):
         self.loc, self.scale, self.offset, self.width, self.ctx = loc, scale, offset, width, context
         c, h, w = loc.shape
         self.shape = (c, h, w)
-        anchors = np.add.outer(np.arange(h), np.arange(w)) % 2 == 0
-        self.anchors = anchors
         if context is None:
             self.groups = [(None, None)]
         else:
-            self.groups = [(p, ch) for p in (0, 1) for ch in range(c)]
-        self._shift = None
+            self.pass_map = pass_map_np(h, w, context.passes)
+            self.groups = [(p, ch) for p in range(context.passes) for ch in range(c)]
+        self._shift: dict[int, np.ndarray] = {}
 
     def _select(self, p) -> np.ndarray:
-        return self.anchors if p == 0 else ~self.anchors
+        return self.pass_map == p
 
     def _params(self, p, c, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """loc, scale and window offset for group (pass p, channel c), reading only pixels of
@@ -237,9 +255,9 @@ class PixelCodec:
             base = self.loc[ch][sel]
             if p == 0:
                 return base
-            if self._shift is None:  # every anchor is known once pass 1 starts
-                self._shift = ctx.spatial_shift(x, self.loc, self.scale, self.anchors)
-            return snap(base + self.scale[ch][sel] * self._shift[ch][sel], 2.0**-20)
+            if p not in self._shift:  # every earlier pass is known once pass p starts
+                self._shift[p] = ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
+            return snap(base + self.scale[ch][sel] * self._shift[p][ch][sel], 2.0**-20)
 
         loc = loc1(c)
         if c >= 1:
@@ -268,7 +286,7 @@ class PixelCodec:
     def _group_tables(self, x: np.ndarray) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
         """(mask, probs, offset) of every group in pop order, given the whole of x (C, H, W)."""
         xf = x.reshape(self.shape).astype(np.float64)
-        self._shift = None
+        self._shift = {}
         out = []
         for p, c in self.groups:
             loc, scale, offset = self._params(p, c, xf)
@@ -286,7 +304,7 @@ class PixelCodec:
 
     def pop(self, stack: AnsStack) -> np.ndarray:
         x = np.zeros(self.shape)
-        self._shift = None
+        self._shift = {}
         for p, c in self.groups:
             loc, scale, offset = self._params(p, c, x)
             mask = self._mask(p, c)
@@ -296,7 +314,7 @@ class PixelCodec:
     def params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every pixel's location and scale (levels, (C, H, W)) given the whole of x."""
         x = x.reshape(self.shape).astype(np.float64)
-        self._shift = None
+        self._shift = {}
         loc, scale = np.empty(self.shape), np.empty(self.shape)
         for p, c in self.groups:
             lo, sc, _ = self._params(p, c, x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,12 +24,56 @@ CONTEXT_KERNEL = 5  # spatial reach of the pixel context (anchors within 2 pixel
 CONTEXT_RESIDUAL_CLIP = 16.0  # |normalised residual| fed to the context, bounded against outliers
 
 
-def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
-    """The checkerboard half of the pixels coded first, (h, w) bool: (row + col) even.
-    The other half is coded knowing them."""
-    r = torch.arange(h, device=device)[:, None]
-    c = torch.arange(w, device=device)[None, :]
-    return (r + c) % 2 == 0
+CONTEXT_PASSES = (2, 4)
+
+
+def pass_classes(passes: int) -> list[list[tuple[int, int]]]:
+    """The (row % 2, col % 2) classes of pixels in each pass, in coding order.
+
+    Two passes: the checkerboard (row + col even) first, then the rest, each knowing the
+    anchors on its four sides.  Four: even rows and columns, then odd ones (knowing their
+    four diagonal neighbours), then (even, odd) and last (odd, even), which know all eight
+    neighbours but their own class."""
+    if passes == 2:
+        return [[(0, 0), (1, 1)], [(0, 1), (1, 0)]]
+    if passes == 4:
+        return [[(0, 0)], [(1, 1)], [(0, 1)], [(1, 0)]]
+    raise ValueError(f"the pixel context has 2 or 4 passes, not {passes}")
+
+
+def pass_map_np(h: int, w: int, passes: int) -> np.ndarray:
+    """(h, w) int64: the pass each pixel is coded in."""
+    out = np.zeros((h, w), dtype=np.int64)
+    for p, classes in enumerate(pass_classes(passes)):
+        for ra, ca in classes:
+            out[ra::2, ca::2] = p
+    return out
+
+
+def pass_map(h: int, w: int, passes: int, device=None) -> torch.Tensor:
+    return torch.from_numpy(pass_map_np(h, w, passes)).to(device)
+
+
+def upgrade_context_passes(state: dict, passes: int, prefix: str = "") -> dict:
+    """A two-pass model's context weights as a `passes`-pass model with the same decoder.
+
+    Of four passes, the first two are the old anchors (no spatial context, the old anchors'
+    scales) and the last two the old second pass, each with the old weights on the pixels of
+    the old anchors only: every pixel keeps its distribution, so the terms are unchanged."""
+    w_key, s_key = prefix + "context_weight", prefix + "context_log_scale"
+    if w_key not in state or state[w_key].shape[0] == (passes - 1) * state[w_key].shape[1]:
+        return state
+    if passes != 4 or state[w_key].shape[0] != state[w_key].shape[1]:
+        raise ValueError(f"cannot turn context weights of shape {tuple(state[w_key].shape)} into {passes} passes")
+    w, ls = state[w_key].float(), state[s_key].float()
+    k = w.shape[-1]
+    off = torch.arange(k) - k // 2
+    odd = (off[:, None] + off[None, :]) % 2 == 1  # offsets at which a (row+col)-odd pixel sees anchors
+    old = w * odd
+    out = dict(state)
+    out[w_key] = torch.cat([torch.zeros_like(w), old, old])
+    out[s_key] = torch.stack([ls[0], ls[0], ls[1], ls[1]])
+    return out
 
 
 def channel_coefficients(raw: torch.Tensor) -> torch.Tensor:
@@ -56,9 +101,10 @@ class VDMConfig:
     # p(x | z_0) located at "z0" (z_0 / alpha_0) or at "xhat", the network's estimate of x at
     # z_0 with a per-pixel scale: at the learned gamma0 the first costs ~1.8 bpd, the second less
     decoder: str = "xhat"
-    # "xhat" only: code the pixels in two checkerboard passes, R then G then B in each, each
+    # "xhat" only: code the pixels in checkerboard passes, R then G then B in each, each
     # pixel's location shifted by what the pixels already coded say about its residual
     pixel_context: bool = True
+    context_passes: int = 4  # 2 or 4 (pass_classes); models written before the option have 2
     net: NetConfig = field(default_factory=NetConfig)
 
     def to_dict(self) -> dict:
@@ -72,6 +118,7 @@ class VDMConfig:
         d["net"] = NetConfig.from_dict(d["net"])
         d.setdefault("decoder", "z0")  # configs written before the option had none
         d.setdefault("pixel_context", False)
+        d.setdefault("context_passes", 2)
         if d["decoder"] not in ("z0", "xhat"):
             raise ValueError(f"unknown pixel decoder {d['decoder']!r}")
         cfg = cls(**d)
@@ -81,6 +128,8 @@ class VDMConfig:
     def validate(self) -> None:
         if self.pixel_context and not (self.decoder == "xhat" and self.net.channel_head and self.net.decoder_head):
             raise ValueError("pixel_context needs the xhat decoder and the network's decoder and channel heads")
+        if self.context_passes not in CONTEXT_PASSES:
+            raise ValueError(f"context_passes must be one of {CONTEXT_PASSES}, not {self.context_passes}")
 
 
 def pixels_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -129,12 +178,13 @@ class VDM(nn.Module):
         self.decoder_log_scale = nn.Parameter(torch.zeros(()))
         if cfg.pixel_context:
             cfg.validate()
-            c, k = cfg.net.image_channels, CONTEXT_KERNEL
-            # linear prediction of a second-pass pixel's normalised residual from the anchors'
-            # (zero at the start: an upgraded model begins as the one it came from)
-            self.context_weight = nn.Parameter(torch.zeros(c, c, k, k))
-            # log-scale change per pass (anchors, others) and channel
-            self.context_log_scale = nn.Parameter(torch.zeros(2, c))
+            c, k, n = cfg.net.image_channels, CONTEXT_KERNEL, cfg.context_passes
+            # linear prediction of a later pass's normalised residual from those of the pixels
+            # coded before (zero at the start: an upgraded model begins as the one it came
+            # from); passes 2, 3, ... stacked as one ((passes - 1) * C, C, K, K) convolution
+            self.context_weight = nn.Parameter(torch.zeros((n - 1) * c, c, k, k))
+            # log-scale change per pass and channel
+            self.context_log_scale = nn.Parameter(torch.zeros(n, c))
 
     def forward(self, x: torch.Tensor, recon_batch: int | None = None) -> dict:
         """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
@@ -173,25 +223,36 @@ class VDM(nn.Module):
             raise ValueError("the pixel-context decoder needs the pixels coded before each one")
         return self.context_params(pixels_to_unit(x).double(), loc, scale, aux["channel_coef"])
 
+    def context_weights(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(passes - 1, C, C, K, K) weights and (passes, C) log-scales in float64; for one
+        channel, the RGB weights seen through three equal channels."""
+        weight, log_scale = self.context_weight.double(), self.context_log_scale.double()
+        c = weight.shape[1]
+        weight = weight.reshape(-1, c, c, *weight.shape[2:])
+        if channels == 1:
+            weight, log_scale = weight.sum(2, keepdim=True).mean(1, keepdim=True), log_scale.mean(1, keepdim=True)
+        return weight, log_scale
+
     def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                        coef_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced locations and scales of the two-pass, colour-ordered pixel decoder.
+        """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
-        Pass 1 codes the anchors (anchor_mask); pass 2 the rest, each located at
-        loc + scale * sum(context_weight * anchor residuals / anchor scales) over a
-        CONTEXT_KERNEL square.  In both passes G is shifted by a * (R's residual) and B by
-        b * (R's) + c * (G's), residuals taken from the pass's own locations.  Outside the
-        image counts as zero residual.  The coder computes the same in numpy
-        (coding.chain.PixelCodec)."""
+        Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
+        scales) of the pixels of earlier passes over a CONTEXT_KERNEL square.  In every pass G
+        is shifted by a * (R's residual) and B by b * (R's) + c * (G's), residuals taken from
+        the pass's own locations.  Outside the image counts as zero residual.  The coder
+        computes the same in numpy (coding.chain.PixelCodec)."""
         b, c, h, w = xt.shape
-        anchors = anchor_mask(h, w, xt.device)
-        u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * anchors
-        weight, log_scale = self.context_weight.double(), self.context_log_scale.double()
-        if c == 1:  # greyscale: the RGB weights seen through three equal channels
-            weight, log_scale = weight.sum(1, keepdim=True).mean(0, keepdim=True), log_scale.mean(1, keepdim=True)
-        shift = F.conv2d(u, weight, padding=CONTEXT_KERNEL // 2)
-        loc = loc + torch.where(anchors, torch.zeros_like(shift), scale * shift)
-        scale = scale * torch.exp(torch.where(anchors, log_scale[0][:, None, None], log_scale[1][:, None, None]))
+        weight, log_scale = self.context_weights(c)
+        passes = weight.shape[0] + 1
+        pm = pass_map(h, w, passes, xt.device)
+        u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
+        shift = torch.zeros_like(u)
+        for p in range(1, passes):
+            s = F.conv2d(u * (pm < p), weight[p - 1], padding=CONTEXT_KERNEL // 2)
+            shift = torch.where(pm == p, s, shift)
+        loc = loc + scale * shift
+        scale = scale * torch.exp(log_scale[pm].permute(2, 0, 1))
         if c == 3:
             a = channel_coefficients(coef_raw.double())
             e = xt - loc
