@@ -164,3 +164,23 @@ def test_resume_upgrades_a_two_pass_context_to_four(data_dir, tmp_path, monkeypa
     assert model.cfg.context_passes == 4 and tuple(model.context_weight.shape) == (9, 3, 5, 5)
     assert tuple(model.context_log_scale.shape) == (4, 3)
     assert torch.load(four / "state.pt", map_location="cpu", weights_only=True)["meta"]["steps"] == 6
+
+
+def test_export_a_snapshot_with_a_fresh_heldout_eval(first_run, data_dir, tmp_path):
+    from vdmcodec.export import main as export_main
+    from vdmcodec.train import eval_batches, evaluate, list_images, load_rgb, split_holdout
+
+    out = tmp_path / "shipped.pt"
+    before = torch.get_num_threads()
+    try:
+        assert export_main([str(first_run / "model.pt"), str(out), "--model-id", "vdmc-test-export",
+                            "--heldout", str(data_dir), "--holdout-every", "3", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    src, shipped = load_checkpoint(first_run / "model.pt"), load_checkpoint(out)
+    assert shipped.model_id == "vdmc-test-export"
+    assert all(torch.equal(v, shipped.model.state_dict()[k]) for k, v in src.model.state_dict().items())
+    _, hold = split_holdout(list_images([str(data_dir)]), 3)
+    expect = evaluate(shipped.model, eval_batches([load_rgb(f) for f in hold], 128), torch.device("cpu"))
+    assert shipped.meta["eval"]["nelbo"] == pytest.approx(expect["nelbo"], rel=1e-9)
+    assert shipped.meta["steps"] == src.meta["steps"]
