@@ -232,3 +232,24 @@ def test_compare_runs_as_a_module(bench_inputs, tmp_path):
     data = json.loads(out_json.read_text())
     assert Path(data["settings"]["checkpoint"]["path"]).name == ckpt.name
     assert not data["failures"]
+
+
+def test_every_coder_call_costs_its_ideal_bits(tiny_checkpoint, tmp_path, capsys):
+    """Measured to the bit (num_valid_bits), each kind of call in a region's chain grows the
+    stack by its ideal code length to within a thousandth of a bit per symbol, except that
+    the coder caps the cost of a latent far in P's tail at its precision (a saving)."""
+    from benchmarks.overhead import main as overhead_main
+    from helpers import kodak_array
+
+    path = tmp_path / "k.png"
+    Image.fromarray(kodak_array(3)[:40, :48]).save(path)
+    assert overhead_main([str(path), "--box", "4", "8", "24", "32", "--checkpoint", str(tiny_checkpoint),
+                          "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    calls = out["calls"]
+    assert set(calls) == {"q_z0_pop", "x_push", "q_pop", "p_push"}
+    for kind, c in calls.items():
+        assert c["count"] > 0 and c["overhead_bits"] < 1e-3 * c["count"], (kind, c)
+        assert c["overhead_bits"] + c["beyond_precision_excess_bits"] > -1e-3 * c["count"], (kind, c)
+    assert calls["q_pop"]["beyond_precision"] == 0  # Q's own draws are never that improbable
+    assert out["region_overhead_bits"] < 1e-3 * out["dims"] * 8

@@ -49,6 +49,11 @@ class AnsStack:
     def num_bits(self) -> int:
         return int(self._coder.num_bits())
 
+    def num_valid_bits(self) -> int:
+        """Like num_bits, but to the bit: the head's leading zeros are not counted (for
+        measuring single calls; num_bits moves in whole words)."""
+        return int(self._coder.num_valid_bits())
+
     def words(self) -> np.ndarray:
         return np.asarray(self._coder.get_compressed(), dtype=np.uint32).copy()
 
