@@ -31,9 +31,9 @@ def pass_classes(passes: int) -> list[list[tuple[int, int]]]:
     """The (row % 2, col % 2) classes of pixels in each pass, in coding order.
 
     Two passes: the checkerboard (row + col even) first, then the rest, each knowing the
-    anchors on its four sides.  Four: even rows and columns, then odd ones (knowing their
-    four diagonal neighbours), then (even, odd) and last (odd, even), which know all eight
-    neighbours but their own class."""
+    anchors on its four sides.  Four: (even row, even column), then (odd, odd), which knows
+    its four diagonal neighbours, then (even, odd), which knows its four sides, and last
+    (odd, even), which knows all eight neighbours."""
     if passes == 2:
         return [[(0, 0), (1, 1)], [(0, 1), (1, 0)]]
     if passes == 4:
@@ -54,13 +54,13 @@ def pass_map(h: int, w: int, passes: int, device=None) -> torch.Tensor:
     return torch.from_numpy(pass_map_np(h, w, passes)).to(device)
 
 
-def upgrade_context_passes(state: dict, passes: int, prefix: str = "") -> dict:
+def upgrade_context_passes(state: dict, passes: int) -> dict:
     """A two-pass model's context weights as a `passes`-pass model with the same decoder.
 
     Of four passes, the first two are the old anchors (no spatial context, the old anchors'
     scales) and the last two the old second pass, each with the old weights on the pixels of
     the old anchors only: every pixel keeps its distribution, so the terms are unchanged."""
-    w_key, s_key = prefix + "context_weight", prefix + "context_log_scale"
+    w_key, s_key = "context_weight", "context_log_scale"
     if w_key not in state or state[w_key].shape[0] == (passes - 1) * state[w_key].shape[1]:
         return state
     if passes != 4 or state[w_key].shape[0] != state[w_key].shape[1]:
