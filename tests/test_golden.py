@@ -2,14 +2,16 @@
 
 tests/data/s3_two_pass.vdmc is an archive (a 26x22 RGB crop and a 17x13 grey crop) written
 by session 3's code (commit 1f4cbec) with tests/data/s3_tiny_two_pass.pt, a tiny model with
-the two-pass pixel context and scrambled weights.  Any change to the container, the coding
-chain or the pixel decoder's arithmetic that would strand such files fails here."""
+the two-pass pixel context and scrambled weights; s4_four_pass.vdmc the same crops written by
+session 4's code with a four-pass model.  Any change to the container, the coding chain or
+the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vdmcodec.checkpoints import load_checkpoint
@@ -18,10 +20,12 @@ from vdmcodec.codec import decompress_bytes
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def test_session3_two_pass_archive_decodes_exactly():
-    ckpt = DATA / "s3_tiny_two_pass.pt"
-    assert load_checkpoint(ckpt).model.cfg.context_passes == 2  # an old config without the field
-    images = dict(decompress_bytes((DATA / "s3_two_pass.vdmc").read_bytes(), checkpoint=str(ckpt)))
+@pytest.mark.parametrize("archive,checkpoint,passes", [("s3_two_pass.vdmc", "s3_tiny_two_pass.pt", 2),
+                                                       ("s4_four_pass.vdmc", "s4_tiny_four_pass.pt", 4)])
+def test_archives_of_earlier_sessions_decode_exactly(archive, checkpoint, passes):
+    ckpt = DATA / checkpoint
+    assert load_checkpoint(ckpt).model.cfg.context_passes == passes  # s3: a config without the field
+    images = dict(decompress_bytes((DATA / archive).read_bytes(), checkpoint=str(ckpt)))
     assert set(images) == {"s3_rgb.png", "s3_grey.png"}
     for name, img in images.items():
         with Image.open(DATA / name) as im:
