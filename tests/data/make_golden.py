@@ -1,0 +1,46 @@
+"""Write a golden archive for tests/test_golden.py with the code of the checkout it runs in.
+
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py 4 s4_tiny_four_pass.pt s4_four_pass.vdmc
+
+(s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
+option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from helpers import kodak_crop, raster, tiny_config  # noqa: E402
+from vdmcodec.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from vdmcodec.codec import Coder, compress_images  # noqa: E402
+from vdmcodec.model.vdm import VDM  # noqa: E402
+
+
+def main(passes: int, ckpt_name: str, archive_name: str) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(11)
+    model = VDM(tiny_config(steps=8, decoder="xhat", pixel_context=True, context_passes=passes))
+    with torch.no_grad():  # scrambled: the zero-initialised heads and context weights made random
+        for name, p in model.net.named_parameters():
+            if name.endswith("conv2.weight") or name.startswith("out."):
+                p.normal_(0.0, 0.05)
+        model.context_weight.normal_(0.0, 0.1)
+        model.context_log_scale.normal_(0.0, 0.2)
+    model.eval()
+    save_checkpoint(HERE / ckpt_name, model, f"vdmc-test-{Path(ckpt_name).stem}", {"steps": 0})
+    rgb, grey = kodak_crop(22, 26, index=8), kodak_crop(13, 17, index=12)[:, :, 1]
+    Image.fromarray(rgb).save(HERE / "s3_rgb.png")
+    Image.fromarray(grey).save(HERE / "s3_grey.png")
+    coder = Coder(load_checkpoint(HERE / ckpt_name), threads=1)
+    images = [("s3_rgb.png", raster(rgb)), ("s3_grey.png", raster(grey[:, :, None].repeat(3, 2), mode="L"))]
+    data, _ = compress_images(images, coder)
+    (HERE / archive_name).write_bytes(data)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
