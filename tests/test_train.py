@@ -174,7 +174,8 @@ def test_export_a_snapshot_with_a_fresh_heldout_eval(first_run, data_dir, tmp_pa
     before = torch.get_num_threads()
     try:
         assert export_main([str(first_run / "model.pt"), str(out), "--model-id", "vdmc-test-export",
-                            "--heldout", str(data_dir), "--holdout-every", "3", "--threads", "1"]) == 0
+                            "--heldout", str(data_dir), "--holdout-every", "3", "--threads", "1",
+                            "--note", "made by a test"]) == 0
     finally:
         torch.set_num_threads(before)
     src, shipped = load_checkpoint(first_run / "model.pt"), load_checkpoint(out)
@@ -183,4 +184,4 @@ def test_export_a_snapshot_with_a_fresh_heldout_eval(first_run, data_dir, tmp_pa
     _, hold = split_holdout(list_images([str(data_dir)]), 3)
     expect = evaluate(shipped.model, eval_batches([load_rgb(f) for f in hold], 128), torch.device("cpu"))
     assert shipped.meta["eval"]["nelbo"] == pytest.approx(expect["nelbo"], rel=1e-9)
-    assert shipped.meta["steps"] == src.meta["steps"]
+    assert shipped.meta["steps"] == src.meta["steps"] and shipped.meta["note"] == "made by a test"

@@ -76,9 +76,11 @@ def main(argv=None) -> int:
                    help="the training folders: evaluate on their held-out files and store it in meta['eval']")
     p.add_argument("--holdout-every", type=int, default=None, help="default: the run's")
     p.add_argument("--threads", type=int, default=0, help="torch threads for --heldout (0: all cores)")
+    p.add_argument("--note", default=None, help="a line on how the model was made, kept in meta['note']")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    sha = export_state(args.state, args.out, args.model_id, heldout=args.heldout, holdout_every=args.holdout_every)
+    extra = {"note": args.note} if args.note else None
+    sha = export_state(args.state, args.out, args.model_id, extra, heldout=args.heldout, holdout_every=args.holdout_every)
     print(f"{args.out}: sha256 {sha}")
     ev = torch.load(args.out, map_location="cpu", weights_only=True)["meta"].get("eval") if args.heldout else None
     if ev:
