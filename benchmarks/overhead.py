@@ -27,17 +27,6 @@ from vdmcodec.coding.ans import PRECISION_BITS, AnsStack, Codec
 from vdmcodec.image_io import load_image
 
 
-def symbol_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """-log2 of each symbol's exact Gaussian cell mass."""
-    k = torch.from_numpy(symbols.astype(np.float64).ravel())
-    m, sd = torch.from_numpy(mean), torch.from_numpy(std)
-    hi, lo = (k + 0.5 - m) / sd, (k - 0.5 - m) / sd
-    flip = (hi + lo) > 0
-    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-    lb, la = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-    return (-(lb + torch.log1p(-torch.exp(torch.clamp(la - lb, max=-1e-300)))) / np.log(2.0)).numpy()
-
-
 def instrument(sm: chain.StepModel, stats: dict) -> None:
     """Wrap sm's Q and P codecs so that each push and pop records exact and ideal bits."""
 
@@ -53,7 +42,7 @@ def instrument(sm: chain.StepModel, stats: dict) -> None:
                 rec["exact"] += stack.num_valid_bits() - before
                 rec["ideal"] += chain.gaussian_bits(symbols.reshape(-1), mean, std)
                 rec["count"] += symbols.size
-                bits = symbol_bits(symbols, mean, std)
+                bits = chain.gaussian_symbol_bits(symbols, mean, std)
                 far = bits > PRECISION_BITS
                 rec["beyond_precision"] += int(far.sum())
                 rec["beyond_precision_excess_bits"] += float((bits[far] - PRECISION_BITS).sum())

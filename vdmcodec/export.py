@@ -58,13 +58,14 @@ def heldout_eval(model: VDM, data: list[str], holdout_every: int) -> dict:
 
 
 def export_state(state_path: str, out_path: str, model_id: str, extra_meta: dict | None = None,
-                 heldout: list[str] | None = None, holdout_every: int | None = None) -> str:
+                 heldout: list[str] | None = None, holdout_every: int | None = None) -> tuple[str, dict]:
+    """Write the checkpoint; returns its SHA-256 and the meta it carries."""
     model, meta = load_source(state_path)
     meta = _plain(meta)
     if heldout:
         meta["eval"] = heldout_eval(model, heldout, holdout_every or int(meta.get("holdout_every", 20)))
     meta.update(_plain(extra_meta or {}))
-    return save_checkpoint(out_path, model, model_id, meta)
+    return save_checkpoint(out_path, model, model_id, meta), meta
 
 
 def main(argv=None) -> int:
@@ -80,11 +81,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     extra = {"note": args.note} if args.note else None
-    sha = export_state(args.state, args.out, args.model_id, extra, heldout=args.heldout, holdout_every=args.holdout_every)
+    sha, meta = export_state(args.state, args.out, args.model_id, extra, heldout=args.heldout,
+                             holdout_every=args.holdout_every)
     print(f"{args.out}: sha256 {sha}")
-    ev = torch.load(args.out, map_location="cpu", weights_only=True)["meta"].get("eval") if args.heldout else None
-    if ev:
-        print(json.dumps({k: round(v, 4) for k, v in ev.items()}))
+    if args.heldout:
+        print(json.dumps({k: round(v, 4) for k, v in meta["eval"].items()}))
     return 0
 
 

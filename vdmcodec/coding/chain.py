@@ -370,6 +370,11 @@ def gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> flo
 
 
 def _gaussian_bits_exact(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    return float(gaussian_symbol_bits(symbols, mean, std).sum())
+
+
+def gaussian_symbol_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """-log2 of each symbol's Gaussian cell mass, from differences of log normal CDFs."""
     k = torch.from_numpy(symbols.astype(np.float64).ravel())
     m = torch.from_numpy(mean)
     s = torch.from_numpy(std)
@@ -381,7 +386,7 @@ def _gaussian_bits_exact(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray)
     lb = torch.special.log_ndtr(b)
     la = torch.special.log_ndtr(a)
     logmass = lb + torch.log1p(-torch.exp(torch.clamp(la - lb, max=-1e-300)))
-    return float(-logmass.sum()) * LOG2E
+    return -logmass.numpy() * LOG2E
 
 
 # ---------------------------------------------------------------- one region
