@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -387,6 +388,24 @@ def test_eval_json_on_folder(tmp_path):
     pal = write_image(tmp_path / "pal.png", "P", 4, 4)
     r = ok(invoke("eval", pal, "--json"))
     assert r.stdout == "" and "skipping" in r.stderr
+
+
+def test_ensemble_option_is_recorded_and_decoded(tmp_path):
+    """An archive never falls back to the classic code, so its planes go through the
+    ensembled chain; the decoder takes the ensemble size from the file."""
+    srcs = [write_image(tmp_path / "a.png", "RGB", 17, 12, seed=4), write_image(tmp_path / "b.png", "L", 9, 8, seed=5)]
+    vdmc = tmp_path / "two.vdmc"
+    recs = json_lines(ok(invoke("compress", *srcs, "--archive", "-o", vdmc, "--json", "--ensemble", "2")))
+    assert [r["method"] for r in recs] == ["bitsback", "bitsback"]
+    assert header_of(vdmc)["compute"]["ensemble"] == 2
+    assert "ensemble 2" in ok(invoke("info", vdmc)).stdout
+    ok(invoke("decompress", vdmc, "-o", tmp_path / "back"))
+    for src in srcs:
+        assert_same_content(src, tmp_path / "back" / src.name)
+    ens = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "4")))[0]
+    one = json_lines(ok(invoke("eval", srcs[0], "--json")))[0]
+    assert (ens["ensemble"], one["ensemble"]) == (4, 1)  # (these untrained models are flip-equivariant)
+    assert invoke("compress", srcs[0], "-o", tmp_path / "x.vdmc", "--ensemble", "3").exit_code == 2
 
 
 # ----------------------------------------------------------------------------- errors

@@ -375,6 +375,54 @@ def test_two_thread_file_decodes_from_a_one_thread_process(tiny_loaded, restore_
     assert torch.get_num_threads() == 2
 
 
+# ----------------------------------------------------------------------------- network ensemble
+@pytest.mark.parametrize("calls", [2, 4])
+def test_ensemble_file_roundtrips_and_decodes_with_the_files_setting(tiny_loaded, calls):
+    img = image("real", 33, 40, "RGB", seed=11)
+    one_call = Coder(tiny_loaded, threads=1)
+    data, reports, _ = assert_roundtrip(Coder(tiny_loaded, threads=1, ensemble=calls), [img], decode_coder=one_call)
+    assert unpack_container(data)[0]["compute"]["ensemble"] == calls
+    assert one_call.step_model.ensemble == calls  # taken from the file, not from the coder handed in
+    plain, plain_reports = compress_images([("img0", img)], Coder(tiny_loaded, threads=1), allow_fallback=False)
+    assert unpack_container(plain)[0]["compute"]["ensemble"] == 1
+    assert reports[0].nelbo_bits != plain_reports[0].nelbo_bits  # the ensemble really changed P
+
+
+def test_ensemble_averages_flipped_network_outputs(tiny_loaded):
+    sm = StepModel(tiny_loaded.model, tiny_loaded.gamma_table.numpy(), ensemble=2)
+    k = np.random.default_rng(0).integers(-300, 300, (3, 12, 10)).astype(np.int32)
+    eps2, lam2 = sm.step_outputs(k, 3)
+    sm.ensemble = 1
+    eps1, lam1 = sm.step_outputs(k, 3)
+    eps1f, lam1f = sm.step_outputs(np.ascontiguousarray(k[:, :, ::-1]), 3)
+    assert not np.allclose(eps2, eps1)
+    np.testing.assert_allclose(eps2, 0.5 * (eps1 + eps1f[:, :, ::-1]), atol=1e-5)
+    assert np.isfinite(lam2).all() and not np.allclose(lam2, lam1)
+
+
+def test_unknown_ensemble_size_is_refused(tiny_loaded, encoded, coder):
+    with pytest.raises(ValueError):
+        Coder(tiny_loaded, threads=1, ensemble=3)
+    header, sections = unpack_container(encoded)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    header["compute"] = {**header["compute"], "ensemble": 3}
+    with pytest.raises(CorruptFileError):
+        decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
+
+
+def test_files_without_ensemble_field_decode_with_one_call(coder, encoded):
+    header, sections = unpack_container(encoded)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    header["compute"] = {k: v for k, v in header["compute"].items() if k != "ensemble"}
+    coder.use_ensemble(4)
+    try:
+        out = decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
+        assert coder.step_model.ensemble == 1
+    finally:
+        coder.use_ensemble(1)
+    assert out[0][1].width == 65
+
+
 # ----------------------------------------------------------------------------- classic fallback
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 @pytest.mark.parametrize("source", ["noise", "real"])

@@ -98,7 +98,7 @@ def main(traceback: bool):
 
 
 # ------------------------------------------------------------------ compress
-def _load_coder(checkpoint, device, threads):
+def _load_coder(checkpoint, device, threads, ensemble: int = 1):
     import torch
 
     from .checkpoints import load_checkpoint
@@ -108,7 +108,7 @@ def _load_coder(checkpoint, device, threads):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    return Coder(load_checkpoint(checkpoint, device), device=device, threads=threads or 0)
+    return Coder(load_checkpoint(checkpoint, device), device=device, threads=threads or 0, ensemble=ensemble)
 
 
 def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix: str) -> list[Path]:
@@ -138,6 +138,12 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
             raise OutputExistsError(f"{p} exists (use -f to overwrite)")
 
 
+_ensemble_option = click.option(
+    "--ensemble", type=click.Choice(["1", "2", "4"]), default="1", show_default=True,
+    help="Network calls per diffusion step, averaged over flipped copies: smaller files, "
+         "about that many times slower (recorded in the file).")
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", help="Output file (one input or --archive) or folder (several inputs).")
@@ -147,9 +153,10 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
 @click.option("--checkpoint", help="Model checkpoint (path or name in checkpoints/); default: the shipped one.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=0, help="Coding threads (recorded in the file; default: cores, max 8).")
+@_ensemble_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
-def compress(images, output, force, no_verify, archive, checkpoint, device, threads, as_json):
+def compress(images, output, force, no_verify, archive, checkpoint, device, threads, ensemble, as_json):
     """Compress images (PNG, ...) to .vdmc files."""
     from .image_io import load_image
 
@@ -159,7 +166,7 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
     outputs = _plan_outputs(inputs, output, archive, ".vdmc")
     _refuse_existing(outputs, force)
     rasters = [(p.stem, load_image(p)) for p in inputs]  # all inputs checked before any work
-    coder = _load_coder(checkpoint, device, threads)
+    coder = _load_coder(checkpoint, device, threads, int(ensemble))
     if not archive and len(inputs) > 1 and output:
         _make_folder(Path(output))
     groups = [(rasters, outputs[0], inputs)] if archive else [([r], o, [i]) for r, o, i in zip(rasters, outputs, inputs)]
@@ -312,7 +319,7 @@ def info(file, as_json):
     if model:
         click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
         click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
-        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, ensemble {comp.get('ensemble', 1)}, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
     else:
         click.echo("model:    none (classic code only; decodes without a model)")
     for e in images:
@@ -348,15 +355,16 @@ def _expand_inputs(items) -> list[Path]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=0)
 @click.option("--seed", type=int, default=0, help="Seed of the latents drawn (the NELBO is an expectation).")
+@_ensemble_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
-def eval_cmd(inputs, checkpoint, device, threads, seed, as_json):
+def eval_cmd(inputs, checkpoint, device, threads, seed, ensemble, as_json):
     """The model's NELBO (bits per dimension) on whole images at the coding T, without coding."""
     from .evaluate import image_nelbo
     from .image_io import load_image
 
     files = _expand_inputs(inputs)
-    coder = _load_coder(checkpoint, device, threads)
+    coder = _load_coder(checkpoint, device, threads, int(ensemble))
     coder.activate()
     total_bits = total_dims = 0.0
     for f in files:
@@ -368,7 +376,7 @@ def eval_cmd(inputs, checkpoint, device, threads, seed, as_json):
         with _progress(coder.step_model.T * img.width * img.height, f"eval {f.name}") as bar:
             res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update)
         rec = {"input": str(f), "dims": res["dims"], "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
-               "T": coder.step_model.T, "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
+               "T": coder.step_model.T, "ensemble": coder.ensemble, "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
         total_bits += res["nelbo_bits"]
         total_dims += res["dims"]
         if as_json:

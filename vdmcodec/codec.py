@@ -22,6 +22,7 @@ from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderIn
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
 from .coding.classic import decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
+from .model.network import ENSEMBLE_FLIPS
 from .container import pack_container, unpack_container
 from .errors import (
     CorruptFileError,
@@ -41,12 +42,16 @@ class Coder:
     loaded: LoadedModel
     device: str = "cpu"
     threads: int = 0
+    ensemble: int = 1  # network calls per diffusion step (StepModel.ensemble)
     step_model: StepModel = field(init=False)
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
         self.loaded.model.to(self.device)
-        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device)
+        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, self.ensemble)
+
+    def use_ensemble(self, calls: int) -> None:
+        self.ensemble = self.step_model.ensemble = calls
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of the file (see DESIGN §3)."""
@@ -60,6 +65,7 @@ class Coder:
         return {
             "device": "cuda" if self.device.startswith("cuda") else "cpu",
             "threads": self.threads,
+            "ensemble": self.ensemble,
             "torch": str(torch.__version__),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "numpy": np.__version__,
@@ -335,6 +341,7 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     if coder is not None:
         if needs_model:
             coder.threads = _file_threads(header)
+            coder.use_ensemble(_file_ensemble(header))
         coder.activate()
     words = np.frombuffer(sections.get("ans", b""), dtype="<u4").astype(np.uint32)
     if len(words) != header["ans_words"]:
@@ -359,6 +366,13 @@ def _file_threads(header: dict) -> int:
     return threads
 
 
+def _file_ensemble(header: dict) -> int:
+    calls = int(header["compute"].get("ensemble", 1))  # files before the option made one call
+    if calls not in ENSEMBLE_FLIPS:
+        raise CorruptFileError(f"unknown network ensemble size {calls} in header")
+    return calls
+
+
 def _coder_for_file(header, checkpoint, device) -> Coder:
     comp = header["compute"]
     want_dev = comp["device"]
@@ -369,7 +383,7 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
     if want_dev == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
     lm = find_model_for(header, checkpoint, device)
-    return Coder(lm, device=device, threads=_file_threads(header))
+    return Coder(lm, device=device, threads=_file_threads(header), ensemble=_file_ensemble(header))
 
 
 def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:

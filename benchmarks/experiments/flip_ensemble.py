@@ -1,5 +1,6 @@
 """Would a flip ensemble of the network pay? The trainer's held-out 128x128 crops, with the
-network's outputs (eps and every extra head) averaged over flipped copies of z.
+network's outputs (eps and every extra head) averaged over flipped copies of z at every step,
+the decoder's call at z_0 included (the coder's `--ensemble` leaves that one alone).
 
     python -m benchmarks.experiments.flip_ensemble checkpoints/default.pt --sets none h hv
 
@@ -17,35 +18,28 @@ import sys
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
+from vdmcodec.model.network import flip_ensemble
 from vdmcodec.train import eval_batches, evaluate, list_images, load_rgb, split_holdout
 
-FLIP_SETS = {"none": [()], "h": [(), (3,)], "hv": [(), (3,), (2,), (2, 3)]}
+SETS = {"none": 1, "h": 2, "hv": 4}  # network calls (network.ENSEMBLE_FLIPS)
 
 
-class FlipEnsemble(torch.nn.Module):
-    """The mean of a network's outputs over flipped inputs (flipped back)."""
+class Ensembled(torch.nn.Module):
+    """A network whose every call (diffusion steps and the decoder at z_0) is a flip ensemble."""
 
-    def __init__(self, net: torch.nn.Module, flips: list[tuple[int, ...]]):
+    def __init__(self, net: torch.nn.Module, calls: int):
         super().__init__()
-        self.inner, self.flips, self.cfg = net, flips, net.cfg
+        self.inner, self.calls, self.cfg = net, calls, net.cfg
 
     def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_aux: bool = False):
-        eps_sum, aux_sum = 0.0, None
-        for dims in self.flips:
-            eps, aux = self.inner(torch.flip(z, dims) if dims else z, gamma, with_aux=True)
-            if dims:
-                eps, aux = torch.flip(eps, dims), {k: torch.flip(v, dims) for k, v in aux.items()}
-            eps_sum = eps_sum + eps
-            aux_sum = aux if aux_sum is None else {k: aux_sum[k] + v for k, v in aux.items()}
-        n = len(self.flips)
-        eps, aux = eps_sum / n, {k: v / n for k, v in aux_sum.items()}
+        eps, aux = flip_ensemble(self.inner, z, gamma, self.calls)
         return (eps, aux) if with_aux else eps
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint")
-    p.add_argument("--sets", nargs="+", choices=sorted(FLIP_SETS), default=["none", "h"])
+    p.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["none", "h"])
     p.add_argument("--data", default="../shared/data/train")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -56,9 +50,9 @@ def main(argv=None) -> int:
     model = load_checkpoint(args.checkpoint).model.eval()
     net = model.net
     for name in args.sets:
-        model.net = FlipEnsemble(net, FLIP_SETS[name])
+        model.net = Ensembled(net, SETS[name])
         terms = evaluate(model, [batch], torch.device("cpu"))
-        print(json.dumps({"checkpoint": args.checkpoint, "flips": name, "calls": len(FLIP_SETS[name]),
+        print(json.dumps({"checkpoint": args.checkpoint, "flips": name, "calls": SETS[name],
                           "crops": batch.shape[0], **terms}), flush=True)
     return 0
 

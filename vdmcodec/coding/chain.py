@@ -16,6 +16,7 @@ import torch
 
 from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, pass_classes,
                          pass_map_np)
+from ..model.network import ENSEMBLE_FLIPS, flip_ensemble
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -43,7 +44,7 @@ class RegionStats:
 class StepModel:
     """Distribution parameters for every step, shared by encoder and decoder."""
 
-    def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu"):
+    def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu", ensemble: int = 1):
         # channels-last convolutions are ~12% faster on this CPU; encoder and decoder both
         # run this same layout, so results stay identical between them
         self.model = model.to(memory_format=torch.channels_last)
@@ -54,6 +55,20 @@ class StepModel:
         self.decoder_scale = float(snap(scale * 128.0, 2.0**-24))  # logistic scale in pixel levels
         self.grids: ChainGrids = build_grids(table, self.decoder_scale)
         self.T = self.grids.T
+        self.ensemble = ensemble
+
+    @property
+    def ensemble(self) -> int:
+        """Network calls per diffusion step (i >= 1), averaged over flipped copies of z_i
+        (network.ENSEMBLE_FLIPS); the decoder at z_0 always makes one call, whose averaged
+        heads would not match the pixel context it was trained with."""
+        return self._ensemble
+
+    @ensemble.setter
+    def ensemble(self, calls: int) -> None:
+        if calls not in ENSEMBLE_FLIPS:
+            raise ValueError(f"ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
+        self._ensemble = calls
 
     # ---- network ----
     def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +79,10 @@ class StepModel:
         the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
-        eps, aux = self._net(k, i, context)
+        eps, aux = self._net(k, i, context, self.ensemble)
         return eps, reverse_log_var_np(aux["reverse_var"])
 
-    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None) -> tuple[np.ndarray, dict]:
+    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1) -> tuple[np.ndarray, dict]:
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
@@ -76,7 +91,7 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            eps, aux = self.model.net(z, gamma, with_aux=True)
+            eps, aux = flip_ensemble(self.model.net, z, gamma, calls)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)

@@ -178,3 +178,26 @@ class EpsNet(nn.Module):
         for name in AUX_NAMES:
             aux.setdefault(name, torch.zeros_like(eps))
         return eps, aux
+
+
+# Flip sets of an ensemble of n network calls, as dims of a (B, C, H, W) tensor: the identity,
+# then the horizontal, vertical and both flips.  Training flips its crops, so the network is
+# nearly equivariant to them and the mean of its flipped outputs is a better prediction.
+ENSEMBLE_FLIPS = {1: ((),), 2: ((), (3,)), 4: ((), (3,), (2,), (2, 3))}
+
+
+def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int) -> tuple[torch.Tensor, dict]:
+    """net(z, gamma, with_aux=True) averaged over the flips of ENSEMBLE_FLIPS[calls], each
+    output flipped back; always summed in the same order (the coder needs identical results)."""
+    if calls not in ENSEMBLE_FLIPS:
+        raise ValueError(f"ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
+    eps_sum, aux_sum = None, None
+    for dims in ENSEMBLE_FLIPS[calls]:
+        eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True)
+        if dims:
+            eps, aux = torch.flip(eps, dims), {k: torch.flip(v, dims) for k, v in aux.items()}
+        eps_sum = eps if eps_sum is None else eps_sum + eps
+        aux_sum = aux if aux_sum is None else {k: aux_sum[k] + v for k, v in aux.items()}
+    if calls == 1:
+        return eps_sum, aux_sum
+    return eps_sum / calls, {k: v / calls for k, v in aux_sum.items()}
