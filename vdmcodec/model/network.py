@@ -188,9 +188,8 @@ ENSEMBLE_FLIPS = {1: ((),), 2: ((), (3,)), 4: ((), (3,), (2,), (2, 3))}
 
 def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int) -> tuple[torch.Tensor, dict]:
     """net(z, gamma, with_aux=True) averaged over the flips of ENSEMBLE_FLIPS[calls], each
-    output flipped back; always summed in the same order (the coder needs identical results)."""
-    if calls not in ENSEMBLE_FLIPS:
-        raise ValueError(f"ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
+    output flipped back; always summed in the same order (the coder needs identical results).
+    Sizes are checked where they come in (StepModel.ensemble, the file header)."""
     eps_sum, aux_sum = None, None
     for dims in ENSEMBLE_FLIPS[calls]:
         eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True)
