@@ -256,7 +256,7 @@ class VdmcRunner:
     """The neural codec through the library API.  Importing torch happens here, only."""
 
     def __init__(self, checkpoint: str | None, device: str, threads: int, show_progress: bool = True,
-                 allow_fallback: bool = True):
+                 allow_fallback: bool = True, effort: str = "default"):
         import torch
 
         from vdmcodec import codec as vcodec
@@ -277,7 +277,8 @@ class VdmcRunner:
             self.loaded = load_checkpoint(checkpoint, device)
         except Exception as exc:
             raise BenchmarkError(f"cannot load the vdmcodec checkpoint ({exc}); pass --checkpoint PATH or --no-vdmc") from None
-        self.coder = vcodec.Coder(self.loaded, device=device, threads=threads)
+        self.coder = vcodec.Coder.for_effort(self.loaded, effort, device=device, threads=threads)
+        self.effort = effort
         self.coder.activate()
         self.T = int(self.coder.step_model.T)
         self.show_progress = show_progress
@@ -301,7 +302,12 @@ class VdmcRunner:
             "meta": lm.meta,
             "config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
             "parameters": int(sum(p.numel() for p in lm.model.parameters())),
-            "T": self.T,
+            "T": int(self.coder.plan[-1]),
+            "steps": self.T,
+            "effort": self.effort,
+            "plan": list(self.coder.plan),
+            "ensemble": self.coder.ensemble,
+            "ensemble_steps": self.coder.ensemble_steps,
             "device": self.device,
             "threads": self.coder.threads,
             "torch_threads": int(self.torch.get_num_threads()),
@@ -385,6 +391,7 @@ class VdmcRunner:
             "implied_bpd": float(rep.implied_bits) / dims,
             "seed_bytes": int(rep.seed_bytes),
             "side_bytes": int(rep.side_bytes),
+            "context_bytes": int(getattr(rep, "context_bytes", 0)),
             "terms_bpd": {k: float(v) / dims for k, v in rep.terms.items()},
             "report_dims": int(rep.dims),
         }
@@ -788,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads for vdmcodec (torch) and the multi-threaded classic codecs (JPEG XL, JPEG 2000); "
                         "default: vdmcodec's default (VDMCODEC_THREADS or min(cores, 8))")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument("--effort", default="default", choices=["fast", "default", "max"], help="vdmcodec's --effort")
     return p
 
 
@@ -813,7 +821,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     vdmc = None
     if VDMC in codecs:
         vdmc = VdmcRunner(args.checkpoint, args.device, threads, show_progress=show,
-                          allow_fallback=not args.no_fallback)
+                          allow_fallback=not args.no_fallback, effort=args.effort)
         codec_info[VDMC] = {"label": VDMC_LABEL, "library": "vdmcodec", "available": True, "reason": None}
 
     settings = {

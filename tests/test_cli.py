@@ -358,7 +358,8 @@ def test_info_text_and_json(tmp_path, cli_models):
     from vdmcodec.checkpoints import file_sha256
 
     assert hdr["model"]["sha256"] == file_sha256(cli_models[0])
-    assert hdr["coder"]["T"] == 4 and hdr["compute"]["threads"] == 1
+    assert hdr["coder"]["plan"] == [0, 1, 2, 4] and hdr["coder"]["T"] == 3  # --effort default on T = 4
+    assert hdr["compute"]["threads"] == 1
     assert [(e["name"], e["width"], e["height"], e["mode"]) for e in hdr["images"]] == [
         ("first", 9, 4, "RGBA"), ("second", 6, 5, "P")]
 
@@ -378,7 +379,7 @@ def test_eval_json_on_folder(tmp_path):
         assert all(np.isfinite(v) for v in rec["terms"].values())
         assert np.isfinite(rec["nelbo_bpd"]) and rec["nelbo_bpd"] > 0
         assert sum(rec["terms"].values()) == pytest.approx(rec["nelbo_bpd"], rel=1e-9)
-        assert rec["T"] == 4
+        assert rec["T"] == 4 and rec["steps"] == 3 and rec["effort"] == "default"
     # the same seed gives the same estimate; the text mode prints one line per image plus the mean
     again = json_lines(ok(invoke("eval", folder, "--json")))
     assert [x["nelbo_bpd"] for x in again] == [x["nelbo_bpd"] for x in recs]
@@ -403,9 +404,55 @@ def test_ensemble_option_is_recorded_and_decoded(tmp_path):
     for src in srcs:
         assert_same_content(src, tmp_path / "back" / src.name)
     ens = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "4")))[0]
-    one = json_lines(ok(invoke("eval", srcs[0], "--json")))[0]
+    one = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "1")))[0]
     assert (ens["ensemble"], one["ensemble"]) == (4, 1)  # (these untrained models are flip-equivariant)
+    assert (ens["network_calls"], one["network_calls"]) == (1 + 4 + 2, 1 + 1 + 2)  # plan 0, 1, 2, 4: one step ensembled
     assert invoke("compress", srcs[0], "-o", tmp_path / "x.vdmc", "--ensemble", "3").exit_code == 2
+
+
+@pytest.mark.parametrize("effort,plan,calls", [("fast", [0, 1, 2, 4], 4), ("default", [0, 1, 2, 4], 5),
+                                               ("max", [0, 1, 2, 3, 4], 8)])
+def test_effort_sets_the_plan_and_ensemble(tmp_path, effort, plan, calls):
+    src = write_image(tmp_path / "a.png", "RGB", 17, 12, seed=4)
+    other = write_image(tmp_path / "b.png", "L", 9, 8, seed=5)
+    vdmc = tmp_path / "e.vdmc"
+    ok(invoke("compress", src, other, "--archive", "-o", vdmc, "--effort", effort))
+    hdr = header_of(vdmc)
+    assert hdr["coder"]["plan"] == plan and hdr["coder"]["T"] == len(plan) - 1
+    ok(invoke("decompress", vdmc, "-o", tmp_path / "back"))
+    assert_same_content(src, tmp_path / "back" / src.name)
+    rec = json_lines(ok(invoke("eval", src, "--json", "--effort", effort)))[0]
+    assert rec["network_calls"] == calls and rec["steps"] == len(plan) - 1
+    assert invoke("compress", src, "-o", tmp_path / "x.vdmc", "--effort", "slow").exit_code == 2
+
+
+def test_image_context_is_sent_used_and_switchable(tmp_path, monkeypatch):
+    """With the keep rule forced, compress sends each image's own pixel-context weights,
+    info shows them, decompress uses them, and eval prices them into total_bpd;
+    --no-image-context sends none.  (An archive, so that no image falls back to classic.)"""
+    from vdmcodec.coding import adapt
+
+    monkeypatch.setattr(adapt, "KEEP_IF_SAVING_OVER_COST", -1e9)
+    srcs = [write_image(tmp_path / "a.png", "RGB", 24, 20, seed=6), write_image(tmp_path / "b.png", "L", 9, 8, seed=7)]
+    own, plain = tmp_path / "own.vdmc", tmp_path / "plain.vdmc"
+    recs = json_lines(ok(invoke("compress", *srcs, "--archive", "-o", own, "--json")))
+    assert [r["context_bytes"] for r in recs] == [687, 79]
+    assert [e["pixel_context"] for e in header_of(own)["images"]] == ["context0", "context1"]
+    assert ok(invoke("info", own)).stdout.count("own pixel context") == 2
+    ok(invoke("compress", *srcs, "--archive", "-o", plain, "--no-image-context"))
+    assert not any("pixel_context" in e for e in header_of(plain)["images"])
+    for f in (own, plain):
+        ok(invoke("decompress", f, "-o", tmp_path / f.stem))
+        for src in srcs:
+            assert_same_content(src, tmp_path / f.stem / src.name)
+    fitted = json_lines(ok(invoke("eval", srcs[0], "--json")))[0]
+    model = json_lines(ok(invoke("eval", srcs[0], "--json", "--no-image-context")))[0]
+    assert fitted["image_context"] and not model["image_context"]
+    assert fitted["side_bpd"] == 8 * (687 + adapt.HEADER_BYTES) / fitted["dims"]
+    assert fitted["total_bpd"] == pytest.approx(fitted["nelbo_bpd"] + fitted["side_bpd"])
+    assert model["total_bpd"] == model["nelbo_bpd"] and model["side_bpd"] == 0
+    assert fitted["terms"]["recon"] != model["terms"]["recon"]
+    assert fitted["terms"]["diffusion"] == model["terms"]["diffusion"]  # same draws, only p(x | z_0) differs
 
 
 # ----------------------------------------------------------------------------- errors
@@ -606,12 +653,12 @@ def test_corrupted_file_exit_8(small_file, where):
 def test_unknown_format_version_exit_9(small_file):
     data = bytearray(small_file.read_bytes())
     (hlen,) = struct.unpack_from("<I", data, 10)
-    struct.pack_into("<H", data, 8, 2)
-    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v2 header
-    v2 = small_file.with_name("v2.vdmc")
-    v2.write_bytes(bytes(data))
-    assert_error(invoke("decompress", v2, "-o", small_file.parent / "out"), 9, "version 2")
-    assert_error(invoke("info", v2), 9, "version 2")
+    struct.pack_into("<H", data, 8, 3)
+    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v3 header
+    v3 = small_file.with_name("v3.vdmc")
+    v3.write_bytes(bytes(data))
+    assert_error(invoke("decompress", v3, "-o", small_file.parent / "out"), 9, "version 3")
+    assert_error(invoke("info", v3), 9, "version 3")
     assert not (small_file.parent / "out").exists()
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from helpers import assert_roundtrip, assert_same_image, kodak_crop, noise_array, raster, tiny_config
-from vdmcodec.codec import Coder, compress_images, decompress_bytes
+from vdmcodec.codec import Coder, compress_images, decompress_bytes, effort_settings
 from vdmcodec.coding.ans import AnsStack, categorical, windowed_gaussian
-from vdmcodec.coding.chain import StepModel, decode_region, encode_region
+from vdmcodec.coding.chain import (StepModel, check_plan, decode_region, encode_region, jump_log_var,
+                                   plan_from_strides)
 from vdmcodec.coding.classic import encode_rows
-from vdmcodec.coding.grids import MAX_HALF_WINDOW
+from vdmcodec.coding.grids import MAX_HALF_WINDOW, PARAM_SNAP, snap
 from vdmcodec.container import pack_container, unpack_container
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
 from vdmcodec.errors import CorruptFileError, ModelMismatchError, VerificationError
@@ -410,17 +411,73 @@ def test_unknown_ensemble_size_is_refused(tiny_loaded, encoded, coder):
         decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
 
 
-def test_files_without_ensemble_field_decode_with_one_call(coder, encoded):
+def test_files_without_plan_or_ensemble_fields_decode_every_step_with_one_call(coder, encoded):
+    """What files written before these fields mean (the decoding coder set otherwise first)."""
     header, sections = unpack_container(encoded)
     header = {k: v for k, v in header.items() if k != "sections"}
-    header["compute"] = {k: v for k, v in header["compute"].items() if k != "ensemble"}
-    coder.use_ensemble(4)
+    header["compute"] = {k: v for k, v in header["compute"].items() if k not in ("ensemble", "ensemble_steps")}
+    header["coder"] = {k: v for k, v in header["coder"].items() if k != "plan"}
+    T = coder.step_model.T
+    coder.use_steps((0, 2, T), 4, 1)
     try:
         out = decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
-        assert coder.step_model.ensemble == 1
+        assert (coder.step_model.ensemble, coder.step_model.plan) == (1, tuple(range(T + 1)))
+        assert coder.step_model.ensemble_steps == T
     finally:
-        coder.use_ensemble(1)
+        coder.use_steps(range(T + 1), 1, None)
     assert out[0][1].width == 65
+
+
+# ----------------------------------------------------------------------------- step plans
+def test_plans_from_strides_and_their_checks():
+    assert plan_from_strides(64, ((0.25, 1), (0.5, 2), (1.0, 4))) == tuple(range(17)) + tuple(range(18, 33, 2)) + tuple(range(36, 65, 4))
+    assert plan_from_strides(8, ((1.0, 1),)) == tuple(range(9))
+    assert plan_from_strides(4, ((0.25, 1), (0.5, 2), (1.0, 4))) == (0, 1, 2, 4)
+    for bad in ((0, 2, 1, 8), (1, 8), (0, 4), (0, 4, 4, 8), (0,)):
+        with pytest.raises(ValueError):
+            check_plan(bad, 8)
+    assert len(effort_settings("default", 64)["plan"]) - 1 == 32
+    assert effort_settings("default", 64)["ensemble_steps"] == 16
+    assert [StepModel(*_tiny_tables(), **effort_settings(e, 64)).network_calls() for e in ("fast", "default", "max")] == [28, 49, 113]
+
+
+def _tiny_tables():
+    model = VDM(tiny_config(steps=64))
+    return model, model.schedule.table(64).detach().numpy()
+
+
+def test_jump_variance_rescales_the_one_step_error():
+    lam = np.array([-0.5, 0.0, 0.3, 4.0])
+    assert np.array_equal(jump_log_var(lam[1:], 1.0), snap(lam[1:], PARAM_SNAP))
+    out = jump_log_var(lam, 3.0)
+    np.testing.assert_allclose(out, np.log1p(3.0 * np.maximum(np.expm1(lam), 0.0)), atol=2.0**-16)
+    assert np.isfinite(out).all() and (out >= 0).all()
+
+
+def test_plan_file_roundtrips_and_decodes_with_the_files_plan(tiny_loaded):
+    """A plan that skips steps, with an ensemble on its first step: the decoder takes both from
+    the file; the NELBO of fewer steps differs from all steps'."""
+    img = image("real", 21, 30, "RGB", seed=12)
+    T = len(tiny_loaded.gamma_table) - 1
+    plan = (0, 1, 2, 4, T)
+    other = Coder(tiny_loaded, threads=1)
+    data, reports, _ = assert_roundtrip(Coder(tiny_loaded, threads=1, plan=plan, ensemble=2, ensemble_steps=1), [img],
+                                        decode_coder=other)
+    header = unpack_container(data)[0]
+    assert (header["coder"]["plan"], header["coder"]["T"], header["compute"]["ensemble_steps"]) == (list(plan), 4, 1)
+    assert other.step_model.plan == plan and other.step_model.ensemble_steps == 1
+    full, full_reports = compress_images([("img0", img)], Coder(tiny_loaded, threads=1), allow_fallback=False)
+    assert unpack_container(full)[0]["coder"]["plan"] == list(range(T + 1))
+    assert reports[0].nelbo_bits != full_reports[0].nelbo_bits
+
+
+@pytest.mark.parametrize("change", [{"plan": [0, 3, 5]}, {"plan": [0, 5, 2, 8]}, {"plan": "x"}, {"T": 3}])
+def test_bad_plan_in_header_is_a_corrupt_file(coder, encoded, change):
+    header, sections = unpack_container(encoded)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    header["coder"] = {**header["coder"], **change}
+    with pytest.raises(CorruptFileError):
+        decompress_bytes(pack_container(header, list(sections.items())), coder=coder)
 
 
 # ----------------------------------------------------------------------------- classic fallback

@@ -73,7 +73,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == 1
+    assert struct.unpack_from("<H", packed, 8)[0] == 2
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -153,7 +153,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 2, 65535])
+@pytest.mark.parametrize("version", [0, 3, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -161,8 +161,18 @@ def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     assert "newer" in message or version == 0
 
 
+def test_version_1_files_still_read(packed):
+    """Version 2 only added optional header fields, so a version-1 file reads as before."""
+    assert struct.unpack_from("<H", packed, len(MAGIC))[0] == 2
+    old = bytearray(packed)
+    struct.pack_into("<H", old, len(MAGIC), 1)
+    end = len(MAGIC) + 6 + header_length(packed)
+    struct.pack_into("<I", old, end, zlib.crc32(bytes(old[len(MAGIC):end])))
+    assert unpack_container(bytes(old)) == unpack_container(packed)
+
+
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 2), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 3), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])

@@ -98,7 +98,8 @@ def main(traceback: bool):
 
 
 # ------------------------------------------------------------------ compress
-def _load_coder(checkpoint, device, threads, ensemble: int = 1):
+def _load_coder(checkpoint, device, threads, effort: str = "default", ensemble: str | None = None,
+                image_context: bool = True):
     import torch
 
     from .checkpoints import load_checkpoint
@@ -108,7 +109,8 @@ def _load_coder(checkpoint, device, threads, ensemble: int = 1):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    return Coder(load_checkpoint(checkpoint, device), device=device, threads=threads or 0, ensemble=ensemble)
+    return Coder.for_effort(load_checkpoint(checkpoint, device), effort, None if ensemble is None else int(ensemble),
+                            device=device, threads=threads or 0, adapt_context=image_context)
 
 
 def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix: str) -> list[Path]:
@@ -138,10 +140,18 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
             raise OutputExistsError(f"{p} exists (use -f to overwrite)")
 
 
+_effort_option = click.option(
+    "--effort", type=click.Choice(["fast", "default", "max"]), default="default", show_default=True,
+    help="fast: 27 network calls per region (T = 64); default: 48; max: 113, for about 0.03 bpd "
+         "less than default (recorded in the file).")
 _ensemble_option = click.option(
-    "--ensemble", type=click.Choice(["1", "2", "4"]), default="1", show_default=True,
-    help="Network calls per diffusion step, averaged over flipped copies: smaller files, "
-         "about that many times slower (recorded in the file).")
+    "--ensemble", type=click.Choice(["1", "2", "4"]), default=None,
+    help="Network calls on each of the first quarter of the diffusion steps, averaged over "
+         "flipped copies (default: the effort's, 1 / 2 / 4).")
+_image_context_option = click.option(
+    "--image-context/--no-image-context", default=True, show_default=True,
+    help="Fit each image's own pixel-context weights and send them (687 bytes for RGB) when "
+         "they save at least twice that; about 2 s per image.")
 
 
 @main.command()
@@ -153,10 +163,13 @@ _ensemble_option = click.option(
 @click.option("--checkpoint", help="Model checkpoint (path or name in checkpoints/); default: the shipped one.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=0, help="Coding threads (recorded in the file; default: cores, max 8).")
+@_effort_option
 @_ensemble_option
+@_image_context_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
-def compress(images, output, force, no_verify, archive, checkpoint, device, threads, ensemble, as_json):
+def compress(images, output, force, no_verify, archive, checkpoint, device, threads, effort, ensemble, image_context,
+             as_json):
     """Compress images (PNG, ...) to .vdmc files."""
     from .image_io import load_image
 
@@ -166,7 +179,7 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
     outputs = _plan_outputs(inputs, output, archive, ".vdmc")
     _refuse_existing(outputs, force)
     rasters = [(p.stem, load_image(p)) for p in inputs]  # all inputs checked before any work
-    coder = _load_coder(checkpoint, device, threads, int(ensemble))
+    coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
     if not archive and len(inputs) > 1 and output:
         _make_folder(Path(output))
     groups = [(rasters, outputs[0], inputs)] if archive else [([r], o, [i]) for r, o, i in zip(rasters, outputs, inputs)]
@@ -199,7 +212,7 @@ def _compress_group(group, out_path, group_inputs, coder, force, no_verify, arch
 
 def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archive, as_json):
     share = rep.dims / total_dims if total_dims else 1.0
-    nbytes = (rep.exact_bits / 8 + rep.side_bytes) if archive else len(data)
+    nbytes = (rep.exact_bits / 8 + rep.side_bytes + rep.context_bytes) if archive else len(data)
     rec = {
         "input": str(inp),
         "output": str(out_path),
@@ -215,6 +228,7 @@ def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archi
         "regions": rep.regions,
         "seed_bytes": rep.seed_bytes,
         "side_bytes": rep.side_bytes,
+        "context_bytes": rep.context_bytes,
         "coder_overhead_bits": rep.exact_bits - rep.implied_bits if rep.method == "bitsback" else None,
         "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" else None,
         "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},
@@ -319,13 +333,17 @@ def info(file, as_json):
     if model:
         click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
         click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
-        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, ensemble {comp.get('ensemble', 1)}, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+        steps = comp.get("ensemble_steps", coder.get("T"))
+        click.echo(f"steps:    {coder.get('T')} of the model's {(coder.get('plan') or [coder.get('T')])[-1]}, "
+                   f"ensemble {comp.get('ensemble', 1)} on the first {steps}")
+        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
     else:
         click.echo("model:    none (classic code only; decodes without a model)")
     for e in images:
         regions = len(e.get("layout", []))
         click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
-                   f"{e.get('method')}" + (f", {regions} regions" if regions else ""))
+                   f"{e.get('method')}" + (f", {regions} regions" if regions else "")
+                   + (", own pixel context" if e.get("pixel_context") else ""))
 
 
 def _entry_dims(e: dict) -> int:
@@ -355,16 +373,22 @@ def _expand_inputs(items) -> list[Path]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=0)
 @click.option("--seed", type=int, default=0, help="Seed of the latents drawn (the NELBO is an expectation).")
+@_effort_option
 @_ensemble_option
+@_image_context_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
-def eval_cmd(inputs, checkpoint, device, threads, seed, ensemble, as_json):
-    """The model's NELBO (bits per dimension) on whole images at the coding T, without coding."""
+def eval_cmd(inputs, checkpoint, device, threads, seed, effort, ensemble, image_context, as_json):
+    """The model's NELBO (bits per dimension) on whole images at the coding T, without coding.
+
+    With an image's own pixel-context weights (as compress would send them), the NELBO is
+    under those weights, and total_bpd adds the bits that sending them costs."""
+    from .coding.adapt import fit_image_context
     from .evaluate import image_nelbo
     from .image_io import load_image
 
     files = _expand_inputs(inputs)
-    coder = _load_coder(checkpoint, device, threads, int(ensemble))
+    coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
     coder.activate()
     total_bits = total_dims = 0.0
     for f in files:
@@ -373,20 +397,31 @@ def eval_cmd(inputs, checkpoint, device, threads, seed, ensemble, as_json):
             click.echo(f"vdmcodec: skipping {f}: mode {img.mode} is coded classically", err=True)
             continue
         t0 = time.perf_counter()
+        weights, side_bits = None, 0
+        if coder.adapt_context:
+            weights, fit = fit_image_context(coder.step_model, img.planes)
+            side_bits = fit["cost_bits"] if weights is not None else 0
         with _progress(coder.step_model.T * img.width * img.height, f"eval {f.name}") as bar:
-            res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update)
-        rec = {"input": str(f), "dims": res["dims"], "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
-               "T": coder.step_model.T, "ensemble": coder.ensemble, "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
-        total_bits += res["nelbo_bits"]
-        total_dims += res["dims"]
+            res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update, weights=weights)
+        dims = res["dims"]
+        rec = {"input": str(f), "dims": dims, "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
+               "image_context": weights is not None, "side_bpd": side_bits / dims,
+               "total_bpd": (res["nelbo_bits"] + side_bits) / dims,
+               "T": coder.plan[-1], "steps": coder.step_model.T, "effort": effort, "ensemble": coder.ensemble,
+               "ensemble_steps": coder.ensemble_steps, "network_calls": coder.step_model.network_calls(),
+               "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
+        total_bits += res["nelbo_bits"] + side_bits
+        total_dims += dims
         if as_json:
             click.echo(json.dumps(rec))
         else:
             t = res["terms"]
-            click.echo(f"{f}: {res['nelbo_bpd']:.4f} bpd (recon {t['recon']:.4f}, prior {t['prior']:.4f}, "
-                       f"diffusion {t['diffusion']:.4f})")
+            own = f", own pixel context {side_bits / dims:.4f}" if weights is not None else ""
+            click.echo(f"{f}: {rec['total_bpd']:.4f} bpd (recon {t['recon']:.4f}, prior {t['prior']:.4f}, "
+                       f"diffusion {t['diffusion']:.4f}{own})")
     if total_dims and not as_json:
-        click.echo(f"mean over {len(files)} images: {total_bits / total_dims:.4f} bpd (T={coder.step_model.T})")
+        click.echo(f"mean over {len(files)} images: {total_bits / total_dims:.4f} bpd "
+                   f"({coder.step_model.T} of T={coder.plan[-1]} steps, {coder.step_model.network_calls()} network calls)")
 
 
 # ------------------------------------------------------------------ train

@@ -19,7 +19,9 @@ import torch
 from . import __version__
 from .checkpoints import LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, StepModel, decode_image, encode_image, encode_region
+from .coding.adapt import fit_image_context, pack_deltas, unpack_deltas
+from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel, check_plan,
+                           decode_image, encode_image, encode_region, plan_from_strides)
 from .coding.classic import decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
 from .model.network import ENSEMBLE_FLIPS
@@ -34,6 +36,25 @@ from .image_io import RasterImage, decode_alpha, encode_alpha, pixel_sha256
 
 CODER_NAME = "vdm-bitsback-v1"
 
+# Effort presets: which of the model's T steps the chain visits ((fraction of T, stride), ...;
+# coding.chain.plan_from_strides) and how many network calls the first steps make.  The
+# diffusion bits sit in the first quarter of the steps (benchmarks/experiments/ensemble_by_step):
+# larger strides later cost little, an ensemble there gains little.
+EFFORTS = {
+    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1, "ensemble_frac": 0.25},
+    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2, "ensemble_frac": 0.25},
+    "max": {"strides": ((1.0, 1),), "ensemble": 4, "ensemble_frac": 0.25},
+}
+
+
+def effort_settings(effort: str, T: int, ensemble: int | None = None) -> dict:
+    """Coder keyword arguments (plan, ensemble, ensemble_steps) of an EFFORTS preset for a
+    model with T steps; ensemble: calls on the preset's ensembled steps instead of its own."""
+    e = EFFORTS[effort]
+    plan = plan_from_strides(T, e["strides"])
+    first = sum(1 for j in plan[1:] if j <= max(1, round(e["ensemble_frac"] * T)))  # plan steps in that share of T
+    return {"plan": plan, "ensemble": e["ensemble"] if ensemble is None else ensemble, "ensemble_steps": first}
+
 
 @dataclass
 class Coder:
@@ -42,16 +63,33 @@ class Coder:
     loaded: LoadedModel
     device: str = "cpu"
     threads: int = 0
-    ensemble: int = 1  # network calls per diffusion step (StepModel.ensemble)
+    ensemble: int = 1  # network calls per diffusion step on the first ensemble_steps (StepModel.ensemble)
+    adapt_context: bool = True  # fit each image's own pixel-context weights where they pay
+    plan: tuple[int, ...] | None = None  # gamma-table indices the chain visits (None: all T steps)
+    ensemble_steps: int | None = None  # None: every step
     step_model: StepModel = field(init=False)
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
         self.loaded.model.to(self.device)
-        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, self.ensemble)
+        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, self.ensemble,
+                                    self.plan, self.ensemble_steps)
+        self.plan, self.ensemble_steps = self.step_model.plan, self.step_model.ensemble_steps
 
-    def use_ensemble(self, calls: int) -> None:
-        self.ensemble = self.step_model.ensemble = calls
+    @classmethod
+    def for_effort(cls, loaded: LoadedModel, effort: str = "default", ensemble: int | None = None, **kw) -> "Coder":
+        """A coder with an EFFORTS preset's steps (what the command line uses); the bare
+        constructor visits every step with one call."""
+        return cls(loaded, **kw, **effort_settings(effort, len(loaded.gamma_table) - 1, ensemble))
+
+    def use_steps(self, plan, ensemble: int, ensemble_steps: int | None) -> None:
+        """Code with this plan and ensemble (a file's settings, when decoding)."""
+        if tuple(plan) != self.plan:
+            self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, ensemble,
+                                        plan, ensemble_steps)
+        else:
+            self.step_model.ensemble, self.step_model.ensemble_steps = ensemble, ensemble_steps
+        self.plan, self.ensemble, self.ensemble_steps = self.step_model.plan, ensemble, self.step_model.ensemble_steps
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of the file (see DESIGN §3)."""
@@ -66,6 +104,7 @@ class Coder:
             "device": "cuda" if self.device.startswith("cuda") else "cpu",
             "threads": self.threads,
             "ensemble": self.ensemble,
+            "ensemble_steps": self.ensemble_steps,
             "torch": str(torch.__version__),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "numpy": np.__version__,
@@ -94,6 +133,7 @@ class ImageReport:
     implied_bits: float = 0.0
     seed_bytes: int = 0
     side_bytes: int = 0
+    context_bytes: int = 0  # the image's own pixel-context weights (0: the model's)
     regions: int = 0
     terms: dict = field(default_factory=dict)
 
@@ -133,15 +173,23 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress) -
     if img.planes is None:
         entry["method"] = "classic"
         return entry, report
+    weights = None
+    if coder.adapt_context:
+        weights, _ = fit_image_context(coder.step_model, img.planes)
+    if weights is not None:
+        blob = pack_deltas(coder.step_model, weights)
+        entry["pixel_context"] = f"context{idx}"
+        sections.append((f"context{idx}", blob))
+        report.context_bytes = len(blob)
     try:
-        regions = encode_image(stack, coder.step_model, img.planes, progress=progress)
+        regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights)
     except CoderInputError as exc:  # a latent fell outside its window: astronomically rare
         raise VerificationError(f"{name}: bits-back coding failed ({exc}); use a classic codec") from None
     entry["method"] = "bitsback"
     entry["layout"] = [_layout_item(r) for r in regions]
     report.method = "bitsback"
     report.regions = len(regions)
-    _fill_accounting(report, regions, coder, img)
+    _fill_accounting(report, regions, coder, img, weights)
     return entry, report
 
 
@@ -185,7 +233,8 @@ def _layout_item(r: RegionStats) -> dict:
     return item
 
 
-def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Coder, img: RasterImage) -> None:
+def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Coder, img: RasterImage,
+                     weights: ContextWeights | None) -> None:
     """Exact bits, implied bits and the model's NELBO over the regions as coded.  A classic
     seed has no NELBO of its own, so its rows are run through the chain on a scratch stack."""
     terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
@@ -194,7 +243,7 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
         report.implied_bits += r.implied_bits
         if r.kind == "classic":
             report.seed_bytes += r.classic_bytes
-            r_terms = _seed_terms(coder, img.planes, r.rows)
+            r_terms = _seed_terms(coder, img.planes, r.rows, weights)
         else:
             r_terms = r.terms
         for k in terms:
@@ -203,7 +252,7 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
     report.terms = terms
 
 
-def _seed_terms(coder: Coder, planes: np.ndarray, rows: tuple[int, int]) -> dict:
+def _seed_terms(coder: Coder, planes: np.ndarray, rows: tuple[int, int], weights: ContextWeights | None) -> dict:
     """NELBO terms of classically coded rows, as if they had been a region: run through the
     chain on a scratch stack, in chunks no larger than a region."""
     h, w, _ = planes.shape
@@ -214,7 +263,7 @@ def _seed_terms(coder: Coder, planes: np.ndarray, rows: tuple[int, int]) -> dict
         x = np.ascontiguousarray(planes[r0:r1].transpose(2, 0, 1))
         below = np.ascontiguousarray(planes[r1 : r1 + CONTEXT_ROWS].transpose(2, 0, 1))
         scratch = AnsStack(np.random.default_rng(r0).integers(0, 2**32, 64 + 8 * x.size, dtype=np.uint32))
-        for k, v in encode_region(scratch, coder.step_model, x, context=below).terms.items():
+        for k, v in encode_region(scratch, coder.step_model, x, context=below, weights=weights).terms.items():
             terms[k] += v
     return terms
 
@@ -228,6 +277,7 @@ def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int)
         "coder": {
             "name": CODER_NAME,
             "T": g.T,
+            "plan": list(coder.plan),
             "ans": f"{ANS_NAME} {ANS_VERSION}",
             "precision_bits": PRECISION_BITS,
             "param_snap": PARAM_SNAP,
@@ -283,7 +333,7 @@ def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> 
     """The same image with its planes in a classic section instead of on the stack."""
     name, img = image
     codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))
-    entry = {k: v for k, v in entry.items() if k != "layout"}
+    entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context")}
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"
     sections = [("planes0", blob)]
@@ -341,7 +391,7 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     if coder is not None:
         if needs_model:
             coder.threads = _file_threads(header)
-            coder.use_ensemble(_file_ensemble(header))
+            coder.use_steps(*_file_steps(header, coder.loaded))
         coder.activate()
     words = np.frombuffer(sections.get("ans", b""), dtype="<u4").astype(np.uint32)
     if len(words) != header["ans_words"]:
@@ -366,11 +416,23 @@ def _file_threads(header: dict) -> int:
     return threads
 
 
-def _file_ensemble(header: dict) -> int:
-    calls = int(header["compute"].get("ensemble", 1))  # files before the option made one call
+def _file_steps(header: dict, lm: LoadedModel) -> tuple[tuple[int, ...], int, int | None]:
+    """The file's step plan, ensemble size and ensembled steps; files before these fields
+    visited every step with one call."""
+    T = len(lm.gamma_table) - 1
+    calls = int(header["compute"].get("ensemble", 1))
     if calls not in ENSEMBLE_FLIPS:
         raise CorruptFileError(f"unknown network ensemble size {calls} in header")
-    return calls
+    try:
+        plan = check_plan(header["coder"].get("plan", range(T + 1)), T)
+    except (ValueError, TypeError):
+        raise CorruptFileError(f"step plan in header does not fit the model's {T} steps") from None
+    if int(header["coder"].get("T", len(plan) - 1)) != len(plan) - 1:
+        raise CorruptFileError("the header's step count does not match its step plan")
+    steps = header["compute"].get("ensemble_steps")
+    if steps is not None and not 0 <= int(steps) <= len(plan) - 1:
+        raise CorruptFileError(f"implausible ensemble_steps {steps} in header")
+    return plan, calls, None if steps is None else int(steps)
 
 
 def _coder_for_file(header, checkpoint, device) -> Coder:
@@ -383,7 +445,8 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
     if want_dev == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
     lm = find_model_for(header, checkpoint, device)
-    return Coder(lm, device=device, threads=_file_threads(header), ensemble=_file_ensemble(header))
+    plan, calls, steps = _file_steps(header, lm)
+    return Coder(lm, device=device, threads=_file_threads(header), ensemble=calls, plan=plan, ensemble_steps=steps)
 
 
 def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:
@@ -392,7 +455,8 @@ def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> 
     planes = None
     if entry["method"] == "bitsback":
         planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
-                              context_rows=int(header_coder.get("context_rows", 0)))
+                              context_rows=int(header_coder.get("context_rows", 0)),
+                              weights=_image_context(coder, entry, sections, nplanes))
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
     alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None
@@ -403,6 +467,16 @@ def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> 
     )
     _check_pixel_hash(entry, img)
     return img
+
+
+def _image_context(coder: Coder, entry: dict, sections: dict, nplanes: int) -> ContextWeights | None:
+    """The image's own pixel-context weights, if the encoder sent them."""
+    if not entry.get("pixel_context"):
+        return None
+    cfg = coder.loaded.model.cfg
+    if not cfg.pixel_context:
+        raise CorruptFileError(f"{entry['name']}: pixel-context weights for a model without a pixel context")
+    return unpack_deltas(coder.step_model, sections[entry["pixel_context"]], nplanes)
 
 
 def _compute_diff() -> str:

@@ -27,7 +27,8 @@ from vdmcodec.errors import CorruptFileError, UnsupportedVersionError
 from vdmcodec.image_io import open_input
 
 MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; 2 added compute.ensemble and images[].pixel_context (docs/FORMAT.md)
+READ_VERSIONS = (1, 2)  # version-1 files mean the same in version 2
 
 _FIXED = struct.Struct("<HI")  # version, header length; follows the magic
 _PREFIX_SIZE = len(MAGIC) + _FIXED.size
@@ -114,11 +115,11 @@ def _check_version(prefix: bytes, source: str) -> None:
     if len(prefix) < len(MAGIC) + 2:
         raise _truncated(source, "before the format version")
     (version,) = struct.unpack_from("<H", prefix, len(MAGIC))
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         newer = " (written by a newer vdmcodec?)" if version > FORMAT_VERSION else ""
         raise UnsupportedVersionError(
             f"{source} uses .vdmc format version {version}{newer}; "
-            f"this vdmcodec reads version {FORMAT_VERSION}"
+            f"this vdmcodec reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
 
 

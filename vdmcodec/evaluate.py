@@ -12,19 +12,21 @@ import math
 import numpy as np
 import torch
 
-from .coding.chain import LOG2E, StepModel
+from .coding.chain import LOG2E, ContextWeights, StepModel
 
 EVAL_MAX_PIXELS = 1 << 19  # larger images are evaluated in row strips of this area (memory)
 
 
-def image_nelbo(sm: StepModel, planes: np.ndarray, seed: int = 0, progress=None) -> dict:
-    """NELBO terms (bits, summed over dims) and bpd for an (H, W, C) uint8 image."""
+def image_nelbo(sm: StepModel, planes: np.ndarray, seed: int = 0, progress=None,
+                weights: ContextWeights | None = None) -> dict:
+    """NELBO terms (bits, summed over dims) and bpd for an (H, W, C) uint8 image; weights:
+    the image's own pixel-context weights (default: the model's)."""
     h, w, c = planes.shape
     rows = max(1, EVAL_MAX_PIXELS // w)
     totals = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
     for r0 in range(0, h, rows):
         x = np.ascontiguousarray(planes[r0 : r0 + rows].transpose(2, 0, 1))
-        for k, v in _strip_terms(sm, x, seed + r0, progress).items():
+        for k, v in _strip_terms(sm, x, seed + r0, progress, weights).items():
             totals[k] += v
     dims = planes.size
     nelbo = sum(totals.values())
@@ -36,14 +38,14 @@ def image_nelbo(sm: StepModel, planes: np.ndarray, seed: int = 0, progress=None)
     }
 
 
-def _strip_terms(sm: StepModel, x: np.ndarray, seed: int, progress) -> dict:
+def _strip_terms(sm: StepModel, x: np.ndarray, seed: int, progress, weights: ContextWeights | None) -> dict:
     g = sm.grids
     rng = np.random.default_rng(seed)
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
     # reconstruction at z_0 ~ q(z_0 | x) on the coder's grid
     z0 = g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)
     k0 = np.rint(z0 / g.delta[0]).astype(np.int32)
-    recon = sm.p_pixels(k0).bits(x)
+    recon = sm.p_pixels(k0, weights=weights).bits(x)
     a2, s2 = g.alpha[g.T] ** 2, g.sigma[g.T] ** 2
     prior = 0.5 * float((s2 + a2 * xt**2 - math.log(s2) - 1.0).sum()) * LOG2E
     diffusion = 0.0

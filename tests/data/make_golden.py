@@ -1,9 +1,13 @@
 """Write a golden archive for tests/test_golden.py with the code of the checkout it runs in.
 
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py 4 s4_tiny_four_pass.pt s4_four_pass.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s6_v2_context_ensemble.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
-option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.
+option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
+codes the same crops with the existing four-pass checkpoint, each image's own pixel-context
+weights (the keep rule forced), the step plan 0, 1, 2, 4, 8 and a 2-call ensemble on its first
+two steps: the format-2 header fields.
 """
 
 import sys
@@ -19,6 +23,21 @@ from helpers import kodak_crop, raster, tiny_config  # noqa: E402
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from vdmcodec.codec import Coder, compress_images  # noqa: E402
 from vdmcodec.model.vdm import VDM  # noqa: E402
+
+
+def crops() -> list:
+    rgb, grey = kodak_crop(22, 26, index=8), kodak_crop(13, 17, index=12)[:, :, 1]
+    return [("s3_rgb.png", raster(rgb)), ("s3_grey.png", raster(grey[:, :, None].repeat(3, 2), mode="L"))]
+
+
+def main_v2(ckpt_name: str, archive_name: str) -> None:
+    from vdmcodec.coding import adapt
+
+    torch.set_num_threads(1)
+    adapt.KEEP_IF_SAVING_OVER_COST = -1e9
+    coder = Coder(load_checkpoint(HERE / ckpt_name), threads=1, ensemble=2, plan=(0, 1, 2, 4, 8), ensemble_steps=2)
+    data, _ = compress_images(crops(), coder)
+    (HERE / archive_name).write_bytes(data)
 
 
 def main(passes: int, ckpt_name: str, archive_name: str) -> None:
@@ -43,4 +62,7 @@ def main(passes: int, ckpt_name: str, archive_name: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "v2":
+        main_v2(sys.argv[2], sys.argv[3])
+    else:
+        main(int(sys.argv[1]), sys.argv[2], sys.argv[3])

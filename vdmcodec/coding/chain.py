@@ -41,27 +41,63 @@ class RegionStats:
     classic_codec: str = ""
 
 
+def check_plan(plan, T: int) -> tuple[int, ...]:
+    """A step plan: the model's gamma-table indices the chain visits, 0 = j_0 < j_1 < ... <
+    j_n = T.  ValueError if it is not one."""
+    plan = tuple(int(j) for j in plan)
+    if len(plan) < 2 or plan[0] != 0 or plan[-1] != T or any(b <= a for a, b in zip(plan, plan[1:])):
+        raise ValueError(f"a step plan runs strictly upwards from 0 to T = {T}, not {list(plan)[:8]}...")
+    return plan
+
+
+def plan_from_strides(T: int, strides: tuple[tuple[float, int], ...]) -> tuple[int, ...]:
+    """((fraction of T, stride), ...) -> the plan: stride 1 up to the first fraction of T,
+    then the next stride up to the next fraction, ...; the last fraction is 1."""
+    plan, j = [0], 0
+    for frac, stride in strides:
+        end = max(j, min(T, round(frac * T)))
+        while j < end:
+            j = min(j + stride, end)
+            plan.append(j)
+    return check_plan(plan, T)
+
+
 class StepModel:
     """Distribution parameters for every step, shared by encoder and decoder."""
 
-    def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu", ensemble: int = 1):
+    def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu", ensemble: int = 1,
+                 plan=None, ensemble_steps: int | None = None):
         # channels-last convolutions are ~12% faster on this CPU; encoder and decoder both
         # run this same layout, so results stay identical between them
         self.model = model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
-        table = np.asarray(gamma_table, dtype=np.float64)
+        table = snap(np.asarray(gamma_table, dtype=np.float64))
+        self.plan = check_plan(range(len(table)) if plan is None else plan, len(table) - 1)
         with torch.no_grad():
             scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
         self.decoder_scale = float(snap(scale * 128.0, 2.0**-24))  # logistic scale in pixel levels
-        self.grids: ChainGrids = build_grids(table, self.decoder_scale)
+        self.grids: ChainGrids = build_grids(table[list(self.plan)], self.decoder_scale)
         self.T = self.grids.T
+        self._jump_ratio = self._jump_ratios(table)
         self.ensemble = ensemble
+        self.ensemble_steps = ensemble_steps
+
+    def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
+        """Per step of the plan, expm1(gamma gap of the step) / expm1(gamma gap of the model's
+        one grid step below it): 1 where the plan takes single steps."""
+        ratio = np.ones(self.T + 1)
+        for i in range(1, self.T + 1):
+            j, j_prev = self.plan[i], self.plan[i - 1]
+            if j - j_prev > 1:
+                ratio[i] = np.expm1(table[j] - table[j_prev]) / np.expm1(table[j] - table[j - 1])
+        return snap(ratio)
 
     @property
     def ensemble(self) -> int:
-        """Network calls per diffusion step (i >= 1), averaged over flipped copies of z_i
-        (network.ENSEMBLE_FLIPS); the decoder at z_0 always makes one call, whose averaged
-        heads would not match the pixel context it was trained with."""
+        """Network calls per diffusion step (i >= 1) on the first ensemble_steps steps,
+        averaged over flipped copies of z_i (network.ENSEMBLE_FLIPS); the decoder at z_0
+        always makes one call, whose averaged heads would not match the pixel context it was
+        trained with."""
         return self._ensemble
 
     @ensemble.setter
@@ -69,6 +105,25 @@ class StepModel:
         if calls not in ENSEMBLE_FLIPS:
             raise ValueError(f"ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
         self._ensemble = calls
+
+    @property
+    def ensemble_steps(self) -> int:
+        """How many of the first steps (i = 1, 2, ...) make `ensemble` calls; later ones make one."""
+        return self._ensemble_steps
+
+    @ensemble_steps.setter
+    def ensemble_steps(self, steps: int | None) -> None:
+        steps = self.T if steps is None else int(steps)
+        if not 0 <= steps <= self.T:
+            raise ValueError(f"ensemble steps must lie in 0..{self.T}, not {steps}")
+        self._ensemble_steps = steps
+
+    def calls(self, i: int) -> int:
+        return self.ensemble if i <= self.ensemble_steps else 1
+
+    def network_calls(self) -> int:
+        """Network calls per region: the z_0 decoder's and every step's."""
+        return 1 + sum(self.calls(i) for i in range(1, self.T + 1))
 
     # ---- network ----
     def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +134,11 @@ class StepModel:
         the decoder; their z_i is drawn from q(z_i | x) with a frozen pseudo-random stream
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
-        eps, aux = self._net(k, i, context, self.ensemble)
-        return eps, reverse_log_var_np(aux["reverse_var"])
+        eps, aux = self._net(k, i, context, self.calls(i))
+        lam = reverse_log_var_np(aux["reverse_var"])
+        if self._jump_ratio[i] != 1.0:
+            lam = jump_log_var(lam, float(self._jump_ratio[i]))
+        return eps, lam
 
     def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1) -> tuple[np.ndarray, dict]:
         h = k.shape[1]
@@ -167,8 +225,10 @@ class StepModel:
             scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
         return snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale, aux
 
-    def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None) -> "PixelCodec":
-        """p(x | z_0) on a window of levels around z_0 / alpha_0, where x must lie."""
+    def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None,
+                 weights: ContextWeights | None = None) -> "PixelCodec":
+        """p(x | z_0) on a window of levels around z_0 / alpha_0, where x must lie; weights:
+        the image's own pixel-context weights (default: the model's)."""
         g = self.grids
         centre = snap((k0.astype(np.float64) * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
         width = min(2 * g.x_half + 1, 256)
@@ -176,8 +236,16 @@ class StepModel:
         loc, scale, aux = self.pixel_params(k0, context)
         ctx = None
         if getattr(self.model.cfg, "pixel_context", False):
-            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0])
+            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights)
         return PixelCodec(loc, scale, offset, width, ctx)
+
+
+@dataclass(frozen=True)
+class ContextWeights:
+    """The pixel context's weights for one image, instead of the model's (coding.adapt)."""
+
+    weight: np.ndarray  # (passes - 1, C, C, K, K) float64
+    log_scale: np.ndarray  # (passes, C) float64
 
 
 @dataclass
@@ -189,11 +257,15 @@ class PixelContext:
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
 
     @classmethod
-    def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int) -> "PixelContext":
-        with torch.no_grad():
-            weight, log_scale = model.context_weights(channels)
-        weight = weight.detach().to("cpu", torch.float64).numpy()
-        log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
+    def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
+                   weights: ContextWeights | None = None) -> "PixelContext":
+        if weights is not None:
+            weight, log_scale = weights.weight, weights.log_scale
+        else:
+            with torch.no_grad():
+                weight, log_scale = model.context_weights(channels)
+            weight = weight.detach().to("cpu", torch.float64).numpy()
+            log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
         return cls(weight=weight, log_scale=log_scale, coef=coef)
 
@@ -352,6 +424,15 @@ def table_bits_rows(probs: np.ndarray, idx: np.ndarray) -> float:
     return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
 
 
+def jump_log_var(lam: np.ndarray, ratio: float) -> np.ndarray:
+    """The network's one-step lambda rescaled to a plan step that jumps several grid steps.
+
+    lambda = log(1 + expm1(gap) m) is best for a mean squared eps error m; the network's
+    one-step lambda gives m (taken >= 0), and the jump's lambda is log(1 + ratio * expm1(gap) m)
+    with ratio = expm1(jump's gap) / expm1(one step's gap) (StepModel._jump_ratios)."""
+    return snap(np.log1p(np.maximum(np.expm1(lam), 0.0) * ratio), PARAM_SNAP)
+
+
 def reverse_log_var_np(h: np.ndarray) -> np.ndarray:
     """vdm.reverse_log_var in float64 numpy, snapped: encoder and decoder compute it alike."""
     return snap(np.minimum(np.logaddexp(0.0, h) - LN2, REVERSE_LOG_VAR_MAX), PARAM_SNAP)
@@ -406,7 +487,7 @@ def gaussian_symbol_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray)
 
 # ---------------------------------------------------------------- one region
 def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
-                  context: np.ndarray | None = None) -> RegionStats:
+                  context: np.ndarray | None = None, weights: ContextWeights | None = None) -> RegionStats:
     """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting.
     context: pixels of the rows below (see StepModel.step_outputs)."""
     g = sm.grids
@@ -418,7 +499,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     q0, qm, qs = sm.q_z0(xt)
     k_prev = q0.pop(stack).reshape(shape)
     implied -= gaussian_bits(k_prev, qm, qs)
-    recon = sm.p_pixels(k_prev, context).push(stack, x.ravel().astype(np.int32))
+    recon = sm.p_pixels(k_prev, context, weights).push(stack, x.ravel().astype(np.int32))
     implied += recon
     diffusion = 0.0
     for i in range(1, sm.T + 1):
@@ -445,7 +526,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
 
 
 def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], progress=None,
-                  context: np.ndarray | None = None) -> np.ndarray:
+                  context: np.ndarray | None = None, weights: ContextWeights | None = None) -> np.ndarray:
     """Exact mirror of encode_region: pops the pixels (C, H, W uint8) it pushed."""
     prior_codec, _, _ = sm.p_prior(int(np.prod(shape)))
     k = prior_codec.pop(stack).reshape(shape)
@@ -458,7 +539,7 @@ def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], p
         k = k_prev
         if progress:
             progress(shape[1] * shape[2])
-    x = sm.p_pixels(k, context).pop(stack).reshape(shape)
+    x = sm.p_pixels(k, context, weights).pop(stack).reshape(shape)
     if x.min() < 0 or x.max() > 255:
         raise ValueError("decoded pixel out of range")
     x = x.astype(np.uint8)
@@ -476,7 +557,7 @@ def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: fl
 
 
 def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None,
-                 context_rows: int = CONTEXT_ROWS) -> list[RegionStats]:
+                 context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None) -> list[RegionStats]:
     """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
 
     Returns the region list (the layout goes into the file header, in coding order).
@@ -492,7 +573,7 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     while row < h:
         rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, need)))
         st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
-                           context=x[:, row + rows : row + rows + context_rows])
+                           context=x[:, row + rows : row + rows + context_rows], weights=weights)
         st.rows = (row, row + rows)
         regions.append(st)
         row += rows
@@ -519,7 +600,7 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
 
 
 def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channels: int, layout: list[dict],
-                 progress=None, context_rows: int = CONTEXT_ROWS) -> np.ndarray:
+                 progress=None, context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None) -> np.ndarray:
     """Pop an image coded by encode_image, given its region layout from the header."""
     x = np.zeros((channels, height, width), dtype=np.uint8)
     for reg in reversed(layout):
@@ -530,5 +611,5 @@ def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channe
         else:
             # regions are decoded bottom-up, so the rows below this one are already known
             x[:, r0:r1] = decode_region(stack, sm, (channels, r1 - r0, width), progress=progress,
-                                        context=x[:, r1 : r1 + context_rows])
+                                        context=x[:, r1 : r1 + context_rows], weights=weights)
     return np.ascontiguousarray(x.transpose(1, 2, 0))

@@ -234,16 +234,19 @@ class VDM(nn.Module):
         return weight, log_scale
 
     def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                       coef_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                       coef_raw: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
         Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
         scales) of the pixels of earlier passes over a CONTEXT_KERNEL square.  In every pass G
         is shifted by a * (R's residual) and B by b * (R's) + c * (G's), residuals taken from
         the pass's own locations.  Outside the image counts as zero residual.  The coder
-        computes the same in numpy (coding.chain.PixelCodec)."""
+        computes the same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C,
+        K, K) and (passes, C) float64 to use instead of the model's (an image's own, fitted by
+        the encoder)."""
         b, c, h, w = xt.shape
-        weight, log_scale = self.context_weights(c)
+        weight, log_scale = self.context_weights(c) if weights is None else weights
         passes = weight.shape[0] + 1
         pm = pass_map(h, w, passes, xt.device)
         u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)

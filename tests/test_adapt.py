@@ -1,0 +1,73 @@
+"""Per-image pixel-context weights: fitted by the encoder, sent in the file, read by the decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import assert_roundtrip, kodak_crop, raster
+from test_decoder import scrambled
+from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
+from vdmcodec.codec import Coder, compress_images, decompress_bytes
+from vdmcodec.coding import adapt
+from vdmcodec.coding.chain import ContextWeights
+from vdmcodec.container import pack_container, unpack_container
+from vdmcodec.errors import CorruptFileError
+
+
+@pytest.fixture(scope="module")
+def coder4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapt") / "four.pt"
+    save_checkpoint(path, scrambled("xhat", seed=5, passes=4), "vdmc-test-adapt", {"steps": 0})
+    return Coder(load_checkpoint(path), threads=1)
+
+
+def test_deltas_pack_and_unpack_exactly(coder4):
+    sm = coder4.step_model
+    rng = np.random.default_rng(0)
+    for channels, size in ((3, 3 * 75 * 3 + 12), (1, 3 * 25 + 4)):
+        base_w, base_ls = adapt.model_weights(sm, channels)
+        w = ContextWeights(weight=base_w + rng.integers(-127, 128, base_w.shape) * adapt.DELTA_STEP,
+                           log_scale=base_ls + rng.integers(-127, 128, base_ls.shape) * adapt.DELTA_STEP)
+        blob = adapt.pack_deltas(sm, w)
+        assert len(blob) == size
+        back = adapt.unpack_deltas(sm, blob, channels)
+        assert np.array_equal(back.weight, w.weight) and np.array_equal(back.log_scale, w.log_scale)
+        with pytest.raises(ValueError, match="bytes"):
+            adapt.unpack_deltas(sm, blob[:-1], channels)
+
+
+def test_fitted_weights_code_the_image_for_less(coder4):
+    x = kodak_crop(48, 64, index=9)
+    weights, info = adapt.fit_image_context(coder4.step_model, x)
+    assert info["patch_bpd_fitted"] < info["patch_bpd_model"] - 0.01, info
+    assert info["cost_bits"] == 8 * (225 * 3 + 12 + adapt.HEADER_BYTES)
+    # kept only when the saving on the whole image beats the side data twice over
+    assert (weights is not None) == (info["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * info["cost_bits"])
+
+
+@pytest.fixture
+def always_adapt(monkeypatch):
+    monkeypatch.setattr(adapt, "KEEP_IF_SAVING_OVER_COST", -1e9)
+
+
+def test_roundtrip_with_each_images_own_weights(coder4, always_adapt):
+    rgb, grey = raster(kodak_crop(30, 26, index=4)), raster(kodak_crop(17, 21, index=6), mode="L")
+    data, reports, _ = assert_roundtrip(coder4, [rgb, grey])
+    header, sections = unpack_container(data)
+    assert [e.get("pixel_context") for e in header["images"]] == ["context0", "context1"]
+    assert len(sections["context0"]) == 225 * 3 + 12 and len(sections["context1"]) == 75 + 4
+    assert [r.context_bytes for r in reports] == [len(sections["context0"]), len(sections["context1"])]
+    plain = Coder(coder4.loaded, threads=1, adapt_context=False)
+    data_plain, _, _ = assert_roundtrip(plain, [rgb, grey])
+    assert "pixel_context" not in unpack_container(data_plain)[0]["images"][0]
+
+
+def test_damaged_weights_section_is_a_corrupt_file(coder4, always_adapt):
+    data, _ = compress_images([("a.png", raster(kodak_crop(20, 24, index=2)))], coder4, allow_fallback=False)
+    header, sections = unpack_container(data)
+    header = {k: v for k, v in header.items() if k != "sections"}
+    for bad in (sections["context0"][:-1], b""):
+        damaged = pack_container(header, [(k, bad if k == "context0" else v) for k, v in sections.items()])
+        with pytest.raises(CorruptFileError):
+            decompress_bytes(damaged, coder=coder4)
