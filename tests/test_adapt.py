@@ -37,8 +37,13 @@ def test_deltas_pack_and_unpack_exactly(coder4):
             adapt.unpack_deltas(sm, blob[:-1], channels)
 
 
+def test_small_images_are_not_fitted(coder4):
+    weights, info = adapt.fit_image_context(coder4.step_model, kodak_crop(32, 32, index=9))
+    assert weights is None and "skipped" in info
+
+
 def test_fitted_weights_code_the_image_for_less(coder4):
-    x = kodak_crop(48, 64, index=9)
+    x = kodak_crop(96, 128, index=9)
     weights, info = adapt.fit_image_context(coder4.step_model, x)
     assert info["patch_bpd_fitted"] < info["patch_bpd_model"] - 0.01, info
     assert info["cost_bits"] == 8 * (225 * 3 + 12 + adapt.HEADER_BYTES)
