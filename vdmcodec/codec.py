@@ -41,10 +41,11 @@ CODER_NAME = "vdm-bitsback-v1"
 # diffusion bits sit in the first quarter of the steps (benchmarks/experiments/ensemble_by_step):
 # larger strides later cost little, an ensemble there gains little.
 EFFORTS = {
-    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1, "ensemble_frac": 0.25},
-    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2, "ensemble_frac": 0.25},
-    "max": {"strides": ((1.0, 1),), "ensemble": 4, "ensemble_frac": 0.25},
+    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1},
+    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2},
+    "max": {"strides": ((1.0, 1),), "ensemble": 4},
 }
+ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
 def effort_settings(effort: str, T: int, ensemble: int | None = None) -> dict:
@@ -52,7 +53,7 @@ def effort_settings(effort: str, T: int, ensemble: int | None = None) -> dict:
     model with T steps; ensemble: calls on the preset's ensembled steps instead of its own."""
     e = EFFORTS[effort]
     plan = plan_from_strides(T, e["strides"])
-    first = sum(1 for j in plan[1:] if j <= max(1, round(e["ensemble_frac"] * T)))  # plan steps in that share of T
+    first = sum(1 for j in plan[1:] if j <= max(1, round(ENSEMBLED_SHARE * T)))
     return {"plan": plan, "ensemble": e["ensemble"] if ensemble is None else ensemble, "ensemble_steps": first}
 
 

@@ -9,7 +9,7 @@ ever called at the grid gammas it was trained on.  A jump from j_k to j_{k-1} is
 of the discrete-time chain with its own posterior q(z_s | z_t, x); its reverse variance is
 the network's one-step lambda rescaled to the jump: the network's lambda says the mean
 squared eps error m through e^lambda = 1 + expm1(g_t - g_{t-1}) m, and the jump's
-variance is 1 + expm1(g_t - g_s) m (the best variance for that error).  Continuous latents
+variance is 1 + expm1(g_t - g_s) m (the best variance for that error), as the coder does it.  Continuous latents
 (no coding grid): an estimate for choosing a plan.  Training data only: never Kodak.
 """
 
@@ -24,29 +24,16 @@ import numpy as np
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import StepModel, reverse_log_var_np
+from vdmcodec.coding.chain import LOG2E, jump_log_var, jump_ratio, plan_from_strides, reverse_log_var_np
+from vdmcodec.coding.grids import snap
 from vdmcodec.train import list_images, load_rgb, split_holdout
 
-LOG2E = 1.0 / math.log(2.0)
 
 
-def plan_from_spec(spec: str, T: int) -> list[int]:
+def plan_from_spec(spec: str, T: int) -> tuple[int, ...]:
     """'16:1,32:2,64:4' -> indices 0..16 by 1, then to 32 by 2, then to 64 by 4."""
-    out, j = [0], 0
-    for part in spec.split(","):
-        end, stride = (int(v) for v in part.split(":"))
-        while j < min(end, T):
-            j = min(j + stride, end, T)
-            out.append(j)
-    if out[-1] != T:
-        raise ValueError(f"plan {spec!r} does not end at T = {T}")
-    return out
-
-
-def jump_log_var(lam1: np.ndarray, g: np.ndarray, t: int, s: int) -> np.ndarray:
-    """The network's one-step lambda at t rescaled to the jump t -> s."""
-    m = np.expm1(lam1) / math.expm1(g[t] - g[t - 1])
-    return np.log1p(math.expm1(g[t] - g[s]) * m)
+    strides = [(int(end) / T, int(stride)) for end, stride in (part.split(":") for part in spec.split(","))]
+    return plan_from_strides(T, tuple(strides))
 
 
 def main(argv=None) -> int:
@@ -60,8 +47,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lm = load_checkpoint(args.checkpoint)
-    sm = StepModel(lm.model, lm.gamma_table.numpy())
-    gam = lm.gamma_table.numpy().astype(np.float64)
+    gam = snap(lm.gamma_table.numpy())
     T = len(gam) - 1
     plans = {spec: plan_from_spec(spec, T) for spec in args.plans}
     _, hold = split_holdout(list_images([args.data]), 20)
@@ -89,14 +75,13 @@ def main(argv=None) -> int:
                 if t not in plan[1:]:
                     continue
                 s_idx = plan[plan.index(t) - 1]
-                lam = lam1 if s_idx == t - 1 else jump_log_var(lam1, gam, t, s_idx)
+                lam = lam1 if s_idx == t - 1 else jump_log_var(lam1, jump_ratio(gam, t, s_idx))  # the coder's rule
                 r = math.expm1(gam[t] - gam[s_idx]) * err2
                 bits[spec] += float((0.5 * (lam + np.exp(-lam) * (1.0 + r) - 1.0)).sum()) * LOG2E
         print(f"image {n + 1}/{len(crops)} done", file=sys.stderr, flush=True)
     for spec, plan in plans.items():
         print(json.dumps({"plan": spec, "calls": len(plan) - 1, "diffusion_bpd": bits[spec] / dims,
                           "checkpoint": lm.model_id, "size": s, "images": len(crops)}))
-    del sm
     return 0
 
 

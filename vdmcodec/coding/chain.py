@@ -83,14 +83,8 @@ class StepModel:
         self.ensemble_steps = ensemble_steps
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
-        """Per step of the plan, expm1(gamma gap of the step) / expm1(gamma gap of the model's
-        one grid step below it): 1 where the plan takes single steps."""
-        ratio = np.ones(self.T + 1)
-        for i in range(1, self.T + 1):
-            j, j_prev = self.plan[i], self.plan[i - 1]
-            if j - j_prev > 1:
-                ratio[i] = np.expm1(table[j] - table[j_prev]) / np.expm1(table[j] - table[j - 1])
-        return snap(ratio)
+        """jump_ratio of every step of the plan (index 0 unused)."""
+        return np.array([1.0] + [jump_ratio(table, self.plan[i], self.plan[i - 1]) for i in range(1, self.T + 1)])
 
     @property
     def ensemble(self) -> int:
@@ -424,12 +418,20 @@ def table_bits_rows(probs: np.ndarray, idx: np.ndarray) -> float:
     return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
 
 
+def jump_ratio(table: np.ndarray, j: int, j_prev: int) -> float:
+    """expm1(gamma gap of a plan step from index j down to j_prev) / expm1(gap of the model's
+    one grid step below j), snapped; 1 for a single step.  table: the snapped gamma table."""
+    if j - j_prev == 1:
+        return 1.0
+    return float(snap(np.expm1(table[j] - table[j_prev]) / np.expm1(table[j] - table[j - 1])))
+
+
 def jump_log_var(lam: np.ndarray, ratio: float) -> np.ndarray:
     """The network's one-step lambda rescaled to a plan step that jumps several grid steps.
 
     lambda = log(1 + expm1(gap) m) is best for a mean squared eps error m; the network's
     one-step lambda gives m (taken >= 0), and the jump's lambda is log(1 + ratio * expm1(gap) m)
-    with ratio = expm1(jump's gap) / expm1(one step's gap) (StepModel._jump_ratios)."""
+    with ratio = jump_ratio(...)."""
     return snap(np.log1p(np.maximum(np.expm1(lam), 0.0) * ratio), PARAM_SNAP)
 
 
