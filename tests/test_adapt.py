@@ -76,3 +76,49 @@ def test_damaged_weights_section_is_a_corrupt_file(coder4, always_adapt):
         damaged = pack_container(header, [(k, bad if k == "context0" else v) for k, v in sections.items()])
         with pytest.raises(CorruptFileError):
             decompress_bytes(damaged, coder=coder4)
+
+
+@pytest.fixture(scope="module")
+def coder_net(tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapt") / "net.pt"
+    save_checkpoint(path, scrambled("xhat", seed=6, passes=4, net=True), "vdmc-test-adapt-net", {"steps": 0})
+    return Coder(load_checkpoint(path), threads=1)
+
+
+def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net):
+    sm = coder_net.step_model
+    rng = np.random.default_rng(1)
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    head = tuple((w + rng.integers(-127, 128, w.shape) * adapt.HEAD_DELTA_STEP,
+                  b + rng.integers(-127, 128, b.shape) * adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
+    w = ContextWeights(weight=base_w, log_scale=base_ls + adapt.DELTA_STEP, head=head)
+    blob = adapt.pack_deltas(sm, w)
+    hidden = sm.model.context_net.cfg.hidden
+    assert len(blob) == 3 * 75 * 3 + 12 + 3 * 9 * (hidden + 1)
+    back = adapt.unpack_deltas(sm, blob, 3)
+    assert np.array_equal(back.log_scale, w.log_scale)
+    for (bw, bb), (ww, wb) in zip(back.head, head):
+        assert np.array_equal(bw, ww) and np.array_equal(bb, wb)
+    assert adapt.unpack_deltas(sm, blob[: 3 * 75 * 3 + 12], 3).head is None  # linear weights only
+    with pytest.raises(ValueError, match="bytes"):
+        adapt.unpack_deltas(sm, blob[:-1], 3)
+
+
+def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, always_adapt):
+    """Forced to send the network's last layers too, the files still decode exactly."""
+    fit = adapt.fit_image_context
+
+    def with_head(sm, planes, seed=0):
+        weights, info = fit(sm, planes, seed)
+        assert weights is not None and info["patch_bpd_fitted"] < info["patch_bpd_model"]
+        if weights.head is None:  # the head fit lost on these patches: send a moved head anyway
+            weights = ContextWeights(weights.weight, weights.log_scale,
+                                     tuple((w, b + adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm)))
+        return weights, info
+
+    monkeypatch.setattr("vdmcodec.codec.fit_image_context", with_head)
+    rgb, grey = raster(kodak_crop(30, 26, index=4)), raster(kodak_crop(17, 21, index=6), mode="L")
+    data, _, _ = assert_roundtrip(coder_net, [rgb, grey])
+    hidden = coder_net.loaded.model.context_net.cfg.hidden
+    sections = unpack_container(data)[1]
+    assert len(sections["context0"]) == 225 * 3 + 12 + 27 * (hidden + 1)

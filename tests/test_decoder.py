@@ -11,17 +11,20 @@ from helpers import assert_roundtrip, crop_batch, kodak_crop, raster, tiny_confi
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
 from vdmcodec.codec import Coder
 from vdmcodec.coding.chain import PixelContext, StepModel
+from vdmcodec.model.context_net import ContextNetConfig
 from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, pass_map_np, sigma2, upgrade_context_passes
 from vdmcodec.train import load_grown
 
 
-def scrambled(decoder: str, seed: int = 0, context: bool | None = None, passes: int = 4) -> VDM:
+def scrambled(decoder: str, seed: int = 0, context: bool | None = None, passes: int = 4, net: bool = False) -> VDM:
     """A tiny model whose zero-initialised outputs are random, as after training.
-    context: the multi-pass, colour-ordered pixel decoder (default: with "xhat")."""
+    context: the multi-pass, colour-ordered pixel decoder (default: with "xhat"); net: with
+    a context network (context_net.py) too."""
     context = decoder == "xhat" if context is None else context
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        cfg = tiny_config(steps=8, decoder=decoder, pixel_context=context, context_passes=passes)
+        cfg = tiny_config(steps=8, decoder=decoder, pixel_context=context, context_passes=passes,
+                          context_net=ContextNetConfig(hidden=8, passes=passes) if net else None)
         cfg.net.decoder_head = decoder == "xhat"
         cfg.net.variance_head = decoder == "xhat"
         cfg.net.channel_head = context
@@ -33,6 +36,9 @@ def scrambled(decoder: str, seed: int = 0, context: bool | None = None, passes: 
             if context:
                 model.context_weight.normal_(0.0, 0.1)
                 model.context_log_scale.normal_(0.0, 0.2)
+            if net:
+                for block in model.context_net.nets:
+                    block[-1].weight.normal_(0.0, 0.3)
     return model.eval()
 
 
@@ -103,11 +109,12 @@ def test_shipped_model_xhat_decoder_beats_z0_location():
     assert float(xhat_bits) < float(base_bits) - 0.1, (float(xhat_bits), float(base_bits))
 
 
-@pytest.mark.parametrize("context,passes", [(False, 2), (True, 2), (True, 4)])
-def test_coder_pixel_distribution_matches_training_decoder(context, passes):
+@pytest.mark.parametrize("context,passes,net", [(False, 2, False), (True, 2, False), (True, 4, False),
+                                                (True, 4, True), (True, 2, True)])
+def test_coder_pixel_distribution_matches_training_decoder(context, passes, net):
     """The coder's p(x | z_0), pixel by pixel in its coding order, is the decoder that
     training optimised (same loc and scale; teacher-forced with the true pixels)."""
-    model = scrambled("xhat", context=context, passes=passes)
+    model = scrambled("xhat", context=context, passes=passes, net=net)
     sm = StepModel(model, model.schedule.table(8).numpy())
     x = np.transpose(kodak_crop(12, 20), (2, 0, 1))
     g = sm.grids
@@ -120,8 +127,11 @@ def test_coder_pixel_distribution_matches_training_decoder(context, passes):
     with torch.no_grad():
         t_loc, t_scale = model.decoder_params(z0, g0, x=torch.from_numpy(x.astype(np.int64))[None])
     t_loc_levels = (t_loc[0] + 1.0) * 128.0 - 0.5
-    assert np.allclose(loc, t_loc_levels.numpy(), atol=1e-3)
+    assert np.allclose(loc, t_loc_levels.numpy(), atol=2e-3)
     assert np.allclose(scale, t_scale[0].numpy() * 128.0, rtol=1e-3)
+    if net:  # the network moved the scales of the later passes (not only per pass)
+        pm = pass_map_np(x.shape[1], x.shape[2], passes)
+        assert np.ptp(scale[:, pm == 1] / sm.pixel_params(k0)[1][:, pm == 1]) > 0.1
     assert np.ptp(scale) > 0  # per-pixel, not one scale for all
     if context:  # the context really moved every later pass: not the base decoder
         base_loc, _, _ = sm.pixel_params(k0)
@@ -244,15 +254,83 @@ def test_z0_model_upgrades_to_xhat_and_variance_heads_without_changing_eps():
     assert torch.allclose(t_old["diffusion"], t_new["diffusion"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("decoder,context,passes", [("z0", False, 2), ("xhat", False, 2), ("xhat", True, 2),
-                                                    ("xhat", True, 4)])
-def test_roundtrip_with_each_decoder(tmp_path, decoder, context, passes):
-    model = scrambled(decoder, seed=2, context=context, passes=passes)
+@pytest.mark.parametrize("decoder,context,passes,net", [("z0", False, 2, False), ("xhat", False, 2, False),
+                                                        ("xhat", True, 2, False), ("xhat", True, 4, False),
+                                                        ("xhat", True, 4, True)])
+def test_roundtrip_with_each_decoder(tmp_path, decoder, context, passes, net):
+    model = scrambled(decoder, seed=2, context=context, passes=passes, net=net)
     path = tmp_path / f"{decoder}.pt"
     save_checkpoint(path, model, f"vdmc-test-{decoder}", {"steps": 0})
     coder = Coder(load_checkpoint(path), threads=1)
     assert coder.loaded.model.cfg.decoder == decoder
     assert coder.loaded.model.cfg.pixel_context == context
     assert not context or coder.loaded.model.cfg.context_passes == passes
+    assert (coder.loaded.model.context_net is not None) == net
     grey = raster(kodak_crop(14, 17, index=7), mode="L")
     assert_roundtrip(coder, [raster(kodak_crop(21, 19)), raster(kodak_crop(9, 33, index=3)), grey])
+
+
+@pytest.mark.parametrize("passes", [2, 4])
+def test_context_network_sees_only_pixels_of_earlier_passes(passes):
+    """The network's refinement of pass p changes with the pixels of earlier passes only."""
+    model = scrambled("xhat", passes=passes, net=True)
+    rng = np.random.default_rng(passes)
+    c, h, w = 3, 9, 11
+    ctx = PixelContext.from_model(model, rng.normal(size=(3, h, w)), c)
+    pm = pass_map_np(h, w, passes)
+    loc, scale = rng.normal(128, 5, (c, h, w)), rng.uniform(1, 3, (c, h, w))
+    x = rng.integers(100, 156, (c, h, w)).astype(np.float64)
+    for p in range(1, passes):
+        base = ctx.refine(p, x, loc, scale, pm)
+        later = ctx.refine(p, x + 7.0 * (pm >= p), loc, scale, pm)
+        earlier = ctx.refine(p, x + 7.0 * (pm < p), loc, scale, pm)
+        for b, l, e in zip(base, later, earlier):
+            assert np.array_equal(b[:, pm == p], l[:, pm == p])
+            assert np.abs(b - e)[:, pm == p].mean() > 1e-3
+
+
+def test_fresh_context_network_keeps_every_term():
+    """A model given a new context network (its last layer zero) codes as it did before."""
+    from vdmcodec.train_context import with_context_net
+
+    old = scrambled("xhat", seed=5)
+    new = with_context_net(old, hidden=8).eval()
+    assert new.context_net is not None
+    assert_same_terms(old, new, rtol=1e-6)
+
+
+def test_files_of_the_starting_model_decode_with_the_checkpoint_that_grew_from_it(tmp_path, monkeypatch):
+    """A checkpoint made from another by training only its context carries that model as a
+    difference, so files naming the old model decode with the new checkpoint alone."""
+    from vdmcodec.checkpoints import earlier_models, file_sha256
+    from vdmcodec.codec import compress_images, decompress_bytes, find_model_for
+    from vdmcodec.train_context import with_context_net
+
+    old_path, new_path = tmp_path / "old" / "a.pt", tmp_path / "new" / "b.pt"
+    save_checkpoint(old_path, scrambled("xhat", seed=3), "vdmc-test-old", {"steps": 0})
+    new = with_context_net(load_checkpoint(old_path).model, hidden=8)
+    with torch.no_grad():
+        new.context_weight.add_(0.05)
+        new.context_net.nets[0][-1].weight.normal_(0.0, 0.3)
+    save_checkpoint(new_path, new, "vdmc-test-new", {"steps": 0}, earlier=earlier_models(old_path))
+    img = raster(kodak_crop(16, 24, index=5))
+    data, _ = compress_images([("a", img)], Coder(load_checkpoint(old_path), threads=1), allow_fallback=False)
+    old_path.unlink()
+    monkeypatch.setenv("VDMCODEC_CHECKPOINT", str(new_path))
+    from vdmcodec.container import unpack_container
+    lm = find_model_for(unpack_container(data)[0])
+    assert lm.model_id == "vdmc-test-old" and lm.model.context_net is None
+    assert lm.sha256 != file_sha256(new_path)
+    (_, back), = decompress_bytes(data)
+    assert np.array_equal(back.planes, img.planes)
+    # and a newer checkpoint passes it on
+    newer_path = tmp_path / "newer.pt"
+    save_checkpoint(newer_path, load_checkpoint(new_path).model, "vdmc-test-newer", {},
+                    earlier=earlier_models(new_path))
+    assert load_earlier_ids(newer_path) == ["vdmc-test-new", "vdmc-test-old"]
+
+
+def load_earlier_ids(path) -> list[str]:
+    from vdmcodec.checkpoints import read_checkpoint
+
+    return [e["model_id"] for e in read_checkpoint(path).get("earlier", [])]

@@ -69,9 +69,12 @@ def half_state_dict(model: VDM) -> dict:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: dict) -> str:
+def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: dict,
+                    earlier: list[dict] | None = None) -> str:
     """Write atomically; returns the file's SHA-256.  Weights are rounded to float16 first,
-    and the gamma table is computed from exactly the stored weights."""
+    and the gamma table is computed from exactly the stored weights.  earlier: models that
+    files may still name (earlier_models), kept as their differences from this one where
+    those are small, so that their files keep decoding with this checkpoint alone."""
     state = half_state_dict(model)
     probe = VDM(model.cfg)
     probe.load_state_dict({k: v.float() for k, v in state.items()})
@@ -88,6 +91,9 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
         "content_sha256": content_sha256(config, state, table),
         "meta": meta,
     }
+    kept = [e for e in (_as_difference(m, state) for m in earlier or []) if e is not None]
+    if kept:
+        blob["earlier"] = kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -103,6 +109,51 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
         if os.path.exists(tmp):
             os.unlink(tmp)
     return file_sha256(path)
+
+
+EARLIER_MAX_BYTES = 1 << 16  # an earlier model is kept only if it differs by at most this much
+
+
+def _as_difference(full: dict, state: dict) -> dict | None:
+    """An earlier model (config, state_dict, gamma_table, ids) as the tensors in which it
+    differs from `state`; None if that is too much to carry."""
+    old = full["state_dict"]
+    diff = {k: v for k, v in old.items() if k not in state or state[k].dtype != v.dtype or not torch.equal(state[k], v)}
+    if sum(v.numel() * v.element_size() for v in diff.values()) > EARLIER_MAX_BYTES:
+        return None
+    return {"model_id": full["model_id"], "sha256": full["sha256"], "content_sha256": full["content_sha256"],
+            "config": full["config"], "keys": sorted(old), "state_dict": diff, "gamma_table": full["gamma_table"]}
+
+
+def _from_difference(entry: dict, state: dict) -> dict:
+    """The earlier model's whole state from its difference entry and this checkpoint's state."""
+    return {k: entry["state_dict"][k] if k in entry["state_dict"] else state[k] for k in entry["keys"]}
+
+
+def earlier_models(path: str | os.PathLike) -> list[dict]:
+    """A checkpoint and the earlier models it carries, each whole (config, state_dict,
+    gamma_table, model_id, sha256, content_sha256): what a checkpoint made from it passes to
+    save_checkpoint(earlier=...)."""
+    blob = read_checkpoint(path)
+    own = {k: blob[k] for k in ("config", "state_dict", "gamma_table", "model_id", "content_sha256")}
+    out = [dict(own, sha256=file_sha256(path))]
+    for e in blob.get("earlier", []):
+        out.append(dict(e, state_dict=_from_difference(e, blob["state_dict"])))
+    return out
+
+
+def load_earlier(path: str | os.PathLike, sha256: str, device: str = "cpu") -> LoadedModel | None:
+    """The earlier model with file hash `sha256` that the checkpoint at `path` carries, checked
+    against that model's own content hash; None if it carries no such model."""
+    blob = read_checkpoint(path)
+    for e in blob.get("earlier", []):
+        if e.get("sha256") != sha256:
+            continue
+        state = _from_difference(e, blob["state_dict"])
+        if content_sha256(e["config"], state, e["gamma_table"]) != e["content_sha256"]:
+            raise CheckpointError(f"checkpoint {path} is damaged: its copy of model {e['model_id']} does not match its hash")
+        return _build(path, e["config"], state, e["gamma_table"], e["model_id"], sha256, {}, device)
+    return None
 
 
 def default_checkpoint_path() -> Path:
@@ -149,20 +200,20 @@ def load_checkpoint(spec: str | os.PathLike | None = None, device: str = "cpu") 
     want = blob.get("content_sha256")
     if want is None or want != content_sha256(blob["config"], blob["state_dict"], blob["gamma_table"]):
         raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match their hash")
+    return _build(path, blob["config"], blob["state_dict"], blob["gamma_table"], blob["model_id"],
+                  file_sha256(path), blob.get("meta", {}), device)
+
+
+def _build(path, config: dict, state: dict, gamma_table: torch.Tensor, model_id: str, sha256: str, meta: dict,
+           device: str) -> LoadedModel:
     try:
-        cfg = VDMConfig.from_dict(blob["config"])
+        cfg = VDMConfig.from_dict(config)
         model = VDM(cfg)
-        model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match its config ({type(exc).__name__}: {str(exc)[:200]})") from None
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(
-        model=model,
-        gamma_table=blob["gamma_table"].to(torch.float64),
-        model_id=str(blob["model_id"]),
-        sha256=file_sha256(path),
-        path=Path(path),
-        meta=dict(blob.get("meta", {})),
-    )
+    return LoadedModel(model=model, gamma_table=gamma_table.to(torch.float64), model_id=str(model_id), sha256=sha256,
+                       path=Path(path), meta=dict(meta))

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoints import LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint
+from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
+                          load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import fit_image_context, pack_deltas, unpack_deltas
 from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel, check_plan,
@@ -27,6 +28,7 @@ from .coding.grids import PARAM_SNAP
 from .model.network import ENSEMBLE_FLIPS
 from .container import pack_container, unpack_container
 from .errors import (
+    CheckpointError,
     CorruptFileError,
     EnvironmentMismatchError,
     ModelMismatchError,
@@ -370,6 +372,13 @@ def find_model_for(header: dict, checkpoint: str | None = None, device: str = "c
         tried.append(p)
         if file_sha256(p) == want:
             return load_checkpoint(p, device)
+    for p in tried:  # a model that a later checkpoint carries (checkpoints.load_earlier)
+        try:
+            lm = load_earlier(p, want, device)
+        except CheckpointError:
+            continue  # an unreadable stray file does not hide the others
+        if lm is not None:
+            return lm
     raise ModelMismatchError(f"file needs model {mid} (sha256 {str(want)[:12]}...), which is not installed here")
 
 

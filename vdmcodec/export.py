@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .checkpoints import FORMAT_NAME, half_state_dict, load_checkpoint, save_checkpoint
+from .checkpoints import FORMAT_NAME, earlier_models, half_state_dict, load_checkpoint, save_checkpoint
 from .model.vdm import VDM, VDMConfig
 
 
@@ -30,8 +30,9 @@ def _plain(value):
     return value
 
 
-def load_source(path: str) -> tuple[VDM, dict]:
-    """The EMA model of a run's state.pt, or the model of a vdmcodec checkpoint, with its meta."""
+def load_source(path: str) -> tuple[VDM, dict, list[dict]]:
+    """The EMA model of a run's state.pt, or the model of a vdmcodec checkpoint, with its meta
+    and the earlier models it carries (checkpoints.earlier_models)."""
     # the state file is our own training output, so full unpickling is acceptable here
     state = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(state, dict) and state.get("format") == FORMAT_NAME:
@@ -39,10 +40,10 @@ def load_source(path: str) -> tuple[VDM, dict]:
         model = loaded.model
         for p in model.parameters():
             p.requires_grad_(True)
-        return model, dict(loaded.meta)
+        return model, dict(loaded.meta), earlier_models(path)[1:]
     model = VDM(VDMConfig.from_dict(state["config"]))
     model.load_state_dict(state["ema"])
-    return model, dict(state.get("meta", {}))
+    return model, dict(state.get("meta", {})), []
 
 
 def heldout_eval(model: VDM, data: list[str], holdout_every: int) -> dict:
@@ -60,12 +61,12 @@ def heldout_eval(model: VDM, data: list[str], holdout_every: int) -> dict:
 def export_state(state_path: str, out_path: str, model_id: str, extra_meta: dict | None = None,
                  heldout: list[str] | None = None, holdout_every: int | None = None) -> tuple[str, dict]:
     """Write the checkpoint; returns its SHA-256 and the meta it carries."""
-    model, meta = load_source(state_path)
+    model, meta, earlier = load_source(state_path)
     meta = _plain(meta)
     if heldout:
         meta["eval"] = heldout_eval(model, heldout, holdout_every or int(meta.get("holdout_every", 20)))
     meta.update(_plain(extra_meta or {}))
-    return save_checkpoint(out_path, model, model_id, meta), meta
+    return save_checkpoint(out_path, model, model_id, meta, earlier=earlier), meta
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ from ..model.vdm import discretized_logistic_logp
 from .chain import ContextWeights, StepModel
 
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
+HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer
 DELTA_LIMIT = 127
 FIT_PATCHES = (3, 3)  # rows x columns of patches the fit sees
 FIT_PATCH = (32, 96)  # patch height, width
@@ -38,33 +39,71 @@ def model_weights(sm: StepModel, channels: int) -> tuple[np.ndarray, np.ndarray]
     return w.detach().to("cpu", torch.float64).numpy(), ls.detach().to("cpu", torch.float64).numpy()
 
 
+def model_head(sm: StepModel) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The context network's last layer per later pass, float64; None without a network."""
+    net = sm.model.context_net
+    if net is None:
+        return None
+    return [tuple(t.detach().to("cpu", torch.float64).numpy() for t in net.head(p)) for p in range(1, net.cfg.passes)]
+
+
+def _flat(parts) -> np.ndarray:
+    return np.concatenate([np.ravel(a) for a in parts])
+
+
+def _head_parts(head) -> list[np.ndarray]:
+    return [a for wb in head for a in wb]
+
+
 def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
-    """w as int8 steps away from the model's weights (w must be on that grid)."""
+    """w as int8 steps away from the model's weights (w must be on that grid): the linear
+    weights and log-scales, then the network's last layers when w has its own."""
     base_w, base_ls = model_weights(sm, w.log_scale.shape[1])
-    q = np.concatenate([(w.weight - base_w).ravel(), (w.log_scale - base_ls).ravel()]) / DELTA_STEP
-    return np.rint(q).astype(np.int8).tobytes()
+    q = [_flat([w.weight - base_w, w.log_scale - base_ls]) / DELTA_STEP]
+    if w.head is not None:
+        q.append((_flat(_head_parts(w.head)) - _flat(_head_parts(model_head(sm)))) / HEAD_DELTA_STEP)
+    return np.rint(np.concatenate(q)).astype(np.int8).tobytes()
 
 
 def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
     """The model's weights plus the deltas of pack_deltas; ValueError if the blob has the
     wrong size for this model and number of planes."""
     base_w, base_ls = model_weights(sm, channels)
-    if len(blob) != base_w.size + base_ls.size:
-        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected {base_w.size + base_ls.size}")
-    q = np.frombuffer(blob, dtype=np.int8).astype(np.float64) * DELTA_STEP
+    n_lin = base_w.size + base_ls.size
+    base_head = model_head(sm)
+    n_head = 0 if base_head is None else _flat(_head_parts(base_head)).size
+    if len(blob) not in {n_lin, n_lin + n_head}:
+        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected {n_lin} or {n_lin + n_head}")
+    q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
+    head = None
+    if len(blob) > n_lin:
+        head = _unflatten(base_head, q[n_lin:] * HEAD_DELTA_STEP)
+    q = q[:n_lin] * DELTA_STEP
     return ContextWeights(weight=base_w + q[: base_w.size].reshape(base_w.shape),
-                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape))
+                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head)
 
 
-def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor) -> ContextWeights:
+def _unflatten(base_head, delta: np.ndarray) -> tuple:
+    out, i = [], 0
+    for w, b in base_head:
+        dw, i = delta[i : i + w.size].reshape(w.shape), i + w.size
+        db, i = delta[i : i + b.size].reshape(b.shape), i + b.size
+        out.append((w + dw, b + db))
+    return tuple(out)
+
+
+def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=None) -> ContextWeights:
     """Round the fitted weights to what the decoder will rebuild from int8 deltas."""
     base_w, base_ls = model_weights(sm, log_scale.shape[1])
 
-    def q(t: torch.Tensor, base: np.ndarray) -> np.ndarray:
-        steps = np.clip(np.rint((t.detach().to(torch.float64).numpy() - base) / DELTA_STEP), -DELTA_LIMIT, DELTA_LIMIT)
-        return base + steps * DELTA_STEP
+    def q(t: torch.Tensor, base: np.ndarray, step: float = DELTA_STEP) -> np.ndarray:
+        steps = np.clip(np.rint((t.detach().to(torch.float64).numpy() - base) / step), -DELTA_LIMIT, DELTA_LIMIT)
+        return base + steps * step
 
-    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls))
+    qhead = None
+    if head is not None:
+        qhead = tuple((q(w, bw, HEAD_DELTA_STEP), q(b, bb, HEAD_DELTA_STEP)) for (w, b), (bw, bb) in zip(head, model_head(sm)))
+    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead)
 
 
 def _patches(x: np.ndarray) -> list[np.ndarray]:
@@ -97,7 +136,11 @@ def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Gen
 
 def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple[ContextWeights | None, dict]:
     """The image's own context weights, or None when they would not pay for themselves;
-    with the estimate behind the decision (bits per dim on the fitted patches)."""
+    with the estimate behind the decision (bits per dim on the fitted patches).
+
+    With a context network, two fits: the linear weights alone, and the linear weights with
+    the network's last layers (its features are computed once: they do not depend on what
+    is fitted); the one that saves more net of its size is kept."""
     model = sm.model
     if not getattr(model.cfg, "pixel_context", False):
         return None, {}
@@ -109,23 +152,41 @@ def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple
     with torch.no_grad():
         xi, xt, loc, scale, coef = _decoder_inputs(sm, _patches(x), np.random.default_rng(seed))
     w0, l0 = (torch.from_numpy(a).float() for a in model_weights(sm, c))
+    base_head = model_head(sm)
+    cache: dict = {}
 
-    def bits(weight: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-        lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale))
+    def bits(weight: torch.Tensor, log_scale: torch.Tensor, head=None) -> torch.Tensor:
+        lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
+                                      feature_cache=cache)
         return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
 
-    weight, log_scale = w0.clone().requires_grad_(True), l0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([weight, log_scale], lr=FIT_LR)
-    with torch.enable_grad():
-        for _ in range(FIT_STEPS):
-            opt.zero_grad()
-            bits(weight, log_scale).backward()
-            opt.step()
-    fitted = quantise(sm, weight, log_scale)
+    def fit(with_head: bool) -> ContextWeights:
+        params = [w0.clone().requires_grad_(True), l0.clone().requires_grad_(True)]
+        head = None
+        if with_head:
+            head = [tuple(torch.from_numpy(a).float().requires_grad_(True) for a in wb) for wb in base_head]
+            params += [t for wb in head for t in wb]
+        opt = torch.optim.Adam(params, lr=FIT_LR)
+        with torch.enable_grad():
+            for _ in range(FIT_STEPS):
+                opt.zero_grad()
+                bits(params[0], params[1], head).backward()
+                opt.step()
+        return quantise(sm, params[0], params[1], head)
+
+    def as_torch(w: ContextWeights):
+        head = None if w.head is None else [tuple(torch.from_numpy(a).float() for a in wb) for wb in w.head]
+        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head
+
     with torch.no_grad():
         before = float(bits(w0, l0))
-        after = float(bits(torch.from_numpy(fitted.weight).float(), torch.from_numpy(fitted.log_scale).float()))
-    saving = (before - after) * x.size
-    cost = 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES)
-    info = {"patch_bpd_model": before, "patch_bpd_fitted": after, "saving_bits": saving, "cost_bits": cost}
-    return (fitted if saving > KEEP_IF_SAVING_OVER_COST * cost else None), info
+    candidates = []
+    for with_head in ([False, True] if base_head is not None else [False]):
+        fitted = fit(with_head)
+        with torch.no_grad():
+            after = float(bits(*as_torch(fitted)))
+        info = {"patch_bpd_model": before, "patch_bpd_fitted": after, "saving_bits": (before - after) * x.size,
+                "cost_bits": 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES), "head": with_head}
+        candidates.append((info["saving_bits"] - info["cost_bits"], fitted, info))
+    _, fitted, info = max(candidates, key=lambda t: t[0])
+    return (fitted if info["saving_bits"] > KEEP_IF_SAVING_OVER_COST * info["cost_bits"] else None), info

@@ -16,6 +16,7 @@ import torch
 
 from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, pass_classes,
                          pass_map_np)
+from ..model.context_net import ContextNet
 from ..model.network import ENSEMBLE_FLIPS, flip_ensemble
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
@@ -240,6 +241,9 @@ class ContextWeights:
 
     weight: np.ndarray  # (passes - 1, C, C, K, K) float64
     log_scale: np.ndarray  # (passes, C) float64
+    # the context network's last layer per later pass, (weight (O, hidden, 1, 1), bias (O,))
+    # float64; None: the model's
+    head: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
 
 
 @dataclass
@@ -249,19 +253,24 @@ class PixelContext:
     weight: np.ndarray  # (passes - 1, C, C, K, K) float64: earlier passes' residuals -> shift
     log_scale: np.ndarray  # (passes, C) float64: per pass and channel
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
+    net: ContextNet | None = None  # the model's nonlinear refinement, if it has one
+    head: list | None = None  # float32 (weight, bias) per later pass for the net, instead of its own
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
                    weights: ContextWeights | None = None) -> "PixelContext":
+        head = None
         if weights is not None:
             weight, log_scale = weights.weight, weights.log_scale
+            if weights.head is not None:
+                head = [tuple(torch.from_numpy(a).float() for a in wb) for wb in weights.head]
         else:
             with torch.no_grad():
                 weight, log_scale = model.context_weights(channels)
             weight = weight.detach().to("cpu", torch.float64).numpy()
             log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
-        return cls(weight=weight, log_scale=log_scale, coef=coef)
+        return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head)
 
     @property
     def passes(self) -> int:
@@ -277,7 +286,7 @@ class PixelContext:
         machine."""
         c, h, w = loc.shape
         known = pm < p
-        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * known
+        u = known_residuals(p, x, loc, scale, pm)
         weight = self.weight[p - 1]
         k = weight.shape[-1]
         r = k // 2
@@ -301,6 +310,25 @@ class PixelContext:
         return out
 
 
+    def refine(self, p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The context network's shift, log-scale change and colour-coefficient change for
+        pass p >= 1, each (C, H, W) float64 snapped to PARAM_SNAP (model.context_net; the same
+        float32 inputs in encoder and decoder, so the same outputs)."""
+        u = known_residuals(p, x, loc, scale, pm)
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+        with torch.no_grad():
+            outs = self.net(p, as_t(u), as_t((loc + 0.5) / 128.0 - 1.0), as_t(np.log(scale)),
+                            None if self.head is None else self.head[p - 1])
+        return tuple(snap(t[0].to(torch.float64).numpy(), PARAM_SNAP) for t in outs)
+
+
+def known_residuals(p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray) -> np.ndarray:
+    """Clipped normalised residuals (x - loc) / scale of the pixels coded before pass p
+    (levels, (C, H, W)); zero at the others."""
+    return np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * (pm < p)
+
+
 class PixelCodec:
     """p(x | z_0) for one region, pushed and popped as a few table codecs.
 
@@ -319,7 +347,7 @@ class PixelCodec:
         else:
             self.pass_map = pass_map_np(h, w, context.passes)
             self.groups = [(p, ch) for p in range(context.passes) for ch in range(c)]
-        self._shift: dict[int, np.ndarray] = {}
+        self._shift: dict[int, tuple] = {}
 
     def _select(self, p) -> np.ndarray:
         return self.pass_map == p
@@ -331,25 +359,43 @@ class PixelCodec:
             return self.loc.ravel(), self.scale.ravel(), self.offset.ravel()
         sel = self._select(p)
         ctx = self.ctx
+        shift, dls, dcoef = self._pass_context(p, x)
 
         def loc1(ch: int) -> np.ndarray:
             base = self.loc[ch][sel]
             if p == 0:
                 return base
-            if p not in self._shift:  # every earlier pass is known once pass p starts
-                self._shift[p] = ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
-            return snap(base + self.scale[ch][sel] * self._shift[p][ch][sel], 2.0**-20)
+            return snap(base + self.scale[ch][sel] * shift[ch][sel], 2.0**-20)
 
         loc = loc1(c)
         if c >= 1:
             e = [x[ch][sel] - loc1(ch) for ch in range(c)]
+            coef = ctx.coef if dcoef is None else ctx.coef + dcoef
             if c == 1:
-                loc = loc + ctx.coef[0][sel] * e[0]
+                loc = loc + coef[0][sel] * e[0]
             else:
-                loc = loc + ctx.coef[1][sel] * e[0] + ctx.coef[2][sel] * e[1]
+                loc = loc + coef[1][sel] * e[0] + coef[2][sel] * e[1]
             loc = snap(loc, 2.0**-20)
-        scale = snap(self.scale[c][sel] * math.exp(ctx.log_scale[p, c]), 2.0**-24)
+        # math.exp for the scalar: the arithmetic files written without a network were coded with
+        factor = math.exp(ctx.log_scale[p, c]) if dls is None else np.exp(ctx.log_scale[p, c] + dls[c][sel])
+        scale = snap(self.scale[c][sel] * factor, 2.0**-24)
         return loc, scale, self.offset[c][sel]
+
+    def _pass_context(self, p: int, x: np.ndarray) -> tuple:
+        """(shift, log-scale change, colour-coefficient change) of pass p, computed once when
+        the pass starts (every earlier pass is known then); (None,) * 3 for the first pass,
+        and the changes are None without a context network."""
+        if p == 0:
+            return None, None, None
+        if p not in self._shift:
+            ctx = self.ctx
+            shift = ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
+            dls = dcoef = None
+            if ctx.net is not None:
+                ds, dls, dcoef = ctx.refine(p, x, self.loc, self.scale, self.pass_map)
+                shift = shift + ds
+            self._shift[p] = (shift, dls, dcoef)
+        return self._shift[p]
 
     def _table(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
         levels = offset[:, None] + np.arange(self.width)[None, :]

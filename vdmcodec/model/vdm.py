@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .context_net import ContextNet, ContextNetConfig
 from .network import EpsNet, NetConfig
 from .schedule import LearnedSchedule
 
@@ -106,16 +107,24 @@ class VDMConfig:
     pixel_context: bool = True
     context_passes: int = 4  # 2 or 4 (pass_classes); models written before the option have 2
     net: NetConfig = field(default_factory=NetConfig)
+    # the nonlinear refinement of the pixel context (context_net.py); None: linear only
+    context_net: ContextNetConfig | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["net"] = self.net.to_dict()
+        if self.context_net is None:
+            del d["context_net"]  # configs of models without it stay as they were (same hash)
+        else:
+            d["context_net"] = self.context_net.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "VDMConfig":
         d = dict(d)
         d["net"] = NetConfig.from_dict(d["net"])
+        if d.get("context_net") is not None:
+            d["context_net"] = ContextNetConfig.from_dict(d["context_net"])
         d.setdefault("decoder", "z0")  # configs written before the option had none
         d.setdefault("pixel_context", False)
         d.setdefault("context_passes", 2)
@@ -130,6 +139,9 @@ class VDMConfig:
             raise ValueError("pixel_context needs the xhat decoder and the network's decoder and channel heads")
         if self.context_passes not in CONTEXT_PASSES:
             raise ValueError(f"context_passes must be one of {CONTEXT_PASSES}, not {self.context_passes}")
+        if self.context_net is not None and not (self.pixel_context and self.context_net.passes == self.context_passes
+                                                 and self.context_net.channels == self.net.image_channels):
+            raise ValueError("context_net needs the pixel context, with its passes and the network's channels")
 
 
 def pixels_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +179,12 @@ def discretized_logistic_logp(x: torch.Tensor, loc: torch.Tensor, scale: torch.T
     return log_cdf_u + torch.log1p(-torch.exp(torch.clamp(log_cdf_l - log_cdf_u, max=-1e-12)))
 
 
+def context_net_inputs(loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context network's per-pixel inputs besides the residuals, in float32: the base
+    location in x_tilde units and the log of the base scale in pixel levels."""
+    return loc.float(), torch.log(scale.float() * 128.0)
+
+
 class VDM(nn.Module):
     def __init__(self, cfg: VDMConfig | None = None):
         super().__init__()
@@ -185,6 +203,7 @@ class VDM(nn.Module):
             self.context_weight = nn.Parameter(torch.zeros((n - 1) * c, c, k, k))
             # log-scale change per pass and channel
             self.context_log_scale = nn.Parameter(torch.zeros(n, c))
+        self.context_net = ContextNet(cfg.context_net) if cfg.context_net is not None else None
 
     def forward(self, x: torch.Tensor, recon_batch: int | None = None) -> dict:
         """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
@@ -235,29 +254,52 @@ class VDM(nn.Module):
 
     def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                        coef_raw: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       head: list | None = None, feature_cache: dict | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
         Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
         scales) of the pixels of earlier passes over a CONTEXT_KERNEL square.  In every pass G
         is shifted by a * (R's residual) and B by b * (R's) + c * (G's), residuals taken from
-        the pass's own locations.  Outside the image counts as zero residual.  The coder
-        computes the same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C,
-        K, K) and (passes, C) float64 to use instead of the model's (an image's own, fitted by
-        the encoder)."""
+        the pass's own locations.  Outside the image counts as zero residual.  With a
+        context_net, its shift, log-scale change and colour-coefficient change (from the same
+        residuals, in float32) are added at each later pass's pixels.  The coder computes the
+        same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C, K, K) and
+        (passes, C) float64 to use instead of the model's, and head: the context network's
+        last layer per later pass (weight, bias) instead of the model's (an image's own,
+        fitted by the encoder).  feature_cache: a dict that keeps the context network's
+        features between calls on the same pixels (they do not depend on what is fitted)."""
         b, c, h, w = xt.shape
         weight, log_scale = self.context_weights(c) if weights is None else weights
         passes = weight.shape[0] + 1
         pm = pass_map(h, w, passes, xt.device)
         u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
         shift = torch.zeros_like(u)
+        log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype)
+        coef = channel_coefficients(coef_raw.to(u.dtype))
+        net_in = None
+        if self.context_net is not None:
+            net_in = context_net_inputs(loc, scale)
         for p in range(1, passes):
-            s = F.conv2d(u * (pm < p), weight[p - 1], padding=CONTEXT_KERNEL // 2)
+            known = u * (pm < p)
+            s = F.conv2d(known, weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
+            if net_in is not None:
+                feats = None if feature_cache is None else feature_cache.get(p)
+                if feats is None:
+                    feats = self.context_net.features(p, known.float(), *net_in)
+                    if feature_cache is not None:
+                        feature_cache[p] = feats.detach()
+                ds, dls, dc = self.context_net.outputs(p, feats, None if head is None else head[p - 1], grey=c == 1)
+                s = s + ds.to(s.dtype)
+                here = pm == p
+                log_scale = torch.where(here, log_scale + dls.to(u.dtype), log_scale)
+                if c == 3:
+                    coef = torch.where(here, coef + dc.to(u.dtype), coef)
             shift = torch.where(pm == p, s, shift)
         loc = loc + scale * shift
-        scale = scale * torch.exp(log_scale[pm].permute(2, 0, 1))
+        scale = scale * torch.exp(log_scale)
         if c == 3:
-            a = channel_coefficients(coef_raw.double())
+            a = coef
             e = xt - loc
             loc = torch.stack([loc[:, 0], loc[:, 1] + a[:, 0] * e[:, 0],
                                loc[:, 2] + a[:, 1] * e[:, 0] + a[:, 2] * e[:, 1]], dim=1)

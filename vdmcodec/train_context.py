@@ -1,0 +1,210 @@
+"""Train the pixel decoder's context (model.context_net and the linear context) with the big
+network frozen.
+
+The big network runs once per training crop, at one z_0 draw, and its decoder outputs
+(location, scale, colour coefficients) are cached; the context is then trained on the cache
+for many epochs, with no network call and no backward through it.  Held-out crops (every
+20th training file, as train.py) give the reconstruction term before and after.
+
+    python -m vdmcodec.train_context ../shared/data/train --out runs/ctx --minutes 30
+    python -m vdmcodec.train_context ../shared/data/train --out runs/ctx --resume runs/ctx/state.pt
+    python -m vdmcodec.export runs/ctx/model.pt checkpoints/default.pt --model-id vdmc-rgb-t64-s7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import earlier_models, load_checkpoint, save_checkpoint
+from .model.context_net import ContextNet, ContextNetConfig
+from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
+from .train import eval_batches, list_images, load_rgb, split_holdout
+
+LN2 = math.log(2.0)
+
+
+def with_context_net(model: VDM, hidden: int) -> VDM:
+    """The model with a fresh (zero-output) context network, if it has none."""
+    if model.context_net is not None:
+        return model
+    cfg = VDMConfig.from_dict(model.cfg.to_dict())
+    cfg.context_net = ContextNetConfig(hidden=hidden, passes=cfg.context_passes, channels=cfg.net.image_channels)
+    cfg.validate()
+    out = VDM(cfg)
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("context_net.") for k in missing):
+        raise ValueError(f"cannot add a context network: {missing} {unexpected}")
+    return out
+
+
+@torch.no_grad()
+def decoder_cache(model: VDM, crops: torch.Tensor, seed: int, batch: int = 16) -> dict:
+    """The big network's decoder outputs at one z_0 draw per crop: x (uint8), loc and scale
+    (x_tilde units, float32) and the raw colour coefficients."""
+    gen = torch.Generator().manual_seed(seed)
+    g0 = model.schedule(torch.tensor([0.0], dtype=torch.float64))[0]
+    a0, s0 = torch.sqrt(alpha2(g0)), torch.sqrt(sigma2(g0))
+    parts = {"x": [], "loc": [], "scale": [], "coef": []}
+    for i in range(0, crops.shape[0], batch):
+        x = crops[i : i + batch]
+        z0 = a0.float() * pixels_to_unit(x) + s0.float() * torch.randn(x.shape, generator=gen)
+        eps, aux = model.net(z0, g0.float().reshape(1), with_aux=True)
+        loc, scale = _base_decoder(model, z0, g0, eps, aux)
+        parts["x"].append(x.to(torch.uint8))
+        parts["loc"].append(loc.float())
+        parts["scale"].append(scale.float())
+        parts["coef"].append(aux["channel_coef"].float())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _base_decoder(model: VDM, z0, g0, eps, aux) -> tuple[torch.Tensor, torch.Tensor]:
+    """Location and scale of p(x | z_0) before the pixel context."""
+    pixel_context = model.cfg.pixel_context
+    model.cfg.pixel_context = False
+    try:
+        return model.decoder_params(z0, g0, eps, aux)
+    finally:
+        model.cfg.pixel_context = pixel_context
+
+
+def recon_bits(model: VDM, cache: dict, idx) -> torch.Tensor:
+    """-log2 p(x | z_0) per crop, summed over its pixels (teacher forced)."""
+    x = cache["x"][idx].long()
+    loc, scale = model.context_params(pixels_to_unit(x), cache["loc"][idx], cache["scale"][idx], cache["coef"][idx])
+    return -discretized_logistic_logp(x, loc, scale).flatten(1).sum(1) / LN2
+
+
+@torch.no_grad()
+def heldout_bpd(model: VDM, cache: dict, batch: int = 16) -> float:
+    n = cache["x"].shape[0]
+    total = sum(float(recon_bits(model, cache, slice(i, i + batch)).sum()) for i in range(0, n, batch))
+    return total / cache["x"].numel()
+
+
+def random_crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """n crops (area-weighted over the images, half of them flipped), (n, 3, size, size) int64."""
+    large = [im for im in images if min(im.shape[:2]) >= size]
+    areas = np.array([im.shape[0] * im.shape[1] for im in large], dtype=np.float64)
+    out = []
+    for i in rng.choice(len(large), n, p=areas / areas.sum()):
+        im = large[i]
+        y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
+        c = im[y : y + size, x : x + size]
+        out.append(c[:, ::-1] if rng.random() < 0.5 else c)
+    return torch.from_numpy(np.stack(out).astype(np.int64)).permute(0, 3, 1, 2).contiguous()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m vdmcodec.train_context", description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", nargs="+")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint", default=None, help="the model to start from (default: the shipped one)")
+    ap.add_argument("--resume", default=None, help="a state.pt of this program")
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--crops", type=int, default=1200, help="cached training crops")
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--holdout-every", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-id", default="vdmc-rgb-t64-ctx")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_checkpoint(args.checkpoint)
+    model = with_context_net(loaded.model, args.hidden)
+    meta = dict(loaded.meta)
+    step = 0
+    # files written with the starting model keep decoding with the new checkpoint (when only
+    # the context differs, which is all that this program trains)
+    start = str(loaded.path)
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        model = VDM(VDMConfig.from_dict(state["config"]))
+        model.load_state_dict(state["model"])
+        step, meta, start = state["step"], state["meta"], state.get("start", start)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+
+    files = list_images(args.data)
+    train_files, hold_files = split_holdout(files, args.holdout_every)
+    t0 = time.time()
+    train_imgs = [im for im in (load_rgb(f) for f in train_files) if min(im.shape[:2]) >= args.crop]
+    hold_crops = eval_batches([load_rgb(f) for f in hold_files], args.crop)[0]
+    cache = decoder_cache(model, random_crops(train_imgs, args.crops, args.crop, rng), seed=args.seed + step)
+    hold = decoder_cache(model, hold_crops, seed=12345)
+    print(f"cached {cache['x'].shape[0]} training and {hold['x'].shape[0]} held-out crops in {time.time() - t0:.0f} s",
+          file=sys.stderr)
+
+    params = list(model.context_net.parameters()) + [model.context_weight, model.context_log_scale]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=args.lr)
+    if args.resume and "opt" in state:
+        opt.load_state_dict(state["opt"])
+    log = open(out / "log.jsonl", "a")
+
+    def record(**kv):
+        rec = {"step": step, "wall": round(time.time() - t0, 1), **kv}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        print(json.dumps(rec), file=sys.stderr)
+
+    record(heldout_recon_bpd=heldout_bpd(model, hold))
+    n = cache["x"].shape[0]
+    deadline = time.time() + 60 * args.minutes
+    last_eval = time.time()
+    running = []
+    while time.time() < deadline:
+        frac = 1.0 - max(0.0, deadline - time.time()) / (60 * args.minutes)
+        for g in opt.param_groups:  # constant, then a linear decay over the last fifth
+            g["lr"] = args.lr * min(1.0, 5.0 * (1.0 - frac))
+        idx = torch.from_numpy(rng.choice(n, args.batch, replace=False))
+        loss = recon_bits(model, cache, idx).sum() / cache["x"][idx].numel()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running.append(loss.item())
+        step += 1
+        if time.time() - last_eval > 180:
+            record(train_recon_bpd=float(np.mean(running)), heldout_recon_bpd=heldout_bpd(model, hold))
+            running, last_eval = [], time.time()
+            save_state(out, model, opt, step, meta, start)
+    record(train_recon_bpd=float(np.mean(running)) if running else None, heldout_recon_bpd=heldout_bpd(model, hold))
+    save_state(out, model, opt, step, meta, start)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    meta = dict(meta, context_steps=step, context_note=f"context net (hidden {args.hidden}) trained "
+                f"{step} steps on {n} cached crops, network frozen")
+    save_checkpoint(out / "model.pt", model, args.model_id, meta, earlier=earlier_models(start))
+    return 0
+
+
+def save_state(out: Path, model: VDM, opt, step: int, meta: dict, start: str) -> None:
+    tmp = out / "state.pt.tmp"
+    torch.save({"config": model.cfg.to_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
+                "step": step, "meta": meta, "start": start}, tmp)
+    tmp.replace(out / "state.pt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
