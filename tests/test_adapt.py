@@ -78,11 +78,15 @@ def test_damaged_weights_section_is_a_corrupt_file(coder4, always_adapt):
             decompress_bytes(damaged, coder=coder4)
 
 
-@pytest.fixture(scope="module")
-def coder_net(tmp_path_factory):
+@pytest.fixture(scope="module", params=["pass", "channel"])
+def coder_net(tmp_path_factory, request):
     path = tmp_path_factory.mktemp("adapt") / "net.pt"
-    save_checkpoint(path, scrambled("xhat", seed=6, passes=4, net=True), "vdmc-test-adapt-net", {"steps": 0})
+    save_checkpoint(path, scrambled("xhat", seed=6, passes=4, net=request.param), "vdmc-test-adapt-net", {"steps": 0})
     return Coder(load_checkpoint(path), threads=1)
+
+
+def head_bytes(coder) -> int:
+    return sum(w.size + b.size for w, b in adapt.model_head(coder.step_model))
 
 
 def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net):
@@ -93,8 +97,9 @@ def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net)
                   b + rng.integers(-127, 128, b.shape) * adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
     w = ContextWeights(weight=base_w, log_scale=base_ls + adapt.DELTA_STEP, head=head)
     blob = adapt.pack_deltas(sm, w)
-    hidden = sm.model.context_net.cfg.hidden
-    assert len(blob) == 3 * 75 * 3 + 12 + 3 * 9 * (hidden + 1)
+    net = sm.model.context_net
+    outputs = 2 * len(net.groups) if net.cfg.groups == "channel" else 9 * 3
+    assert len(blob) == 3 * 75 * 3 + 12 + outputs * (net.cfg.hidden + 1) == 3 * 75 * 3 + 12 + head_bytes(coder_net)
     back = adapt.unpack_deltas(sm, blob, 3)
     assert np.array_equal(back.log_scale, w.log_scale)
     for (bw, bb), (ww, wb) in zip(back.head, head):
@@ -119,6 +124,5 @@ def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, a
     monkeypatch.setattr("vdmcodec.codec.fit_image_context", with_head)
     rgb, grey = raster(kodak_crop(30, 26, index=4)), raster(kodak_crop(17, 21, index=6), mode="L")
     data, _, _ = assert_roundtrip(coder_net, [rgb, grey])
-    hidden = coder_net.loaded.model.context_net.cfg.hidden
     sections = unpack_container(data)[1]
-    assert len(sections["context0"]) == 225 * 3 + 12 + 27 * (hidden + 1)
+    assert len(sections["context0"]) == 225 * 3 + 12 + head_bytes(coder_net)

@@ -44,7 +44,7 @@ def model_head(sm: StepModel) -> list[tuple[np.ndarray, np.ndarray]] | None:
     net = sm.model.context_net
     if net is None:
         return None
-    return [tuple(t.detach().to("cpu", torch.float64).numpy() for t in net.head(p)) for p in range(1, net.cfg.passes)]
+    return [tuple(t.detach().to("cpu", torch.float64).numpy() for t in wb) for wb in net.heads()]
 
 
 def _flat(parts) -> np.ndarray:

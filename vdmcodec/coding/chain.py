@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, pass_classes,
-                         pass_map_np)
-from ..model.context_net import ContextNet
+from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, group_inputs,
+                         pass_classes, pass_map_np)
+from ..model.context_net import ChannelContextNet, ContextNet
 from ..model.network import ENSEMBLE_FLIPS, flip_ensemble
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
@@ -253,7 +253,7 @@ class PixelContext:
     weight: np.ndarray  # (passes - 1, C, C, K, K) float64: earlier passes' residuals -> shift
     log_scale: np.ndarray  # (passes, C) float64: per pass and channel
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
-    net: ContextNet | None = None  # the model's nonlinear refinement, if it has one
+    net: ContextNet | ChannelContextNet | None = None  # the model's nonlinear refinement, if it has one
     head: list | None = None  # float32 (weight, bias) per later pass for the net, instead of its own
 
     @classmethod
@@ -323,6 +323,24 @@ class PixelContext:
         return tuple(snap(t[0].to(torch.float64).numpy(), PARAM_SNAP) for t in outs)
 
 
+    def group_refine(self, p: int, ch: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The ChannelContextNet's shift and log-scale change of group (p, ch), each (H, W)
+        float64 snapped to PARAM_SNAP, zero off pass p (float32 network on the same inputs
+        in encoder and decoder)."""
+        net = self.net
+        g = net.group_index(p, ch)
+        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+        net_in = (as_t((loc + 0.5) / 128.0 - 1.0), as_t(np.log(scale)))
+        classes = pass_classes(net.cfg.passes)[p]
+        with torch.no_grad():
+            inp = group_inputs(as_t(u), torch.from_numpy(pm), p, ch, net_in, net.cfg.channels)
+            ds, dls = net.outputs(g, net.features(g, inp, classes), classes, u.shape,
+                                  None if self.head is None else self.head[g])
+        return snap(ds[0, 0].to(torch.float64).numpy(), PARAM_SNAP), snap(dls[0, 0].to(torch.float64).numpy(), PARAM_SNAP)
+
+
 def known_residuals(p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray) -> np.ndarray:
     """Clipped normalised residuals (x - loc) / scale of the pixels coded before pass p
     (levels, (C, H, W)); zero at the others."""
@@ -359,13 +377,14 @@ class PixelCodec:
             return self.loc.ravel(), self.scale.ravel(), self.offset.ravel()
         sel = self._select(p)
         ctx = self.ctx
-        shift, dls, dcoef = self._pass_context(p, x)
+        _, dls, dcoef = self._pass_context(p, x)
 
         def loc1(ch: int) -> np.ndarray:
             base = self.loc[ch][sel]
-            if p == 0:
+            shift = self._channel_shift(p, ch, x)
+            if shift is None:
                 return base
-            return snap(base + self.scale[ch][sel] * shift[ch][sel], 2.0**-20)
+            return snap(base + self.scale[ch][sel] * shift[sel], 2.0**-20)
 
         loc = loc1(c)
         if c >= 1:
@@ -376,10 +395,37 @@ class PixelCodec:
             else:
                 loc = loc + coef[1][sel] * e[0] + coef[2][sel] * e[1]
             loc = snap(loc, 2.0**-20)
+        group = self._group_context(p, c, x)
+        if group is not None:
+            dls = group[1][None]  # this channel's, in the place of the pass network's
+            c_dls = 0
+        else:
+            c_dls = c
         # math.exp for the scalar: the arithmetic files written without a network were coded with
-        factor = math.exp(ctx.log_scale[p, c]) if dls is None else np.exp(ctx.log_scale[p, c] + dls[c][sel])
+        factor = math.exp(ctx.log_scale[p, c]) if dls is None else np.exp(ctx.log_scale[p, c] + dls[c_dls][sel])
         scale = snap(self.scale[c][sel] * factor, 2.0**-24)
         return loc, scale, self.offset[c][sel]
+
+    def _channel_shift(self, p: int, ch: int, x: np.ndarray) -> np.ndarray | None:
+        """Channel ch's shift (in scales, (H, W)) in pass p: the linear context's and the
+        context networks'; None when there is none (the first pass without group networks)."""
+        shift = self._pass_context(p, x)[0]
+        shift = None if shift is None else shift[ch]
+        group = self._group_context(p, ch, x)
+        if group is not None:
+            shift = group[0] if shift is None else shift + group[0]
+        return shift
+
+    def _group_context(self, p: int, ch: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ChannelContextNet's (shift, log-scale change) for group (p, ch), (H, W) each,
+        computed once (its inputs are known from the group's start on); None without one."""
+        ctx = self.ctx
+        if ctx.net is None or ctx.net.cfg.groups != "channel" or (p, ch) == (0, 0):
+            return None
+        key = ("group", p, ch)
+        if key not in self._shift:
+            self._shift[key] = ctx.group_refine(p, ch, x, self.loc, self.scale, self.pass_map)
+        return self._shift[key]
 
     def _pass_context(self, p: int, x: np.ndarray) -> tuple:
         """(shift, log-scale change, colour-coefficient change) of pass p, computed once when
@@ -391,7 +437,7 @@ class PixelCodec:
             ctx = self.ctx
             shift = ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
             dls = dcoef = None
-            if ctx.net is not None:
+            if ctx.net is not None and ctx.net.cfg.groups == "pass":
                 ds, dls, dcoef = ctx.refine(p, x, self.loc, self.scale, self.pass_map)
                 shift = shift + ds
             self._shift[p] = (shift, dls, dcoef)

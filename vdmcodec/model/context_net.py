@@ -34,13 +34,20 @@ class ContextNetConfig:
     kernel: int = 5  # first layer's reach: the pixels within 2 of the coded one
     passes: int = 4  # the decoder's passes; a network for each pass after the first
     channels: int = 3
+    # "pass": one network per later pass, for all channels (ContextNet); "channel": one per
+    # (pass, channel) group that knows something, seeing the channels coded before it in
+    # its own pass too, run only at the pass's pixels (ChannelContextNet)
+    groups: str = "pass"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContextNetConfig":
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.groups not in ("pass", "channel"):
+            raise ValueError(f"unknown context network groups {cfg.groups!r}")
+        return cfg
 
 
 def _pass_net(cfg: ContextNetConfig) -> nn.Sequential:
@@ -87,6 +94,10 @@ class ContextNet(nn.Module):
         last = self.nets[p - 1][-1]
         return last.weight, last.bias
 
+    def heads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every last layer, in the order of a per-image head list."""
+        return [self.head(p) for p in range(1, self.cfg.passes)]
+
     def outputs(self, p: int, feats: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor] | None = None,
                 grey: bool = False):
         """(shift, dlog_scale, dcoef) from pass p's features; head: a last layer to use instead
@@ -104,7 +115,80 @@ class ContextNet(nn.Module):
 
 
 def flops_per_pixel(cfg: ContextNetConfig) -> int:
-    """Multiply-adds per pixel of one pass's network (the coder runs one per later pass)."""
+    """Multiply-adds per image pixel of all the context networks together."""
     c, h, k = cfg.channels, cfg.hidden, cfg.kernel
-    return INPUTS_PER_CHANNEL * c * h * k * k + h * h * 9 + h * OUTPUTS_PER_CHANNEL * c
+    if cfg.groups == "channel":  # each group at its pass's pixels only
+        per = INPUTS_PER_CHANNEL * c * h * k * k + h * h * 9 + h * 2
+        return (cfg.passes * c - 1) * per // cfg.passes
+    return (cfg.passes - 1) * (INPUTS_PER_CHANNEL * c * h * k * k + h * h * 9 + h * OUTPUTS_PER_CHANNEL * c)
 
+
+
+def context_net(cfg: ContextNetConfig) -> nn.Module:
+    return ChannelContextNet(cfg) if cfg.groups == "channel" else ContextNet(cfg)
+
+
+def _group_net(cfg: ContextNetConfig) -> nn.Sequential:
+    """First layer evaluated at stride 2 (at one pixel class), the rest at that class's grid."""
+    last = nn.Conv2d(cfg.hidden, 2, 1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Conv2d(INPUTS_PER_CHANNEL * cfg.channels, cfg.hidden, cfg.kernel, stride=2),
+        nn.SiLU(),
+        nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1),
+        nn.SiLU(),
+        last,
+    )
+
+
+class ChannelContextNet(nn.Module):
+    """One small network per (pass, channel) group of the pixel decoder that knows something
+    (all but the first pass's first channel), in coding order.
+
+    Group (p, c) reads the normalised residuals of every channel of the earlier passes and of
+    the channels before c in pass p (u masked accordingly; the colour coefficients saw only
+    the same pixel's), with the base location and log-scale, and returns a shift (in scales)
+    and a log-scale change for channel c.  It runs only at pass p's pixels: per pixel class
+    of the pass, its first layer at stride 2 from that class's offset, the others on the
+    class's grid, and the outputs are scattered back into full-size maps."""
+
+    def __init__(self, cfg: ContextNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.groups = [(p, c) for p in range(cfg.passes) for c in range(cfg.channels) if (p, c) != (0, 0)]
+        self.nets = nn.ModuleList(_group_net(cfg) for _ in self.groups)
+
+    def group_index(self, p: int, c: int) -> int:
+        return self.groups.index((p, c))
+
+    def features(self, g: int, inp: torch.Tensor, classes) -> list[torch.Tensor | None]:
+        """Group g's hidden features on the grid of each pixel class (ra, ca) of its pass (None
+        for a class with no pixel here).  inp: (B, 3 * channels, H, W), the masked residuals,
+        location and log-scale."""
+        r = self.cfg.kernel // 2
+        h, w = inp.shape[-2:]
+        pad = F.pad(inp, (r, r + 1, r, r + 1))  # one more row and column: a 1-pixel class still fits
+        net = self.nets[g]
+        out = []
+        for ra, ca in classes:
+            nh, nw = len(range(ra, h, 2)), len(range(ca, w, 2))
+            out.append(net[1:-1](net[0](pad[..., ra:, ca:])[..., :nh, :nw]) if nh and nw else None)
+        return out
+
+    def outputs(self, g: int, feats: list[torch.Tensor | None], classes, shape, head=None):
+        """(shift, dlog_scale), each (B, 1, H, W), zero off the classes' pixels."""
+        weight, bias = self.head(g) if head is None else head
+        h, w = shape[-2], shape[-1]
+        out = torch.zeros(shape[0], 2, h, w, dtype=torch.float32, device=weight.device)
+        for f, (ra, ca) in zip(feats, classes):
+            if f is not None:
+                out[..., ra::2, ca::2] = F.conv2d(f, weight.to(f.dtype), bias.to(f.dtype))
+        return out[:, :1], DLOG_SCALE_MAX * torch.tanh(out[:, 1:] / DLOG_SCALE_MAX)
+
+    def head(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        last = self.nets[g][-1]
+        return last.weight, last.bias
+
+    def heads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.head(g) for g in range(len(self.groups))]

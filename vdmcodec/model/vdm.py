@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .context_net import ContextNet, ContextNetConfig
+from .context_net import ContextNetConfig, context_net
 from .network import EpsNet, NetConfig
 from .schedule import LearnedSchedule
 
@@ -185,6 +185,19 @@ def context_net_inputs(loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Te
     return loc.float(), torch.log(scale.float() * 128.0)
 
 
+def group_inputs(u: torch.Tensor, pm: torch.Tensor, p: int, c: int, net_in, net_channels: int) -> torch.Tensor:
+    """A ChannelContextNet group's input (B, 3 * net_channels, H, W) float32: the residuals
+    known when channel c of pass p is coded (every channel of earlier passes, channels before
+    c in pass p), then the base location and log-scale; a one-channel image as three equal
+    channels."""
+    chans = torch.arange(u.shape[1], device=u.device)[:, None, None]
+    known = (pm < p) | ((pm == p) & (chans < c))
+    parts = [(u * known).float(), *net_in]
+    if u.shape[1] == 1 and net_channels == 3:
+        parts = [t.expand(-1, 3, -1, -1) for t in parts]
+    return torch.cat(parts, dim=1)
+
+
 class VDM(nn.Module):
     def __init__(self, cfg: VDMConfig | None = None):
         super().__init__()
@@ -203,7 +216,7 @@ class VDM(nn.Module):
             self.context_weight = nn.Parameter(torch.zeros((n - 1) * c, c, k, k))
             # log-scale change per pass and channel
             self.context_log_scale = nn.Parameter(torch.zeros(n, c))
-        self.context_net = ContextNet(cfg.context_net) if cfg.context_net is not None else None
+        self.context_net = context_net(cfg.context_net) if cfg.context_net is not None else None
 
     def forward(self, x: torch.Tensor, recon_batch: int | None = None) -> dict:
         """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
@@ -275,27 +288,29 @@ class VDM(nn.Module):
         pm = pass_map(h, w, passes, xt.device)
         u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
         shift = torch.zeros_like(u)
-        log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype)
+        log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype).expand(b, -1, -1, -1)
         coef = channel_coefficients(coef_raw.to(u.dtype))
-        net_in = None
-        if self.context_net is not None:
-            net_in = context_net_inputs(loc, scale)
+        net = self.context_net
+        net_in = None if net is None else context_net_inputs(loc, scale)
         for p in range(1, passes):
             known = u * (pm < p)
             s = F.conv2d(known, weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
-            if net_in is not None:
+            if net_in is not None and net.cfg.groups == "pass":
                 feats = None if feature_cache is None else feature_cache.get(p)
                 if feats is None:
-                    feats = self.context_net.features(p, known.float(), *net_in)
+                    feats = net.features(p, known.float(), *net_in)
                     if feature_cache is not None:
                         feature_cache[p] = feats.detach()
-                ds, dls, dc = self.context_net.outputs(p, feats, None if head is None else head[p - 1], grey=c == 1)
+                ds, dls, dc = net.outputs(p, feats, None if head is None else head[p - 1], grey=c == 1)
                 s = s + ds.to(s.dtype)
                 here = pm == p
                 log_scale = torch.where(here, log_scale + dls.to(u.dtype), log_scale)
                 if c == 3:
                     coef = torch.where(here, coef + dc.to(u.dtype), coef)
             shift = torch.where(pm == p, s, shift)
+        if net_in is not None and net.cfg.groups == "channel":
+            ds, dls = self._channel_net_outputs(u, pm, net_in, head, feature_cache)
+            shift, log_scale = shift + ds.to(u.dtype), log_scale + dls.to(u.dtype)
         loc = loc + scale * shift
         scale = scale * torch.exp(log_scale)
         if c == 3:
@@ -304,6 +319,27 @@ class VDM(nn.Module):
             loc = torch.stack([loc[:, 0], loc[:, 1] + a[:, 0] * e[:, 0],
                                loc[:, 2] + a[:, 1] * e[:, 0] + a[:, 2] * e[:, 1]], dim=1)
         return loc, scale
+
+    def _channel_net_outputs(self, u: torch.Tensor, pm: torch.Tensor, net_in, head, feature_cache):
+        """The ChannelContextNet's shifts and log-scale changes, (B, C, H, W) float32, each
+        group's at its pass's pixels (teacher forced: every group sees its known residuals)."""
+        net = self.context_net
+        c = u.shape[1]
+        classes = pass_classes(net.cfg.passes)
+        shift, dls = torch.zeros_like(u, dtype=torch.float32), torch.zeros_like(u, dtype=torch.float32)
+        for g, (p, ch) in enumerate(net.groups):
+            if ch >= c:
+                continue  # a one-channel image has the first channel's groups only
+            feats = None if feature_cache is None else feature_cache.get(("group", g))
+            if feats is None:
+                inp = group_inputs(u, pm, p, ch, net_in, net.cfg.channels)
+                feats = net.features(g, inp, classes[p])
+                if feature_cache is not None:
+                    feature_cache[("group", g)] = [None if f is None else f.detach() for f in feats]
+            ds, dl = net.outputs(g, feats, classes[p], u.shape, None if head is None else head[g])
+            shift[:, ch : ch + 1] += ds
+            dls[:, ch : ch + 1] += dl
+        return shift, dls
 
     def terms(self, x: torch.Tensor, step_index: torch.Tensor | None = None, generator=None,
               recon_batch: int | None = None) -> dict:
