@@ -29,6 +29,7 @@ from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels
 from .train import eval_batches, list_images, load_rgb, split_holdout
 
 LN2 = math.log(2.0)
+SMALL = 32  # side of the whole small training images (CIFAR)
 
 
 def with_context_net(model: VDM, hidden: int, groups: str = "channel") -> VDM:
@@ -115,10 +116,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--crops", type=int, default=1200, help="cached training crops")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--p-small", type=float, default=0.15, help="share of batches of whole 32x32 training images")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: the time budget only)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--holdout-every", type=int, default=20)
+    ap.add_argument("--holdout-match", nargs="*", default=["waterloo_", "icinfo_"],
+                    help="also hold out files whose name contains one of these (default: the never-JPEG "
+                         "photographs that the shipped network was not trained on), reported apart")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-id", default="vdmc-rgb-t64-ctx")
     return ap.parse_args(argv)
@@ -148,14 +154,28 @@ def main(argv=None) -> int:
     model.eval()
 
     files = list_images(args.data)
-    train_files, hold_files = split_holdout(files, args.holdout_every)
+    apart = [f for f in files if any(m in f.name for m in args.holdout_match)]
+    train_files, hold_files = split_holdout([f for f in files if f not in apart], args.holdout_every)
     t0 = time.time()
-    train_imgs = [im for im in (load_rgb(f) for f in train_files) if min(im.shape[:2]) >= args.crop]
-    hold_crops = eval_batches([load_rgb(f) for f in hold_files], args.crop)[0]
-    cache = decoder_cache(model, random_crops(train_imgs, args.crops, args.crop, rng), seed=args.seed + step)
-    hold = decoder_cache(model, hold_crops, seed=12345)
-    print(f"cached {cache['x'].shape[0]} training and {hold['x'].shape[0]} held-out crops in {time.time() - t0:.0f} s",
-          file=sys.stderr)
+    train_imgs = [load_rgb(f) for f in train_files]
+    large = [im for im in train_imgs if min(im.shape[:2]) >= args.crop]
+    cache = decoder_cache(model, random_crops(large, args.crops, args.crop, rng), seed=args.seed + step)
+    # whole small images (CIFAR's 32x32) in their own cache: a batch holds one size
+    small = [im for im in train_imgs if im.shape[:2] == (SMALL, SMALL)]
+    small_cache = None
+    if small and args.p_small > 0:
+        small_cache = decoder_cache(model, torch.from_numpy(np.stack(small).astype(np.int64)).permute(0, 3, 1, 2),
+                                    seed=args.seed + step + 1)
+    hold_sets = eval_batches([load_rgb(f) for f in hold_files], args.crop)
+    hold = decoder_cache(model, hold_sets[0], seed=12345)
+    helds = {"heldout_recon_bpd": hold}
+    if len(hold_sets) > 1 and hold_sets[1].shape[-1] == SMALL:
+        helds[f"heldout_{SMALL}_recon_bpd"] = decoder_cache(model, hold_sets[1], seed=12345)
+    if apart:
+        crops = eval_batches([load_rgb(f) for f in apart], args.crop)[0]
+        helds["apart_recon_bpd"] = decoder_cache(model, crops, seed=12345)
+    print(f"cached {cache['x'].shape[0]} training and {hold['x'].shape[0]} held-out crops, "
+          f"{len(apart)} files apart, in {time.time() - t0:.0f} s", file=sys.stderr)
 
     params = list(model.context_net.parameters()) + [model.context_weight, model.context_log_scale]
     for p in params:
@@ -171,17 +191,24 @@ def main(argv=None) -> int:
         log.flush()
         print(json.dumps(rec), file=sys.stderr)
 
-    record(heldout_recon_bpd=heldout_bpd(model, hold))
+    def held() -> dict:
+        return {k: heldout_bpd(model, v) for k, v in helds.items()}
+
+    record(**held())
     n = cache["x"].shape[0]
     deadline = time.time() + 60 * args.minutes
     last_eval = time.time()
     running = []
-    while time.time() < deadline:
+    while time.time() < deadline and not (args.max_steps and step >= args.max_steps):
         frac = 1.0 - max(0.0, deadline - time.time()) / (60 * args.minutes)
         for g in opt.param_groups:  # constant, then a linear decay over the last fifth
             g["lr"] = args.lr * min(1.0, 5.0 * (1.0 - frac))
-        idx = torch.from_numpy(rng.choice(n, args.batch, replace=False))
-        loss = recon_bits(model, cache, idx).sum() / cache["x"][idx].numel()
+        src = cache
+        if small_cache is not None and rng.random() < args.p_small:
+            src = small_cache  # as many pixels as a batch of crops
+        batch = args.batch * (args.crop // src["x"].shape[-1]) ** 2
+        idx = torch.from_numpy(rng.choice(src["x"].shape[0], min(batch, src["x"].shape[0]), replace=False))
+        loss = recon_bits(model, src, idx).sum() / src["x"][idx].numel()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -189,10 +216,10 @@ def main(argv=None) -> int:
         running.append(loss.item())
         step += 1
         if time.time() - last_eval > 180:
-            record(train_recon_bpd=float(np.mean(running)), heldout_recon_bpd=heldout_bpd(model, hold))
+            record(train_recon_bpd=float(np.mean(running)), **held())
             running, last_eval = [], time.time()
             save_state(out, model, opt, step, meta, start)
-    record(train_recon_bpd=float(np.mean(running)) if running else None, heldout_recon_bpd=heldout_bpd(model, hold))
+    record(train_recon_bpd=float(np.mean(running)) if running else None, **held())
     save_state(out, model, opt, step, meta, start)
     for p in model.parameters():
         p.requires_grad_(False)
