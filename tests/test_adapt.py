@@ -53,7 +53,10 @@ def test_fitted_weights_code_the_image_for_less(coder4):
 
 @pytest.fixture
 def always_adapt(monkeypatch):
+    """Every fit is kept, and 'too small for its own' means under 300 dims."""
     monkeypatch.setattr(adapt, "KEEP_IF_SAVING_OVER_COST", -1e9)
+    monkeypatch.setattr(adapt, "too_small_for_own_context", lambda sm, planes: planes.size < 300)
+    monkeypatch.setattr("vdmcodec.codec.too_small_for_own_context", lambda sm, planes: planes.size < 300)
 
 
 def test_roundtrip_with_each_images_own_weights(coder4, always_adapt):
@@ -126,3 +129,22 @@ def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, a
     data, _, _ = assert_roundtrip(coder_net, [rgb, grey])
     sections = unpack_container(data)[1]
     assert len(sections["context0"]) == 225 * 3 + 12 + head_bytes(coder_net)
+
+
+def test_archive_of_small_images_shares_one_context(coder4, always_adapt):
+    """Images too small for their own weights share one section in an archive; it decodes."""
+    imgs = [raster(kodak_crop(8, 10, index=i, top=50 + 7 * i, left=80)) for i in range(1, 6)]
+    big = raster(kodak_crop(30, 26, index=8))  # large enough for its own (forced here)
+    data, reports, _ = assert_roundtrip(coder4, imgs + [big])
+    header, sections = unpack_container(data)
+    names = [e.get("pixel_context") for e in header["images"]]
+    assert names[:5] == ["context_shared"] * 5 and names[5] == "context5"
+    assert reports[0].context_bytes == len(sections["context_shared"]) and reports[1].context_bytes == 0
+    assert list(sections).count("context_shared") == 1
+
+
+def test_shared_context_is_skipped_where_it_does_not_pay(coder4):
+    """Without forcing, two tiny images cannot pay for 687 bytes of weights."""
+    imgs = [raster(kodak_crop(12, 14, index=i)) for i in (2, 3)]
+    data, _, _ = assert_roundtrip(coder4, imgs)
+    assert all("pixel_context" not in e for e in unpack_container(data)[0]["images"])

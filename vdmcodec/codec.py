@@ -20,7 +20,8 @@ from . import __version__
 from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
                           load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.adapt import fit_image_context, pack_deltas, unpack_deltas
+from .coding.adapt import (fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
+                           unpack_deltas)
 from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel, check_plan,
                            decode_image, encode_image, encode_region, plan_from_strides)
 from .coding.classic import decode_rows, encode_rows
@@ -148,8 +149,9 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     coder.activate()
     stack = AnsStack()
     entries, sections, reports = [], [], []
+    shared = _shared_context(coder, images)
     for idx, (name, img) in enumerate(images):
-        entry, report = _encode_one(stack, coder, idx, name, img, sections, progress)
+        entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared)
         entries.append(entry)
         reports.append(report)
     words = stack.words()
@@ -168,7 +170,23 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     return data, reports
 
 
-def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress) -> tuple[dict, ImageReport]:
+SHARED_CONTEXT = "context_shared"
+
+
+def _shared_context(coder: Coder, images: list[tuple[str, RasterImage]]) -> ContextWeights | None:
+    """One set of context weights for the images of an archive that are too small for their
+    own (coding.adapt.fit_shared_context), or None."""
+    if not coder.adapt_context or len(images) < 2:
+        return None
+    small = [img.planes for _, img in images
+             if img.planes is not None and too_small_for_own_context(coder.step_model, img.planes)]
+    if len(small) < 2:
+        return None
+    return fit_shared_context(coder.step_model, small)[0]
+
+
+def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
+                shared: ContextWeights | None = None) -> tuple[dict, ImageReport]:
     entry = _image_entry(name, img)
     report = ImageReport(name=name, width=img.width, height=img.height, mode=img.mode,
                          dims=img.width * img.height * _channels(img), method="classic")
@@ -184,6 +202,14 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress) -
         entry["pixel_context"] = f"context{idx}"
         sections.append((f"context{idx}", blob))
         report.context_bytes = len(blob)
+    elif shared is not None and shared.log_scale.shape[1] == img.planes.shape[2] \
+            and too_small_for_own_context(coder.step_model, img.planes):
+        weights = shared
+        entry["pixel_context"] = SHARED_CONTEXT
+        if all(name != SHARED_CONTEXT for name, _ in sections):  # sent once, counted for its first user
+            blob = pack_deltas(coder.step_model, shared)
+            sections.append((SHARED_CONTEXT, blob))
+            report.context_bytes = len(blob)
     try:
         regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights)
     except CoderInputError as exc:  # a latent fell outside its window: astronomically rare

@@ -27,8 +27,11 @@ from vdmcodec.errors import CorruptFileError, UnsupportedVersionError
 from vdmcodec.image_io import open_input
 
 MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
-FORMAT_VERSION = 2  # written; 2 added coder.plan, compute.ensemble(_steps), images[].pixel_context (docs/FORMAT.md)
-READ_VERSIONS = (1, 2)  # version-1 files mean the same in version 2
+# written; 2 added coder.plan, compute.ensemble(_steps), images[].pixel_context; 3 added the
+# context network's last layers in a pixel-context section and one section shared by several
+# images (docs/FORMAT.md)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # earlier files mean the same in the later versions
 
 _FIXED = struct.Struct("<HI")  # version, header length; follows the magic
 _PREFIX_SIZE = len(MAGIC) + _FIXED.size

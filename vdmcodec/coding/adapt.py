@@ -11,6 +11,7 @@ estimated saving on the whole image is well above their size.  The decoder only 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ HEADER_BYTES = 24  # about what the header entry naming the section costs
 # no fit on images too small for it to pay even at this saving (the largest seen on Kodak
 # was 0.21 bpd): 32x32 images would spend the fit's time for nothing
 MAX_SAVING_BPD = 0.5
+SHARED_FIT_IMAGES = 96  # an archive's shared context is fitted on at most this many of its images
 
 
 def model_weights(sm: StepModel, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +136,12 @@ def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Gen
     return torch.from_numpy(x), f32(xt), f32(loc), f32(scale), f32(coef)
 
 
+def too_small_for_own_context(sm: StepModel, planes: np.ndarray) -> bool:
+    """Whether an image is too small for its own context weights ever to pay."""
+    least_cost = 8.0 * (sum(a.size for a in model_weights(sm, planes.shape[2])) + HEADER_BYTES)
+    return MAX_SAVING_BPD * planes.size <= KEEP_IF_SAVING_OVER_COST * least_cost
+
+
 def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple[ContextWeights | None, dict]:
     """The image's own context weights, or None when they would not pay for themselves;
     with the estimate behind the decision (bits per dim on the fitted patches).
@@ -141,16 +149,34 @@ def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple
     With a context network, two fits: the linear weights alone, and the linear weights with
     the network's last layers (its features are computed once: they do not depend on what
     is fitted); the one that saves more net of its size is kept."""
-    model = sm.model
-    if not getattr(model.cfg, "pixel_context", False):
+    if not getattr(sm.model.cfg, "pixel_context", False):
         return None, {}
-    x = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    c = x.shape[0]
-    least_cost = 8.0 * (sum(a.size for a in model_weights(sm, c)) + HEADER_BYTES)
-    if MAX_SAVING_BPD * x.size <= KEEP_IF_SAVING_OVER_COST * least_cost:
+    if too_small_for_own_context(sm, planes):
         return None, {"skipped": "image too small for its own context weights to pay"}
+    x = np.ascontiguousarray(planes.transpose(2, 0, 1))
+    return fit_context(sm, _patches(x), x.size, seed)
+
+
+def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0) -> tuple[ContextWeights | None, dict]:
+    """One set of context weights for many images that are each too small for their own
+    (an archive of thumbnails), paid for once: fitted on up to SHARED_FIT_IMAGES of those
+    of the most common shape, for all of those with its number of planes."""
+    if not getattr(sm.model.cfg, "pixel_context", False) or not planes:
+        return None, {}
+    shape = Counter(p.shape for p in planes).most_common(1)[0][0]
+    same = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in planes if p.shape == shape][:SHARED_FIT_IMAGES]
+    dims = sum(p.size for p in planes if p.shape[2] == shape[2])
+    weights, info = fit_context(sm, same, dims, seed)
+    return weights, dict(info, planes=shape[2])
+
+
+def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int = 0) -> tuple[ContextWeights | None, dict]:
+    """Context weights fitted on equal-sized patches (C, h, w) for `dims` coded dimensions;
+    None when the patches' estimate of the saving does not beat the weights' size twice."""
+    model = sm.model
+    c = patches[0].shape[0]
     with torch.no_grad():
-        xi, xt, loc, scale, coef = _decoder_inputs(sm, _patches(x), np.random.default_rng(seed))
+        xi, xt, loc, scale, coef = _decoder_inputs(sm, patches, np.random.default_rng(seed))
     w0, l0 = (torch.from_numpy(a).float() for a in model_weights(sm, c))
     base_head = model_head(sm)
     cache: dict = {}
@@ -185,7 +211,7 @@ def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple
         fitted = fit(with_head)
         with torch.no_grad():
             after = float(bits(*as_torch(fitted)))
-        info = {"patch_bpd_model": before, "patch_bpd_fitted": after, "saving_bits": (before - after) * x.size,
+        info = {"patch_bpd_model": before, "patch_bpd_fitted": after, "saving_bits": (before - after) * dims,
                 "cost_bits": 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES), "head": with_head}
         candidates.append((info["saving_bits"] - info["cost_bits"], fitted, info))
     _, fitted, info = max(candidates, key=lambda t: t[0])
