@@ -485,6 +485,10 @@ def test_unsupported_images_exit_5(tmp_path):
     frames = [Image.new("L", (4, 4), v) for v in (0, 255)]
     frames[0].save(tmp_path / "multi.tif", save_all=True, append_images=frames[1:])
     assert_error(invoke("compress", tmp_path / "deep.png"), 5, "16-bit")
+    imagecodecs = pytest.importorskip("imagecodecs")
+    (tmp_path / "rgb16.png").write_bytes(imagecodecs.png_encode(np.full((4, 5, 3), 35209, dtype=np.uint16)))
+    assert_error(invoke("compress", tmp_path / "rgb16.png"), 5, "16-bit")
+    assert not (tmp_path / "rgb16.vdmc").exists()
     assert_error(invoke("compress", tmp_path / "cmyk.tif"), 5, "CMYK")
     assert_error(invoke("compress", tmp_path / "multi.tif"), 5, "multi-frame")
     assert not list(tmp_path.glob("*.vdmc"))

@@ -242,6 +242,26 @@ def test_16_bit_png_is_unsupported(tmp_path):
         load_image(src)
 
 
+@pytest.mark.parametrize("shape,fmt", [((6, 9, 3), "png"), ((6, 9, 4), "png"), ((6, 9, 2), "png"),
+                                       ((6, 9, 3), "tiff")])
+def test_16_bit_colour_files_are_refused_not_cut_to_8_bits(tmp_path, shape, fmt):
+    """Pillow opens a 48-bit RGB PNG as 8-bit RGB; its real bit depth is read instead."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    arr = (np.random.default_rng(0).random(shape) * 65535).astype(np.uint16)
+    src = tmp_path / f"deep.{fmt}"
+    src.write_bytes(imagecodecs.png_encode(arr) if fmt == "png" else imagecodecs.tiff_encode(arr))
+    with pytest.raises(UnsupportedImageError, match="16-bit samples"):
+        load_image(src)
+
+
+def test_8_bit_files_are_read_as_8_bit(tmp_path):
+    imagecodecs = pytest.importorskip("imagecodecs")
+    arr = np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    src = tmp_path / "plain.png"
+    src.write_bytes(imagecodecs.png_encode(arr))
+    assert np.array_equal(load_image(src).planes, arr)
+
+
 def test_cmyk_tiff_is_unsupported(tmp_path):
     src = write_with_pillow(Image.new("CMYK", (17, 5), (1, 2, 3, 4)), tmp_path / "cmyk.tiff")
     with pytest.raises(UnsupportedImageError, match="CMYK"):

@@ -179,6 +179,24 @@ def _check_supported(im: Image.Image, source: str) -> None:
         )
     if im.width * im.height == 0:
         raise UnsupportedImageError(f"{source}: image is empty ({im.width}x{im.height})")
+    depth = stored_bits_per_sample(im)
+    if depth > 8:
+        raise UnsupportedImageError(
+            f"{source}: {depth}-bit samples are not supported (Pillow would cut them to 8 bits); "
+            f"supported are 8-bit images")
+
+
+def stored_bits_per_sample(im: Image.Image) -> int:
+    """Bits per sample as stored in the file, read from the decoder's raw mode: Pillow opens a
+    48-bit RGB PNG or TIFF as 8-bit "RGB" and would silently drop the low bytes."""
+    for tile in getattr(im, "tile", None) or []:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and not raw.startswith(("BGR;", "RGB;15", "RGB;16N")):  # packed 5-6-5 pixels
+            for bits in (32, 16, 12):
+                if f";{bits}" in raw:
+                    return bits
+    return 8
 
 
 def image_from_pil(im: Image.Image, *, source: str = "image") -> RasterImage:
