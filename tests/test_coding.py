@@ -507,3 +507,44 @@ def test_default_checkpoint_roundtrip_and_codelength(default_checkpoint, mode):
     stats = encode_region(seeded_stack(n_words=40 * x.size, seed=13), coder.step_model, x)
     assert abs(stats.exact_bits - stats.implied_bits) <= 32 + 1e-3 * stats.exact_bits
     assert rep.exact_bits == pytest.approx(rep.implied_bits, rel=0.02, abs=64)
+
+
+def test_regions_grow_with_the_deficit_they_really_reach(coder, monkeypatch):
+    """After the first region, sizes follow the last region's real deficit, so an image
+    takes fewer regions than with the conservative bound alone, and still decodes."""
+    from vdmcodec.coding import chain
+
+    planes = kodak_crop(64, 40, index=12)
+
+    def regions_and_roundtrip():
+        stack = AnsStack()
+        regions = chain.encode_image(stack, coder.step_model, planes)
+        layout = [{"rows": list(r.rows), "kind": r.kind, "bytes": r.classic_bytes} for r in regions]
+        back = chain.decode_image(stack, coder.step_model, 64, 40, 3, layout)
+        np.testing.assert_array_equal(back, planes)
+        assert stack.num_bits() == 0
+        return regions
+
+    adaptive = regions_and_roundtrip()
+    monkeypatch.setattr(chain, "DEFICIT_SAFETY", 1e9)  # every region at the conservative size
+    conservative = regions_and_roundtrip()
+    sizes = lambda regions: {r.rows[0]: r.rows[1] - r.rows[0] for r in regions}  # noqa: E731
+    a, b = sizes(adaptive), sizes(conservative)
+    assert len(adaptive) <= len(conservative)
+    assert any(a[row] > b[row] for row in a.keys() & b.keys()), (a, b)
+    assert all(r.low_bits >= chain.LOW_WATER_BITS for r in adaptive if r.kind == "bitsback")
+
+
+def test_a_region_that_overreaches_is_coded_again_conservatively(coder, monkeypatch):
+    from vdmcodec.coding import chain
+
+    planes = kodak_crop(48, 40, index=14)
+    restores = []
+    original = AnsStack.restore
+    monkeypatch.setattr(AnsStack, "restore", lambda self, saved: (restores.append(1), original(self, saved)))
+    monkeypatch.setattr(chain, "DEFICIT_SAFETY", 0.2)  # far too optimistic: regions run dry
+    stack = AnsStack()
+    regions = chain.encode_image(stack, coder.step_model, planes)
+    assert restores
+    layout = [{"rows": list(r.rows), "kind": r.kind, "bytes": r.classic_bytes} for r in regions]
+    np.testing.assert_array_equal(chain.decode_image(stack, coder.step_model, 48, 40, 3, layout), planes)

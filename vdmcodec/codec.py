@@ -176,7 +176,7 @@ SHARED_CONTEXT = "context_shared"
 def _shared_context(coder: Coder, images: list[tuple[str, RasterImage]]) -> ContextWeights | None:
     """One set of context weights for the images of an archive that are too small for their
     own (coding.adapt.fit_shared_context), or None."""
-    if not coder.adapt_context or len(images) < 2:
+    if not coder.adapt_context or len(images) < 2 or not getattr(coder.loaded.model.cfg, "pixel_context", False):
         return None
     small = [img.planes for _, img in images
              if img.planes is not None and too_small_for_own_context(coder.step_model, img.planes)]

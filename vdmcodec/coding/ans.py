@@ -57,6 +57,10 @@ class AnsStack:
     def words(self) -> np.ndarray:
         return np.asarray(self._coder.get_compressed(), dtype=np.uint32).copy()
 
+    def restore(self, saved: "AnsStack") -> None:
+        """Become `saved` (a clone taken earlier), undoing everything since."""
+        self._coder = saved._coder.clone()
+
     def clone(self) -> "AnsStack":
         new = AnsStack.__new__(AnsStack)
         new._coder = self._coder.clone()

@@ -26,6 +26,8 @@ LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 MAX_REGION_PIXELS = 1 << 19  # bounds memory per region (about 1 GB), whatever the image size
 STACK_MARGIN_BITS = 256
+LOW_WATER_BITS = 64  # a region whose stack fell this low is coded again at the conservative size
+DEFICIT_SAFETY = 1.15  # next region's deficit per dim, relative to the last region's
 CONTEXT_ROWS = 4  # rows below a region that the decoder already has, shown to the network
 
 
@@ -40,6 +42,7 @@ class RegionStats:
     terms: dict = field(default_factory=dict)
     classic_bytes: int = 0
     classic_codec: str = ""
+    low_bits: int = 0  # the fewest bits the stack held just after a pop, while coding this region
 
 
 def check_plan(plan, T: int) -> tuple[int, ...]:
@@ -592,6 +595,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
 
     q0, qm, qs = sm.q_z0(xt)
     k_prev = q0.pop(stack).reshape(shape)
+    low = stack.num_bits()
     implied -= gaussian_bits(k_prev, qm, qs)
     recon = sm.p_pixels(k_prev, context, weights).push(stack, x.ravel().astype(np.int32))
     implied += recon
@@ -599,6 +603,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     for i in range(1, sm.T + 1):
         qi, qm, qs = sm.q_forward(k_prev, i)
         k = qi.pop(stack).reshape(shape)
+        low = min(low, stack.num_bits())
         implied -= gaussian_bits(k, qm, qs)
         eps, lam = sm.step_outputs(k, i, context)
         diffusion += sm.step_kl_bits(xt, k, i, eps, lam)
@@ -616,6 +621,7 @@ def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
     return RegionStats(
         rows=(0, 0), kind="bitsback", dims=x.size, exact_bits=stack.num_bits() - start, implied_bits=implied,
         nelbo_bits=recon + prior + diffusion, terms={"recon": recon, "prior": prior, "diffusion": diffusion},
+        low_bits=low,
     )
 
 
@@ -655,22 +661,38 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
 
     Returns the region list (the layout goes into the file header, in coding order).
+
+    A region is as large as the bits on the stack can pay for.  The first takes the
+    conservative bound of grids.pop_bits_per_dim (which ignores what pushing x gives back);
+    each later one the deficit per dimension that the region before it really reached, with
+    DEFICIT_SAFETY to spare.  Should a region still come within LOW_WATER_BITS of an empty
+    stack, it is coded again from the stack as it was, at the conservative size: the
+    decoder only reads the layout, so the sizes are the encoder's choice.
     """
     h, w, c = planes.shape
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    need = sm.grids.pop_bits_per_dim()
+    safe = sm.grids.pop_bits_per_dim()
+    need = safe
     max_rows = max(1, MAX_REGION_PIXELS // w)
     regions: list[RegionStats] = []
     row = 0
-    if rows_affordable(stack.num_bits(), w, c, need) < 1:
-        row = _push_classic_seed(stack, x, need, regions)
+    if rows_affordable(stack.num_bits(), w, c, safe) < 1:
+        row = _push_classic_seed(stack, x, safe, regions)
     while row < h:
-        rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, need)))
-        st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
-                           context=x[:, row + rows : row + rows + context_rows], weights=weights)
+        before = stack.clone() if need < safe else None
+        for attempt_need in (need, safe):
+            rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, attempt_need)))
+            start = stack.num_bits()
+            st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
+                               context=x[:, row + rows : row + rows + context_rows], weights=weights)
+            if st.low_bits >= LOW_WATER_BITS or before is None:
+                break
+            stack.restore(before)  # too close to empty: code the region again, conservatively
+            before = None
         st.rows = (row, row + rows)
         regions.append(st)
         row += rows
+        need = min(safe, DEFICIT_SAFETY * (start - st.low_bits) / st.dims)
     return regions
 
 
