@@ -479,6 +479,17 @@ def test_not_an_image_exit_4(tmp_path):
     assert listing(tmp_path) == {"bad.png", "trunc.png", "full.png"}
 
 
+def test_declared_huge_image_exit_5_before_work_and_bad_options_exit_2(tmp_path):
+    from test_image_io import declared_size_png
+
+    bomb = declared_size_png(tmp_path / "bomb.png", 12000, 12000)
+    assert_error(invoke("compress", bomb), 5, "--max-pixels")
+    assert_error(invoke("compress", bomb, "--max-pixels", "1000"), 5, "limit of 1,000")
+    assert not (tmp_path / "bomb.vdmc").exists()
+    result = invoke("compress", bomb, "--threads", "-3")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
 def test_unsupported_images_exit_5(tmp_path):
     Image.fromarray(np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).save(tmp_path / "deep.png")
     Image.new("CMYK", (4, 3), (1, 2, 3, 4)).save(tmp_path / "cmyk.tif")
@@ -657,12 +668,12 @@ def test_corrupted_file_exit_8(small_file, where):
 def test_unknown_format_version_exit_9(small_file):
     data = bytearray(small_file.read_bytes())
     (hlen,) = struct.unpack_from("<I", data, 10)
-    struct.pack_into("<H", data, 8, 3)
-    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v3 header
-    v3 = small_file.with_name("v3.vdmc")
-    v3.write_bytes(bytes(data))
-    assert_error(invoke("decompress", v3, "-o", small_file.parent / "out"), 9, "version 3")
-    assert_error(invoke("info", v3), 9, "version 3")
+    struct.pack_into("<H", data, 8, 4)
+    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v4 header
+    v4 = small_file.with_name("v4.vdmc")
+    v4.write_bytes(bytes(data))
+    assert_error(invoke("decompress", v4, "-o", small_file.parent / "out"), 9, "version 4")
+    assert_error(invoke("info", v4), 9, "version 4")
     assert not (small_file.parent / "out").exists()
 
 

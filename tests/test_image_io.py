@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 from pathlib import Path
 
@@ -506,3 +507,25 @@ def test_module_does_not_import_torch():
     code = "import sys, vdmcodec.image_io, vdmcodec.container; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def declared_size_png(path, width: int, height: int):
+    """A few hundred bytes of PNG whose header declares width x height (its data is short)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    struct.pack_into(">II", data, 16, width, height)  # IHDR fields, then its CRC
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_declared_huge_image_is_refused_before_decoding(tmp_path):
+    src = declared_size_png(tmp_path / "bomb.png", 12000, 12000)
+    with pytest.raises(UnsupportedImageError, match="144,000,000 pixels"):
+        load_image(src)
+    with pytest.raises(NotAnImageError):  # allowed by a raised limit, it is then just short data
+        load_image(src, max_pixels=200_000_000)

@@ -162,14 +162,17 @@ _image_context_option = click.option(
 @click.option("--archive", is_flag=True, help="Write all inputs into one file with one chained stream.")
 @click.option("--checkpoint", help="Model checkpoint (path or name in checkpoints/); default: the shipped one.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=0, help="Coding threads (recorded in the file; default: cores, max 8).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Coding threads (recorded in the file; default: cores, max 8).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images declaring more pixels than this (default: 2^26, about 67 MP).")
 @_effort_option
 @_ensemble_option
 @_image_context_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
-def compress(images, output, force, no_verify, archive, checkpoint, device, threads, effort, ensemble, image_context,
-             as_json):
+def compress(images, output, force, no_verify, archive, checkpoint, device, threads, max_pixels, effort, ensemble,
+             image_context, as_json):
     """Compress images (PNG, ...) to .vdmc files."""
     from .image_io import load_image
 
@@ -178,7 +181,8 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
         raise UsageError("archive members need distinct file names (stems); rename the inputs")
     outputs = _plan_outputs(inputs, output, archive, ".vdmc")
     _refuse_existing(outputs, force)
-    rasters = [(p.stem, load_image(p)) for p in inputs]  # all inputs checked before any work
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    rasters = [(p.stem, load_image(p, **limit)) for p in inputs]  # all inputs checked before any work
     coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
     if not archive and len(inputs) > 1 and output:
         _make_folder(Path(output))
@@ -371,7 +375,7 @@ def _expand_inputs(items) -> list[Path]:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--checkpoint", help="Model checkpoint; default: the shipped one.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=0)
+@click.option("--threads", type=click.IntRange(min=0), default=0)
 @click.option("--seed", type=int, default=0, help="Seed of the latents drawn (the NELBO is an expectation).")
 @_effort_option
 @_ensemble_option

@@ -34,9 +34,13 @@ from vdmcodec.errors import (
 )
 
 # Pillow's default bomb limit (~89 MP) would reject legitimate large photos with an
-# exception we do not control; use our own, explicit limit instead.
-MAX_PIXELS = 1 << 28  # 268 megapixels
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# exception we do not control; use our own, explicit limit instead, checked on the declared
+# size before any pixel is decoded (a small file can declare a huge image).  Coding runs
+# at minutes per megapixel, so the default refuses what would take many hours; callers
+# (--max-pixels) may raise it up to Pillow's hard ceiling.
+MAX_PIXELS = 1 << 26  # 67 megapixels: a 64 MP photo passes
+PILLOW_MAX_PIXELS = 1 << 31
+Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
 
 PLANE_MODES = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3}  # mode -> planes the model codes
 ALPHA_MODES = {"LA", "RGBA"}
@@ -141,26 +145,31 @@ def open_input(path: str | os.PathLike) -> BinaryIO:
         raise InputNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def load_image(path: str | os.PathLike) -> RasterImage:
-    """Read an image file exactly as stored (no EXIF rotation, no colour conversion)."""
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> RasterImage:
+    """Read an image file exactly as stored (no EXIF rotation, no colour conversion); an
+    image declaring more than max_pixels pixels is refused before it is decoded."""
     with open_input(path) as fh:
-        im = _decode_pil(fh, str(path))
+        im = _decode_pil(fh, str(path), max_pixels)
         with im:
             return image_from_pil(im, source=str(path))
 
 
-def _decode_pil(fh: BinaryIO, source: str) -> Image.Image:
+def _decode_pil(fh: BinaryIO, source: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode with Pillow. Decoding happens here, inside the try, so that a
     truncated file fails as NotAnImageError rather than later as a raw Pillow error."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(fh)
+            if im.width * im.height > max_pixels:
+                raise UnsupportedImageError(
+                    f"{source}: image declares {im.width}x{im.height} = {im.width * im.height:,} pixels, more "
+                    f"than the limit of {max_pixels:,} (--max-pixels raises it)")
             _check_supported(im, source)  # before load(): no point decoding a refused image
             im.load()
         return im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnsupportedImageError(f"{source}: image is larger than {MAX_PIXELS} pixels") from None
+        raise UnsupportedImageError(f"{source}: image is larger than {PILLOW_MAX_PIXELS:,} pixels") from None
     except UnsupportedImageError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
