@@ -116,8 +116,8 @@ def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, a
     """Forced to send the network's last layers too, the files still decode exactly."""
     fit = adapt.fit_image_context
 
-    def with_head(sm, planes, seed=0):
-        weights, info = fit(sm, planes, seed)
+    def with_head(sm, planes, seed=0, budget=adapt.FitBudget()):
+        weights, info = fit(sm, planes, seed, budget)
         assert weights is not None and info["patch_bpd_fitted"] < info["patch_bpd_model"]
         if weights.head is None:  # the head fit lost on these patches: send a moved head anyway
             weights = ContextWeights(weights.weight, weights.log_scale,

@@ -403,7 +403,7 @@ def eval_cmd(inputs, checkpoint, device, threads, seed, effort, ensemble, image_
         t0 = time.perf_counter()
         weights, side_bits = None, 0
         if coder.adapt_context:
-            weights, fit = fit_image_context(coder.step_model, img.planes)
+            weights, fit = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
             side_bits = fit["cost_bits"] if weights is not None else 0
         with _progress(coder.step_model.T * img.width * img.height, f"eval {f.name}") as bar:
             res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update, weights=weights)

@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
                           load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.adapt import (fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
+from .coding.adapt import (FitBudget, fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
                            unpack_deltas)
 from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel, check_plan,
                            decode_image, encode_image, encode_region, plan_from_strides)
@@ -43,10 +43,14 @@ CODER_NAME = "vdm-bitsback-v1"
 # coding.chain.plan_from_strides) and how many network calls the first steps make.  The
 # diffusion bits sit in the first quarter of the steps (benchmarks/experiments/ensemble_by_step):
 # larger strides later cost little, an ensemble there gains little.
+# "fit": the encoder's per-image context fit (coding.adapt.FitBudget): Adam steps, patch
+# grid, and whether the context network's last layers are fitted too.
 EFFORTS = {
-    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1},
-    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2},
-    "max": {"strides": ((1.0, 1),), "ensemble": 4},
+    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1,
+             "fit": FitBudget(steps=40, patches=(3, 3), head=False)},
+    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2,
+                "fit": FitBudget(steps=60, patches=(3, 3), head=True)},
+    "max": {"strides": ((1.0, 1),), "ensemble": 4, "fit": FitBudget(steps=150, patches=(4, 4), head=True)},
 }
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
@@ -71,6 +75,7 @@ class Coder:
     adapt_context: bool = True  # fit each image's own pixel-context weights where they pay
     plan: tuple[int, ...] | None = None  # gamma-table indices the chain visits (None: all T steps)
     ensemble_steps: int | None = None  # None: every step
+    fit: FitBudget = field(default_factory=FitBudget)  # the per-image context fit's budget
     step_model: StepModel = field(init=False)
 
     def __post_init__(self):
@@ -84,6 +89,7 @@ class Coder:
     def for_effort(cls, loaded: LoadedModel, effort: str = "default", ensemble: int | None = None, **kw) -> "Coder":
         """A coder with an EFFORTS preset's steps (what the command line uses); the bare
         constructor visits every step with one call."""
+        kw.setdefault("fit", EFFORTS[effort]["fit"])
         return cls(loaded, **kw, **effort_settings(effort, len(loaded.gamma_table) - 1, ensemble))
 
     def use_steps(self, plan, ensemble: int, ensemble_steps: int | None) -> None:
@@ -182,7 +188,7 @@ def _shared_context(coder: Coder, images: list[tuple[str, RasterImage]]) -> Cont
              if img.planes is not None and too_small_for_own_context(coder.step_model, img.planes)]
     if len(small) < 2:
         return None
-    return fit_shared_context(coder.step_model, small)[0]
+    return fit_shared_context(coder.step_model, small, budget=coder.fit)[0]
 
 
 def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
@@ -196,7 +202,7 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
         return entry, report
     weights = None
     if coder.adapt_context:
-        weights, _ = fit_image_context(coder.step_model, img.planes)
+        weights, _ = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
     if weights is not None:
         blob = pack_deltas(coder.step_model, weights)
         entry["pixel_context"] = f"context{idx}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,9 +23,7 @@ from .chain import ContextWeights, StepModel
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
 HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer
 DELTA_LIMIT = 127
-FIT_PATCHES = (3, 3)  # rows x columns of patches the fit sees
 FIT_PATCH = (32, 96)  # patch height, width
-FIT_STEPS = 60
 FIT_LR = 0.005
 KEEP_IF_SAVING_OVER_COST = 2.0  # the patches' estimate must beat the side data this many times
 HEADER_BYTES = 24  # about what the header entry naming the section costs
@@ -32,6 +31,15 @@ HEADER_BYTES = 24  # about what the header entry naming the section costs
 # was 0.21 bpd): 32x32 images would spend the fit's time for nothing
 MAX_SAVING_BPD = 0.5
 SHARED_FIT_IMAGES = 96  # an archive's shared context is fitted on at most this many of its images
+
+
+@dataclass(frozen=True)
+class FitBudget:
+    """How much the encoder spends on an image's own context (the effort presets set it)."""
+
+    steps: int = 60  # Adam steps of each fit
+    patches: tuple[int, int] = (3, 3)  # rows x columns of FIT_PATCH patches the fit sees
+    head: bool = True  # also try fitting the context network's last layers
 
 
 def model_weights(sm: StepModel, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +116,9 @@ def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=
     return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead)
 
 
-def _patches(x: np.ndarray) -> list[np.ndarray]:
-    """A grid of FIT_PATCHES patches of x (C, H, W), evenly spread; x itself if it is small."""
-    (ny, nx), (ph, pw) = FIT_PATCHES, FIT_PATCH
+def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3)) -> list[np.ndarray]:
+    """A grid of patches of x (C, H, W), evenly spread; x itself if it is small."""
+    (ny, nx), (ph, pw) = grid, FIT_PATCH
     h, w = x.shape[1:]
     if h * w <= ny * nx * ph * pw:
         return [x]
@@ -142,7 +150,8 @@ def too_small_for_own_context(sm: StepModel, planes: np.ndarray) -> bool:
     return MAX_SAVING_BPD * planes.size <= KEEP_IF_SAVING_OVER_COST * least_cost
 
 
-def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple[ContextWeights | None, dict]:
+def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0,
+                      budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
     """The image's own context weights, or None when they would not pay for themselves;
     with the estimate behind the decision (bits per dim on the fitted patches).
 
@@ -154,10 +163,11 @@ def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0) -> tuple
     if too_small_for_own_context(sm, planes):
         return None, {"skipped": "image too small for its own context weights to pay"}
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    return fit_context(sm, _patches(x), x.size, seed)
+    return fit_context(sm, _patches(x, budget.patches), x.size, seed, budget)
 
 
-def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0) -> tuple[ContextWeights | None, dict]:
+def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0,
+                       budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
     """One set of context weights for many images that are each too small for their own
     (an archive of thumbnails), paid for once: fitted on up to SHARED_FIT_IMAGES of those
     of the most common shape, for all of those with its number of planes."""
@@ -166,11 +176,12 @@ def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0) -
     shape = Counter(p.shape for p in planes).most_common(1)[0][0]
     same = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in planes if p.shape == shape][:SHARED_FIT_IMAGES]
     dims = sum(p.size for p in planes if p.shape[2] == shape[2])
-    weights, info = fit_context(sm, same, dims, seed)
+    weights, info = fit_context(sm, same, dims, seed, budget)
     return weights, dict(info, planes=shape[2])
 
 
-def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int = 0) -> tuple[ContextWeights | None, dict]:
+def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int = 0,
+                budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
     """Context weights fitted on equal-sized patches (C, h, w) for `dims` coded dimensions;
     None when the patches' estimate of the saving does not beat the weights' size twice."""
     model = sm.model
@@ -194,7 +205,7 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
             params += [t for wb in head for t in wb]
         opt = torch.optim.Adam(params, lr=FIT_LR)
         with torch.enable_grad():
-            for _ in range(FIT_STEPS):
+            for _ in range(budget.steps):
                 opt.zero_grad()
                 bits(params[0], params[1], head).backward()
                 opt.step()
@@ -207,7 +218,7 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     with torch.no_grad():
         before = float(bits(w0, l0))
     candidates = []
-    for with_head in ([False, True] if base_head is not None else [False]):
+    for with_head in ([False, True] if base_head is not None and budget.head else [False]):
         fitted = fit(with_head)
         with torch.no_grad():
             after = float(bits(*as_torch(fitted)))
