@@ -46,3 +46,20 @@ def test_default_effort_codes_a_kodak_crop_smaller_than_the_plain_chain(default_
     assert abs(image_nelbo(plan_only.step_model, img.planes)["nelbo_bpd"]
                - image_nelbo(plain.step_model, img.planes)["nelbo_bpd"]) < 0.01
     print(f"plain {8 * len(plain_data) / dims:.4f} bpd, default {8 * len(data) / dims:.4f} bpd")
+
+
+@pytest.mark.slow
+def test_files_of_the_previous_shipped_model_still_decode(default_checkpoint):
+    """s7_model_s5_chelsea.vdmc was written with vdmc-rgb-t64-s5, which the shipped checkpoint
+    carries as a difference (checkpoints.load_earlier): it decodes to the example's pixels."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from vdmcodec.codec import decompress_bytes
+    from vdmcodec.image_io import load_image
+
+    here = Path(__file__).resolve().parent
+    data = (here / "data" / "s7_model_s5_chelsea.vdmc").read_bytes()
+    ((_, img),) = decompress_bytes(data)
+    assert np.array_equal(img.planes, load_image(here.parent / "examples" / "chelsea-128x96.png").planes)
