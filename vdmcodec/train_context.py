@@ -32,13 +32,12 @@ LN2 = math.log(2.0)
 SMALL = 32  # side of the whole small training images (CIFAR)
 
 
-def with_context_net(model: VDM, hidden: int, groups: str = "channel") -> VDM:
+def with_context_net(model: VDM, hidden: int) -> VDM:
     """The model with a fresh (zero-output) context network, if it has none."""
     if model.context_net is not None:
         return model
     cfg = VDMConfig.from_dict(model.cfg.to_dict())
-    cfg.context_net = ContextNetConfig(hidden=hidden, passes=cfg.context_passes, channels=cfg.net.image_channels,
-                                       groups=groups)
+    cfg.context_net = ContextNetConfig(hidden=hidden, passes=cfg.context_passes, channels=cfg.net.image_channels)
     cfg.validate()
     out = VDM(cfg)
     missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
@@ -111,8 +110,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", default=None, help="the model to start from (default: the shipped one)")
     ap.add_argument("--resume", default=None, help="a state.pt of this program")
     ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--groups", choices=["pass", "channel"], default="channel",
-                    help="one network per later pass, or per (pass, channel) group (context_net.py)")
     ap.add_argument("--crops", type=int, default=1200, help="cached training crops")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
@@ -138,7 +135,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_checkpoint(args.checkpoint)
-    model = with_context_net(loaded.model, args.hidden, args.groups)
+    model = with_context_net(loaded.model, args.hidden)
     meta = dict(loaded.meta)
     step = 0
     # files written with the starting model keep decoding with the new checkpoint (when only
@@ -223,7 +220,7 @@ def main(argv=None) -> int:
     save_state(out, model, opt, step, meta, start)
     for p in model.parameters():
         p.requires_grad_(False)
-    meta = dict(meta, context_steps=step, context_note=f"context net ({args.groups}, hidden {args.hidden}) trained "
+    meta = dict(meta, context_steps=step, context_note=f"context net (hidden {args.hidden}) trained "
                 f"{step} steps on {n} cached crops, network frozen")
     save_checkpoint(out / "model.pt", model, args.model_id, meta, earlier=earlier_models(start))
     return 0

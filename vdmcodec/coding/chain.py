@@ -16,7 +16,7 @@ import torch
 
 from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, group_inputs,
                          pass_classes, pass_map_np)
-from ..model.context_net import ChannelContextNet, ContextNet
+from ..model.context_net import ContextNet
 from ..model.network import ENSEMBLE_FLIPS, flip_ensemble
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
@@ -244,7 +244,7 @@ class ContextWeights:
 
     weight: np.ndarray  # (passes - 1, C, C, K, K) float64
     log_scale: np.ndarray  # (passes, C) float64
-    # the context network's last layer per later pass, (weight (O, hidden, 1, 1), bias (O,))
+    # the context network's last layer per group, (weight (2, hidden, 1, 1), bias (2,))
     # float64; None: the model's
     head: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
 
@@ -256,8 +256,8 @@ class PixelContext:
     weight: np.ndarray  # (passes - 1, C, C, K, K) float64: earlier passes' residuals -> shift
     log_scale: np.ndarray  # (passes, C) float64: per pass and channel
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
-    net: ContextNet | ChannelContextNet | None = None  # the model's nonlinear refinement, if it has one
-    head: list | None = None  # float32 (weight, bias) per later pass for the net, instead of its own
+    net: ContextNet | None = None  # the model's nonlinear refinement, if it has one
+    head: list | None = None  # float32 (weight, bias) per group for the net, instead of its own
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
@@ -289,7 +289,7 @@ class PixelContext:
         machine."""
         c, h, w = loc.shape
         known = pm < p
-        u = known_residuals(p, x, loc, scale, pm)
+        u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * known
         weight = self.weight[p - 1]
         k = weight.shape[-1]
         r = k // 2
@@ -312,23 +312,9 @@ class PixelContext:
             out[:, ra::2, ca::2] = sub
         return out
 
-
-    def refine(self, p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The context network's shift, log-scale change and colour-coefficient change for
-        pass p >= 1, each (C, H, W) float64 snapped to PARAM_SNAP (model.context_net; the same
-        float32 inputs in encoder and decoder, so the same outputs)."""
-        u = known_residuals(p, x, loc, scale, pm)
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
-        with torch.no_grad():
-            outs = self.net(p, as_t(u), as_t((loc + 0.5) / 128.0 - 1.0), as_t(np.log(scale)),
-                            None if self.head is None else self.head[p - 1])
-        return tuple(snap(t[0].to(torch.float64).numpy(), PARAM_SNAP) for t in outs)
-
-
     def group_refine(self, p: int, ch: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray,
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """The ChannelContextNet's shift and log-scale change of group (p, ch), each (H, W)
+        """The context network's shift and log-scale change of group (p, ch), each (H, W)
         float64 snapped to PARAM_SNAP, zero off pass p (float32 network on the same inputs
         in encoder and decoder)."""
         net = self.net
@@ -342,12 +328,6 @@ class PixelContext:
             ds, dls = net.outputs(g, net.features(g, inp, classes), classes, u.shape,
                                   None if self.head is None else self.head[g])
         return snap(ds[0, 0].to(torch.float64).numpy(), PARAM_SNAP), snap(dls[0, 0].to(torch.float64).numpy(), PARAM_SNAP)
-
-
-def known_residuals(p: int, x: np.ndarray, loc: np.ndarray, scale: np.ndarray, pm: np.ndarray) -> np.ndarray:
-    """Clipped normalised residuals (x - loc) / scale of the pixels coded before pass p
-    (levels, (C, H, W)); zero at the others."""
-    return np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP) * (pm < p)
 
 
 class PixelCodec:
@@ -368,7 +348,7 @@ class PixelCodec:
         else:
             self.pass_map = pass_map_np(h, w, context.passes)
             self.groups = [(p, ch) for p in range(context.passes) for ch in range(c)]
-        self._shift: dict[int, tuple] = {}
+        self._shift: dict = {}  # per pass: the linear shift; per ("group", p, c): the network's
 
     def _select(self, p) -> np.ndarray:
         return self.pass_map == p
@@ -380,7 +360,6 @@ class PixelCodec:
             return self.loc.ravel(), self.scale.ravel(), self.offset.ravel()
         sel = self._select(p)
         ctx = self.ctx
-        _, dls, dcoef = self._pass_context(p, x)
 
         def loc1(ch: int) -> np.ndarray:
             base = self.loc[ch][sel]
@@ -392,59 +371,41 @@ class PixelCodec:
         loc = loc1(c)
         if c >= 1:
             e = [x[ch][sel] - loc1(ch) for ch in range(c)]
-            coef = ctx.coef if dcoef is None else ctx.coef + dcoef
             if c == 1:
-                loc = loc + coef[0][sel] * e[0]
+                loc = loc + ctx.coef[0][sel] * e[0]
             else:
-                loc = loc + coef[1][sel] * e[0] + coef[2][sel] * e[1]
+                loc = loc + ctx.coef[1][sel] * e[0] + ctx.coef[2][sel] * e[1]
             loc = snap(loc, 2.0**-20)
         group = self._group_context(p, c, x)
-        if group is not None:
-            dls = group[1][None]  # this channel's, in the place of the pass network's
-            c_dls = 0
-        else:
-            c_dls = c
         # math.exp for the scalar: the arithmetic files written without a network were coded with
-        factor = math.exp(ctx.log_scale[p, c]) if dls is None else np.exp(ctx.log_scale[p, c] + dls[c_dls][sel])
+        factor = math.exp(ctx.log_scale[p, c]) if group is None else np.exp(ctx.log_scale[p, c] + group[1][sel])
         scale = snap(self.scale[c][sel] * factor, 2.0**-24)
         return loc, scale, self.offset[c][sel]
 
     def _channel_shift(self, p: int, ch: int, x: np.ndarray) -> np.ndarray | None:
-        """Channel ch's shift (in scales, (H, W)) in pass p: the linear context's and the
-        context networks'; None when there is none (the first pass without group networks)."""
-        shift = self._pass_context(p, x)[0]
-        shift = None if shift is None else shift[ch]
+        """Channel ch's shift (in scales, (H, W)) in pass p: the linear context's plus the
+        context network's; None for the first pass's first channel (and the whole first pass
+        without a network)."""
+        shift = None
+        if p > 0:
+            if p not in self._shift:  # every earlier pass is known once pass p starts
+                self._shift[p] = self.ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
+            shift = self._shift[p][ch]
         group = self._group_context(p, ch, x)
         if group is not None:
             shift = group[0] if shift is None else shift + group[0]
         return shift
 
     def _group_context(self, p: int, ch: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ChannelContextNet's (shift, log-scale change) for group (p, ch), (H, W) each,
+        """The context network's (shift, log-scale change) for group (p, ch), (H, W) each,
         computed once (its inputs are known from the group's start on); None without one."""
         ctx = self.ctx
-        if ctx.net is None or ctx.net.cfg.groups != "channel" or (p, ch) == (0, 0):
+        if ctx.net is None or (p, ch) == (0, 0):
             return None
         key = ("group", p, ch)
         if key not in self._shift:
             self._shift[key] = ctx.group_refine(p, ch, x, self.loc, self.scale, self.pass_map)
         return self._shift[key]
-
-    def _pass_context(self, p: int, x: np.ndarray) -> tuple:
-        """(shift, log-scale change, colour-coefficient change) of pass p, computed once when
-        the pass starts (every earlier pass is known then); (None,) * 3 for the first pass,
-        and the changes are None without a context network."""
-        if p == 0:
-            return None, None, None
-        if p not in self._shift:
-            ctx = self.ctx
-            shift = ctx.spatial_shift(p, x, self.loc, self.scale, self.pass_map)
-            dls = dcoef = None
-            if ctx.net is not None and ctx.net.cfg.groups == "pass":
-                ds, dls, dcoef = ctx.refine(p, x, self.loc, self.scale, self.pass_map)
-                shift = shift + ds
-            self._shift[p] = (shift, dls, dcoef)
-        return self._shift[p]
 
     def _table(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
         levels = offset[:, None] + np.arange(self.width)[None, :]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .context_net import ContextNetConfig, context_net
+from .context_net import ContextNet, ContextNetConfig
 from .network import EpsNet, NetConfig
 from .schedule import LearnedSchedule
 
@@ -186,7 +186,7 @@ def context_net_inputs(loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Te
 
 
 def group_inputs(u: torch.Tensor, pm: torch.Tensor, p: int, c: int, net_in, net_channels: int) -> torch.Tensor:
-    """A ChannelContextNet group's input (B, 3 * net_channels, H, W) float32: the residuals
+    """A context-network group's input (B, 3 * net_channels, H, W) float32: the residuals
     known when channel c of pass p is coded (every channel of earlier passes, channels before
     c in pass p), then the base location and log-scale; a one-channel image as three equal
     channels."""
@@ -216,7 +216,7 @@ class VDM(nn.Module):
             self.context_weight = nn.Parameter(torch.zeros((n - 1) * c, c, k, k))
             # log-scale change per pass and channel
             self.context_log_scale = nn.Parameter(torch.zeros(n, c))
-        self.context_net = context_net(cfg.context_net) if cfg.context_net is not None else None
+        self.context_net = ContextNet(cfg.context_net) if cfg.context_net is not None else None
 
     def forward(self, x: torch.Tensor, recon_batch: int | None = None) -> dict:
         """Training entry point (so that DistributedDataParallel can wrap the whole model)."""
@@ -275,11 +275,11 @@ class VDM(nn.Module):
         scales) of the pixels of earlier passes over a CONTEXT_KERNEL square.  In every pass G
         is shifted by a * (R's residual) and B by b * (R's) + c * (G's), residuals taken from
         the pass's own locations.  Outside the image counts as zero residual.  With a
-        context_net, its shift, log-scale change and colour-coefficient change (from the same
-        residuals, in float32) are added at each later pass's pixels.  The coder computes the
+        context_net, each (pass, channel) group's network adds a shift and a log-scale change
+        from the residuals known to that group (in float32).  The coder computes the
         same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C, K, K) and
         (passes, C) float64 to use instead of the model's, and head: the context network's
-        last layer per later pass (weight, bias) instead of the model's (an image's own,
+        last layer per group (weight, bias) instead of the model's (an image's own,
         fitted by the encoder).  feature_cache: a dict that keeps the context network's
         features between calls on the same pixels (they do not depend on what is fitted)."""
         b, c, h, w = xt.shape
@@ -288,28 +288,13 @@ class VDM(nn.Module):
         pm = pass_map(h, w, passes, xt.device)
         u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
         shift = torch.zeros_like(u)
-        log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype).expand(b, -1, -1, -1)
+        log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype)
         coef = channel_coefficients(coef_raw.to(u.dtype))
-        net = self.context_net
-        net_in = None if net is None else context_net_inputs(loc, scale)
         for p in range(1, passes):
-            known = u * (pm < p)
-            s = F.conv2d(known, weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
-            if net_in is not None and net.cfg.groups == "pass":
-                feats = None if feature_cache is None else feature_cache.get(p)
-                if feats is None:
-                    feats = net.features(p, known.float(), *net_in)
-                    if feature_cache is not None:
-                        feature_cache[p] = feats.detach()
-                ds, dls, dc = net.outputs(p, feats, None if head is None else head[p - 1], grey=c == 1)
-                s = s + ds.to(s.dtype)
-                here = pm == p
-                log_scale = torch.where(here, log_scale + dls.to(u.dtype), log_scale)
-                if c == 3:
-                    coef = torch.where(here, coef + dc.to(u.dtype), coef)
+            s = F.conv2d(u * (pm < p), weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
             shift = torch.where(pm == p, s, shift)
-        if net_in is not None and net.cfg.groups == "channel":
-            ds, dls = self._channel_net_outputs(u, pm, net_in, head, feature_cache)
+        if self.context_net is not None:
+            ds, dls = self._context_net_outputs(u, pm, context_net_inputs(loc, scale), head, feature_cache)
             shift, log_scale = shift + ds.to(u.dtype), log_scale + dls.to(u.dtype)
         loc = loc + scale * shift
         scale = scale * torch.exp(log_scale)
@@ -320,8 +305,8 @@ class VDM(nn.Module):
                                loc[:, 2] + a[:, 1] * e[:, 0] + a[:, 2] * e[:, 1]], dim=1)
         return loc, scale
 
-    def _channel_net_outputs(self, u: torch.Tensor, pm: torch.Tensor, net_in, head, feature_cache):
-        """The ChannelContextNet's shifts and log-scale changes, (B, C, H, W) float32, each
+    def _context_net_outputs(self, u: torch.Tensor, pm: torch.Tensor, net_in, head, feature_cache):
+        """The context network's shifts and log-scale changes, (B, C, H, W) float32, each
         group's at its pass's pixels (teacher forced: every group sees its known residuals)."""
         net = self.context_net
         c = u.shape[1]
@@ -330,12 +315,12 @@ class VDM(nn.Module):
         for g, (p, ch) in enumerate(net.groups):
             if ch >= c:
                 continue  # a one-channel image has the first channel's groups only
-            feats = None if feature_cache is None else feature_cache.get(("group", g))
+            feats = None if feature_cache is None else feature_cache.get(g)
             if feats is None:
                 inp = group_inputs(u, pm, p, ch, net_in, net.cfg.channels)
                 feats = net.features(g, inp, classes[p])
                 if feature_cache is not None:
-                    feature_cache[("group", g)] = [None if f is None else f.detach() for f in feats]
+                    feature_cache[g] = [None if f is None else f.detach() for f in feats]
             ds, dl = net.outputs(g, feats, classes[p], u.shape, None if head is None else head[g])
             shift[:, ch : ch + 1] += ds
             dls[:, ch : ch + 1] += dl
