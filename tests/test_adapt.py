@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import assert_roundtrip, kodak_crop, raster
 from test_decoder import scrambled
@@ -98,15 +99,17 @@ def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net)
     base_w, base_ls = adapt.model_weights(sm, 3)
     head = tuple((w + rng.integers(-127, 128, w.shape) * adapt.HEAD_DELTA_STEP,
                   b + rng.integers(-127, 128, b.shape) * adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
-    w = ContextWeights(weight=base_w, log_scale=base_ls + adapt.DELTA_STEP, head=head)
+    gains = 1.0 + rng.integers(-127, 128, (11, 2)) * adapt.GAIN_STEP
+    w = ContextWeights(weight=base_w, log_scale=base_ls + adapt.DELTA_STEP, head=head, gains=gains)
     blob = adapt.pack_deltas(sm, w)
     net = sm.model.context_net
-    assert len(blob) == 3 * 75 * 3 + 12 + 11 * 2 * (net.cfg.hidden + 1) == 3 * 75 * 3 + 12 + head_bytes(coder_net)
+    assert len(blob) == 3 * 75 * 3 + 12 + 22 + 11 * 2 * (net.cfg.hidden + 1) == 687 + 22 + head_bytes(coder_net)
     back = adapt.unpack_deltas(sm, blob, 3)
-    assert np.array_equal(back.log_scale, w.log_scale)
+    assert np.array_equal(back.log_scale, w.log_scale) and np.array_equal(back.gains, gains)
     for (bw, bb), (ww, wb) in zip(back.head, head):
         assert np.array_equal(bw, ww) and np.array_equal(bb, wb)
-    assert adapt.unpack_deltas(sm, blob[: 3 * 75 * 3 + 12], 3).head is None  # linear weights only
+    short = adapt.unpack_deltas(sm, blob[: 687 + 22], 3)  # linear weights and gains only
+    assert short.head is None and np.array_equal(short.gains, gains)
     with pytest.raises(ValueError, match="bytes"):
         adapt.unpack_deltas(sm, blob[:-1], 3)
 
@@ -127,7 +130,7 @@ def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, a
     rgb, grey = raster(kodak_crop(30, 26, index=4)), raster(kodak_crop(17, 21, index=6), mode="L")
     data, _, _ = assert_roundtrip(coder_net, [rgb, grey])
     sections = unpack_container(data)[1]
-    assert len(sections["context0"]) == 225 * 3 + 12 + head_bytes(coder_net)
+    assert len(sections["context0"]) == 225 * 3 + 12 + 22 + head_bytes(coder_net)
 
 
 def test_archive_of_small_images_shares_one_context(coder4, always_adapt):
@@ -147,3 +150,26 @@ def test_shared_context_is_skipped_where_it_does_not_pay(coder4):
     imgs = [raster(kodak_crop(12, 14, index=i)) for i in (2, 3)]
     data, _, _ = assert_roundtrip(coder4, imgs)
     assert all("pixel_context" not in e for e in unpack_container(data)[0]["images"])
+
+
+def test_the_fit_turns_down_a_context_network_that_hurts(coder_net, monkeypatch):
+    """A network whose outputs are made ten times too large codes worse; the fit's gains
+    bring it back (towards off): the fit codes the patches for clearly less than the same
+    fit with the gains held at one."""
+    net = coder_net.loaded.model.context_net
+    saved = [(w.clone(), b.clone()) for w, b in net.heads()]
+    try:
+        with torch.no_grad():
+            for w, b in net.heads():
+                w.mul_(10.0)
+                b.mul_(10.0)
+        x = kodak_crop(96, 128, index=9)
+        _, info = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
+        monkeypatch.setattr(adapt, "GAIN_LR", 0.0)
+        _, held = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
+    finally:
+        with torch.no_grad():
+            for (w, b), (w0, b0) in zip(net.heads(), saved):
+                w.copy_(w0)
+                b.copy_(b0)
+    assert info["patch_bpd_fitted"] < held["patch_bpd_fitted"] - 0.05, (info, held)

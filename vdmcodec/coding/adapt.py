@@ -22,6 +22,8 @@ from .chain import ContextWeights, StepModel
 
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
 HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer
+GAIN_STEP = 2.0**-6  # the gains on the context network's outputs: 1 + int8 multiples of this
+GAIN_LR = 0.05  # they must be able to reach 0 (the network off) within a fit
 DELTA_LIMIT = 127
 FIT_PATCH = (32, 96)  # patch height, width
 FIT_LR = 0.005
@@ -65,11 +67,20 @@ def _head_parts(head) -> list[np.ndarray]:
     return [a for wb in head for a in wb]
 
 
+def n_gains(sm: StepModel) -> int:
+    net = sm.model.context_net
+    return 0 if net is None else 2 * len(net.groups)
+
+
 def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
     """w as int8 steps away from the model's weights (w must be on that grid): the linear
-    weights and log-scales, then the network's last layers when w has its own."""
+    weights and log-scales; with a context network, the gains on its outputs (steps from 1);
+    then its last layers when w has its own."""
     base_w, base_ls = model_weights(sm, w.log_scale.shape[1])
     q = [_flat([w.weight - base_w, w.log_scale - base_ls]) / DELTA_STEP]
+    if n_gains(sm):
+        gains = np.ones(n_gains(sm)) if w.gains is None else w.gains.ravel()
+        q.append((gains - 1.0) / GAIN_STEP)
     if w.head is not None:
         q.append((_flat(_head_parts(w.head)) - _flat(_head_parts(model_head(sm)))) / HEAD_DELTA_STEP)
     return np.rint(np.concatenate(q)).astype(np.int8).tobytes()
@@ -79,18 +90,21 @@ def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
     """The model's weights plus the deltas of pack_deltas; ValueError if the blob has the
     wrong size for this model and number of planes."""
     base_w, base_ls = model_weights(sm, channels)
-    n_lin = base_w.size + base_ls.size
+    n_lin, n_gain = base_w.size + base_ls.size, n_gains(sm)
     base_head = model_head(sm)
     n_head = 0 if base_head is None else _flat(_head_parts(base_head)).size
-    if len(blob) not in {n_lin, n_lin + n_head}:
-        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected {n_lin} or {n_lin + n_head}")
+    sizes = {n_lin + n_gain, n_lin + n_gain + n_head}
+    if len(blob) not in sizes:
+        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(sizes)}")
     q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
-    head = None
-    if len(blob) > n_lin:
-        head = _unflatten(base_head, q[n_lin:] * HEAD_DELTA_STEP)
+    gains = head = None
+    if n_gain:
+        gains = 1.0 + q[n_lin : n_lin + n_gain].reshape(-1, 2) * GAIN_STEP
+    if len(blob) > n_lin + n_gain:
+        head = _unflatten(base_head, q[n_lin + n_gain :] * HEAD_DELTA_STEP)
     q = q[:n_lin] * DELTA_STEP
     return ContextWeights(weight=base_w + q[: base_w.size].reshape(base_w.shape),
-                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head)
+                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head, gains=gains)
 
 
 def _unflatten(base_head, delta: np.ndarray) -> tuple:
@@ -102,7 +116,8 @@ def _unflatten(base_head, delta: np.ndarray) -> tuple:
     return tuple(out)
 
 
-def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=None) -> ContextWeights:
+def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=None,
+             gains: torch.Tensor | None = None) -> ContextWeights:
     """Round the fitted weights to what the decoder will rebuild from int8 deltas."""
     base_w, base_ls = model_weights(sm, log_scale.shape[1])
 
@@ -113,7 +128,8 @@ def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=
     qhead = None
     if head is not None:
         qhead = tuple((q(w, bw, HEAD_DELTA_STEP), q(b, bb, HEAD_DELTA_STEP)) for (w, b), (bw, bb) in zip(head, model_head(sm)))
-    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead)
+    qgains = None if gains is None else q(gains, np.ones(tuple(gains.shape)), GAIN_STEP)
+    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead, gains=qgains)
 
 
 def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3)) -> list[np.ndarray]:
@@ -192,28 +208,33 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     base_head = model_head(sm)
     cache: dict = {}
 
-    def bits(weight: torch.Tensor, log_scale: torch.Tensor, head=None) -> torch.Tensor:
+    def bits(weight: torch.Tensor, log_scale: torch.Tensor, head=None, gains=None) -> torch.Tensor:
         lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
-                                      feature_cache=cache)
+                                      feature_cache=cache, gains=gains)
         return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
 
     def fit(with_head: bool) -> ContextWeights:
         params = [w0.clone().requires_grad_(True), l0.clone().requires_grad_(True)]
-        head = None
+        head = gains = None
         if with_head:
             head = [tuple(torch.from_numpy(a).float().requires_grad_(True) for a in wb) for wb in base_head]
             params += [t for wb in head for t in wb]
-        opt = torch.optim.Adam(params, lr=FIT_LR)
+        groups = [{"params": params, "lr": FIT_LR}]
+        if base_head is not None:  # the network's gains: the fit may turn it down or off
+            gains = torch.ones(n_gains(sm) // 2, 2, requires_grad=True)
+            groups.append({"params": [gains], "lr": GAIN_LR})
+        opt = torch.optim.Adam(groups)
         with torch.enable_grad():
             for _ in range(budget.steps):
                 opt.zero_grad()
-                bits(params[0], params[1], head).backward()
+                bits(params[0], params[1], head, gains).backward()
                 opt.step()
-        return quantise(sm, params[0], params[1], head)
+        return quantise(sm, params[0], params[1], head, gains)
 
     def as_torch(w: ContextWeights):
         head = None if w.head is None else [tuple(torch.from_numpy(a).float() for a in wb) for wb in w.head]
-        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head
+        gains = None if w.gains is None else torch.from_numpy(w.gains).float()
+        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains
 
     with torch.no_grad():
         before = float(bits(w0, l0))

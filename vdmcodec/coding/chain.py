@@ -247,6 +247,8 @@ class ContextWeights:
     # the context network's last layer per group, (weight (2, hidden, 1, 1), bias (2,))
     # float64; None: the model's
     head: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+    # factors on each group's (shift, log-scale change), (groups, 2) float64; None: ones
+    gains: np.ndarray | None = None
 
 
 @dataclass
@@ -258,13 +260,14 @@ class PixelContext:
     coef: np.ndarray  # (3, H, W) float64: G on R, B on R, B on G (unused for one channel)
     net: ContextNet | None = None  # the model's nonlinear refinement, if it has one
     head: list | None = None  # float32 (weight, bias) per group for the net, instead of its own
+    gains: np.ndarray | None = None  # (groups, 2) float64 factors on the net's outputs (None: ones)
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
                    weights: ContextWeights | None = None) -> "PixelContext":
-        head = None
+        head = gains = None
         if weights is not None:
-            weight, log_scale = weights.weight, weights.log_scale
+            weight, log_scale, gains = weights.weight, weights.log_scale, weights.gains
             if weights.head is not None:
                 head = [tuple(torch.from_numpy(a).float() for a in wb) for wb in weights.head]
         else:
@@ -273,7 +276,7 @@ class PixelContext:
             weight = weight.detach().to("cpu", torch.float64).numpy()
             log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
-        return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head)
+        return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains)
 
     @property
     def passes(self) -> int:
@@ -327,7 +330,10 @@ class PixelContext:
             inp = group_inputs(as_t(u), torch.from_numpy(pm), p, ch, net_in, net.cfg.channels)
             ds, dls = net.outputs(g, net.features(g, inp, classes), classes, u.shape,
                                   None if self.head is None else self.head[g])
-        return snap(ds[0, 0].to(torch.float64).numpy(), PARAM_SNAP), snap(dls[0, 0].to(torch.float64).numpy(), PARAM_SNAP)
+        ds, dls = ds[0, 0].to(torch.float64).numpy(), dls[0, 0].to(torch.float64).numpy()
+        if self.gains is not None:
+            ds, dls = ds * self.gains[g, 0], dls * self.gains[g, 1]
+        return snap(ds, PARAM_SNAP), snap(dls, PARAM_SNAP)
 
 
 class PixelCodec:

@@ -268,7 +268,7 @@ class VDM(nn.Module):
     def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                        coef_raw: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None,
                        head: list | None = None, feature_cache: dict | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       gains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
         Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
@@ -280,8 +280,10 @@ class VDM(nn.Module):
         same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C, K, K) and
         (passes, C) float64 to use instead of the model's, and head: the context network's
         last layer per group (weight, bias) instead of the model's (an image's own,
-        fitted by the encoder).  feature_cache: a dict that keeps the context network's
-        features between calls on the same pixels (they do not depend on what is fitted)."""
+        fitted by the encoder).  gains: (groups, 2) factors on each group's shift and
+        log-scale change (an image's own; None: ones).  feature_cache: a dict that keeps the
+        context network's features between calls on the same pixels (they do not depend on
+        what is fitted)."""
         b, c, h, w = xt.shape
         weight, log_scale = self.context_weights(c) if weights is None else weights
         passes = weight.shape[0] + 1
@@ -294,7 +296,7 @@ class VDM(nn.Module):
             s = F.conv2d(u * (pm < p), weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
             shift = torch.where(pm == p, s, shift)
         if self.context_net is not None:
-            ds, dls = self._context_net_outputs(u, pm, context_net_inputs(loc, scale), head, feature_cache)
+            ds, dls = self._context_net_outputs(u, pm, context_net_inputs(loc, scale), head, feature_cache, gains)
             shift, log_scale = shift + ds.to(u.dtype), log_scale + dls.to(u.dtype)
         loc = loc + scale * shift
         scale = scale * torch.exp(log_scale)
@@ -305,7 +307,7 @@ class VDM(nn.Module):
                                loc[:, 2] + a[:, 1] * e[:, 0] + a[:, 2] * e[:, 1]], dim=1)
         return loc, scale
 
-    def _context_net_outputs(self, u: torch.Tensor, pm: torch.Tensor, net_in, head, feature_cache):
+    def _context_net_outputs(self, u: torch.Tensor, pm: torch.Tensor, net_in, head, feature_cache, gains=None):
         """The context network's shifts and log-scale changes, (B, C, H, W) float32, each
         group's at its pass's pixels (teacher forced: every group sees its known residuals)."""
         net = self.context_net
@@ -322,6 +324,8 @@ class VDM(nn.Module):
                 if feature_cache is not None:
                     feature_cache[g] = [None if f is None else f.detach() for f in feats]
             ds, dl = net.outputs(g, feats, classes[p], u.shape, None if head is None else head[g])
+            if gains is not None:
+                ds, dl = ds * gains[g, 0], dl * gains[g, 1]
             shift[:, ch : ch + 1] += ds
             dls[:, ch : ch + 1] += dl
         return shift, dls
