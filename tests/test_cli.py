@@ -479,6 +479,13 @@ def test_not_an_image_exit_4(tmp_path):
     assert listing(tmp_path) == {"bad.png", "trunc.png", "full.png"}
 
 
+def test_compress_to_an_image_name_is_a_usage_error(tmp_path):
+    src = write_image(tmp_path / "a.png", "RGB", 8, 8)
+    for name in ("out.png", "OUT.JPG"):
+        assert_error(invoke("compress", src, "-o", tmp_path / name), 2, ".vdmc")
+        assert not (tmp_path / name).exists()
+
+
 def test_declared_huge_image_exit_5_before_work_and_bad_options_exit_2(tmp_path):
     from test_image_io import declared_size_png
 

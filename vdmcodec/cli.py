@@ -114,6 +114,11 @@ def _load_coder(checkpoint, device, threads, effort: str = "default", ensemble: 
 
 
 def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix: str) -> list[Path]:
+    if output and (archive or len(inputs) == 1) and suffix == ".vdmc":
+        from .train import IMAGE_SUFFIXES
+
+        if Path(output).suffix.lower() in IMAGE_SUFFIXES:  # a .vdmc named like an image misleads every tool
+            raise UsageError(f"-o {output}: compress writes a .vdmc file; give it a .vdmc name")
     if archive:
         if not output:
             raise UsageError("--archive needs -o ARCHIVE.vdmc")
