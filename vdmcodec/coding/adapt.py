@@ -52,7 +52,7 @@ def model_weights(sm: StepModel, channels: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def model_head(sm: StepModel) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """The context network's last layer per later pass, float64; None without a network."""
+    """The context network's last layer per group, float64; None without a network."""
     net = sm.model.context_net
     if net is None:
         return None
