@@ -47,9 +47,11 @@ def test_fitted_weights_code_the_image_for_less(coder4):
     x = kodak_crop(96, 128, index=9)
     weights, info = adapt.fit_image_context(coder4.step_model, x)
     assert info["patch_bpd_fitted"] < info["patch_bpd_model"] - 0.01, info
-    assert info["cost_bits"] == 8 * (225 * 3 + 12 + adapt.HEADER_BYTES)
-    # kept only when the saving on the whole image beats the side data twice over
-    assert (weights is not None) == (info["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * info["cost_bits"])
+    linear = info["candidates"]["linear"]  # the only candidate without a context network
+    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + adapt.HEADER_BYTES)
+    # the fit saw the whole crop, so it is kept only when its saving beats the side data twice over
+    assert (weights is not None) == (linear["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * linear["cost_bits"])
+    assert info["choice"] == ("linear" if weights is not None else "model")
 
 
 @pytest.fixture
@@ -173,3 +175,61 @@ def test_the_fit_turns_down_a_context_network_that_hurts(coder_net, monkeypatch)
                 w.copy_(w0)
                 b.copy_(b0)
     assert info["patch_bpd_fitted"] < held["patch_bpd_fitted"] - 0.05, (info, held)
+
+
+def test_a_large_image_is_judged_on_pixels_beside_the_fitted_patches():
+    """The fit sees a few patches; the whole image (or, when large, a grid of tiles)
+    judges it, so a fit that only suits its patches is not kept."""
+    mid = np.zeros((3, 300, 400))
+    patches = adapt._patches(mid, adapt.FitBudget().patches)
+    assert len(patches) == 16 and adapt._held_out(mid, patches)[0] is mid
+    big = np.zeros((3, 2000, 3000))
+    tiles = adapt._held_out(big, adapt._patches(big))
+    assert len(tiles) == 16 and tiles[0].shape == (3,) + adapt.HELD_OUT_TILE
+    small = np.zeros((3, 60, 80))
+    assert adapt._held_out(small, adapt._patches(small)) is None  # the fit saw it whole
+
+
+def test_groups_turned_off_skip_the_network_and_decode_exactly(coder_net, monkeypatch, always_adapt):
+    """Gains of zero turn a group's network off (its shift and scale change are zero, the
+    network is not run); files with half the groups off decode exactly."""
+    fit = adapt.fit_image_context
+
+    def half_off(sm, planes, seed=0, budget=adapt.FitBudget()):
+        weights, info = fit(sm, planes, seed, budget)
+        gains = np.ones((adapt.n_gains(sm) // 2, 2))
+        gains[::2] = 0.0
+        calls.clear()  # from here on, only the coder runs the network
+        return ContextWeights(weights.weight, weights.log_scale, gains=gains), info
+
+    calls = []
+    monkeypatch.setattr("vdmcodec.codec.fit_image_context", half_off)
+    features = coder_net.loaded.model.context_net.features
+    monkeypatch.setattr(coder_net.loaded.model.context_net, "features",
+                        lambda g, *a, **k: calls.append(g) or features(g, *a, **k))
+    data, _, _ = assert_roundtrip(coder_net, [raster(kodak_crop(30, 26, index=5))])
+    assert calls and all(g % 2 == 1 for g in calls)
+    gains = adapt.unpack_deltas(coder_net.step_model, unpack_container(data)[1]["context0"], 3).gains
+    assert not gains[::2].any() and (gains[1::2] == 1.0).all()
+
+
+def test_a_network_that_hurts_everywhere_is_turned_off(coder_net, monkeypatch):
+    """With the network's outputs made far too large, the held-out pixels choose a fit that
+    turns it off or down, not the shipped network."""
+    net = coder_net.loaded.model.context_net
+    saved = [(w.clone(), b.clone()) for w, b in net.heads()]
+    try:
+        with torch.no_grad():
+            for w, b in net.heads():
+                w.mul_(30.0)
+                b.mul_(30.0)
+        x = kodak_crop(200, 300, index=3)
+        weights, info = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(steps=30, head=False))
+    finally:
+        with torch.no_grad():
+            for (w, b), (w0, b0) in zip(net.heads(), saved):
+                w.copy_(w0)
+                b.copy_(b0)
+    assert weights is not None and info["choice"] in ("off", "linear"), info
+    assert info["held_out_bpd_fitted"] < info["held_out_bpd_model"] - 0.05, info
+    assert info["candidates"]["off"]["held_out_bpd"] < info["held_out_bpd_model"], info

@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--max-side", type=int, default=768, help="centre crop to at most this per side")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--fit-steps", type=int, default=adapt.FitBudget().steps)
+    p.add_argument("--fit-patches", type=int, nargs=2, default=adapt.FitBudget().patches)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,14 +57,16 @@ def main(argv=None) -> int:
             plain = recon_bits(sm, im)
             t_plain = time.time() - t
             t = time.time()
-            weights, info = adapt.fit_image_context(sm, im)
+            weights, info = adapt.fit_image_context(
+                sm, im, budget=adapt.FitBudget(steps=args.fit_steps, patches=tuple(args.fit_patches)))
             t_fit = time.time() - t
             fitted = recon_bits(sm, im, weights) + (info["cost_bits"] if weights is not None else 0.0)
             dims = im.size
             totals += [plain, fitted, dims, 0]
             print(json.dumps({"model": spec, "image": path.split("/")[-1], "dims": dims,
                               "recon_bpd": round(plain / dims, 4), "recon_fitted_bpd": round(fitted / dims, 4),
-                              "fit": None if weights is None else ("head" if weights.head is not None else "linear"),
+                              "fit": info.get("choice"),
+                              "candidates": {k: round(v["net_bits"] / dims, 4) for k, v in info.get("candidates", {}).items()},
                               "decoder_s": round(t_plain, 2), "fit_s": round(t_fit, 2)}), flush=True)
         print(json.dumps({"model": spec, "mean_recon_bpd": round(totals[0] / totals[2], 4),
                           "mean_recon_fitted_bpd": round(totals[1] / totals[2], 4)}), flush=True)

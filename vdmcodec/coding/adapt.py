@@ -27,7 +27,10 @@ GAIN_LR = 0.05  # they must be able to reach 0 (the network off) within a fit
 DELTA_LIMIT = 127
 FIT_PATCH = (32, 96)  # patch height, width
 FIT_LR = 0.005
-KEEP_IF_SAVING_OVER_COST = 2.0  # the patches' estimate must beat the side data this many times
+KEEP_IF_SAVING_OVER_COST = 2.0  # the fitted patches' estimate must beat the side data this many times
+KEEP_IF_HELD_OUT_SAVING_OVER_COST = 1.25  # the estimate on pixels the fit did not see: nearly unbiased
+HELD_OUT_PIXELS = 1 << 19  # images up to this size are judged whole; larger ones on a grid of tiles
+HELD_OUT_TILE = (128, 256)  # the tiles' height, width
 HEADER_BYTES = 24  # about what the header entry naming the section costs
 # no fit on images too small for it to pay even at this saving (the largest seen on Kodak
 # was 0.21 bpd): 32x32 images would spend the fit's time for nothing
@@ -40,7 +43,7 @@ class FitBudget:
     """How much the encoder spends on an image's own context (the effort presets set it)."""
 
     steps: int = 60  # Adam steps of each fit
-    patches: tuple[int, int] = (3, 3)  # rows x columns of FIT_PATCH patches the fit sees
+    patches: tuple[int, int] = (4, 4)  # rows x columns of FIT_PATCH patches the fit sees
     head: bool = True  # also try fitting the context network's last layers
 
 
@@ -132,9 +135,9 @@ def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=
     return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead, gains=qgains)
 
 
-def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3)) -> list[np.ndarray]:
+def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3), size: tuple[int, int] = FIT_PATCH) -> list[np.ndarray]:
     """A grid of patches of x (C, H, W), evenly spread; x itself if it is small."""
-    (ny, nx), (ph, pw) = grid, FIT_PATCH
+    (ny, nx), (ph, pw) = grid, size
     h, w = x.shape[1:]
     if h * w <= ny * nx * ph * pw:
         return [x]
@@ -169,17 +172,30 @@ def too_small_for_own_context(sm: StepModel, planes: np.ndarray) -> bool:
 def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0,
                       budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
     """The image's own context weights, or None when they would not pay for themselves;
-    with the estimate behind the decision (bits per dim on the fitted patches).
+    with the estimates behind the decision (bits per dim on the fitted patches and on the
+    held-out pixels that judge them).
 
-    With a context network, two fits: the linear weights alone, and the linear weights with
-    the network's last layers (its features are computed once: they do not depend on what
-    is fitted); the one that saves more net of its size is kept."""
+    With a context network, up to three fits (fit_context): the network's features are
+    computed once, they do not depend on what is fitted."""
     if not getattr(sm.model.cfg, "pixel_context", False):
         return None, {}
     if too_small_for_own_context(sm, planes):
         return None, {"skipped": "image too small for its own context weights to pay"}
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    return fit_context(sm, _patches(x, budget.patches), x.size, seed, budget)
+    patches = _patches(x, budget.patches)
+    return fit_context(sm, patches, x.size, seed, budget, held_out=_held_out(x, patches))
+
+
+def _held_out(x: np.ndarray, patches: list[np.ndarray]) -> list[np.ndarray] | None:
+    """What judges the fit: the whole image, or a grid of tiles of a large one (about
+    HELD_OUT_PIXELS); None when the fit saw the whole image anyway."""
+    if len(patches) == 1 and patches[0].shape == x.shape:
+        return None
+    h, w = x.shape[1:]
+    if h * w <= HELD_OUT_PIXELS:
+        return [x]
+    side = max(1, round(math.sqrt(HELD_OUT_PIXELS / (HELD_OUT_TILE[0] * HELD_OUT_TILE[1]))))
+    return _patches(x, (side, side), HELD_OUT_TILE)
 
 
 def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0,
@@ -197,37 +213,50 @@ def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0,
 
 
 def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int = 0,
-                budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
-    """Context weights fitted on equal-sized patches (C, h, w) for `dims` coded dimensions;
-    None when the patches' estimate of the saving does not beat the weights' size twice."""
+                budget: FitBudget = FitBudget(), held_out: list[np.ndarray] | None = None,
+                ) -> tuple[ContextWeights | None, dict]:
+    """Context weights fitted on equal-sized patches (C, h, w) for `dims` coded dimensions,
+    or None when no candidate pays for its side data.
+
+    The candidates: the linear weights with gains on the network's outputs, the same with
+    the network's last layers (budget.head), and the linear weights with the network off
+    (gains 0: what an image the network hurts wants).  Each is judged on `held_out`
+    (equal-sized arrays the fit did not see, the whole image where it is small enough):
+    a fit of a thousand numbers on a few patches can look good on them and lose on the
+    rest of the image.  Without held_out the fitted patches judge, with a wider margin."""
     model = sm.model
     c = patches[0].shape[0]
+    rng = np.random.default_rng(seed)
     with torch.no_grad():
-        xi, xt, loc, scale, coef = _decoder_inputs(sm, patches, np.random.default_rng(seed))
+        fit_in = _decoder_inputs(sm, patches, rng)
+        val_in = fit_in if held_out is None else _decoder_inputs(sm, held_out, rng)
     w0, l0 = (torch.from_numpy(a).float() for a in model_weights(sm, c))
     base_head = model_head(sm)
-    cache: dict = {}
+    caches: dict = {"fit": {}, "val": {}}
 
-    def bits(weight: torch.Tensor, log_scale: torch.Tensor, head=None, gains=None) -> torch.Tensor:
+    def bits(inputs, cache, weight, log_scale, head=None, gains=None) -> torch.Tensor:
+        xi, xt, loc, scale, coef = inputs
         lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
                                       feature_cache=cache, gains=gains)
         return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
 
-    def fit(with_head: bool) -> ContextWeights:
+    def fit(kind: str) -> ContextWeights:
         params = [w0.clone().requires_grad_(True), l0.clone().requires_grad_(True)]
         head = gains = None
-        if with_head:
+        if kind == "head":
             head = [tuple(torch.from_numpy(a).float().requires_grad_(True) for a in wb) for wb in base_head]
             params += [t for wb in head for t in wb]
         groups = [{"params": params, "lr": FIT_LR}]
-        if base_head is not None:  # the network's gains: the fit may turn it down or off
+        if kind == "off":
+            gains = torch.zeros(n_gains(sm) // 2, 2)
+        elif base_head is not None:  # the network's gains: the fit may turn it down or off
             gains = torch.ones(n_gains(sm) // 2, 2, requires_grad=True)
             groups.append({"params": [gains], "lr": GAIN_LR})
         opt = torch.optim.Adam(groups)
         with torch.enable_grad():
             for _ in range(budget.steps):
                 opt.zero_grad()
-                bits(params[0], params[1], head, gains).backward()
+                bits(fit_in, caches["fit"], params[0], params[1], head, gains).backward()
                 opt.step()
         return quantise(sm, params[0], params[1], head, gains)
 
@@ -236,15 +265,27 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         gains = None if w.gains is None else torch.from_numpy(w.gains).float()
         return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains
 
+    kinds = ["linear"]
+    if base_head is not None:
+        kinds += ["off"] + (["head"] if budget.head else [])
     with torch.no_grad():
-        before = float(bits(w0, l0))
-    candidates = []
-    for with_head in ([False, True] if base_head is not None and budget.head else [False]):
-        fitted = fit(with_head)
+        before = float(bits(fit_in, caches["fit"], w0, l0))
+        val_before = before if held_out is None else float(bits(val_in, caches["val"], w0, l0))
+    margin = KEEP_IF_SAVING_OVER_COST if held_out is None else KEEP_IF_HELD_OUT_SAVING_OVER_COST
+    best, best_info = None, {"patch_bpd_model": before, "held_out_bpd_model": val_before, "choice": "model",
+                             "saving_bits": 0.0, "cost_bits": 0.0, "head": False, "candidates": {}}
+    for kind in kinds:
+        fitted = fit(kind)
         with torch.no_grad():
-            after = float(bits(*as_torch(fitted)))
-        info = {"patch_bpd_model": before, "patch_bpd_fitted": after, "saving_bits": (before - after) * dims,
-                "cost_bits": 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES), "head": with_head}
-        candidates.append((info["saving_bits"] - info["cost_bits"], fitted, info))
-    _, fitted, info = max(candidates, key=lambda t: t[0])
-    return (fitted if info["saving_bits"] > KEEP_IF_SAVING_OVER_COST * info["cost_bits"] else None), info
+            after = float(bits(fit_in, caches["fit"], *as_torch(fitted)))
+            val_after = after if held_out is None else float(bits(val_in, caches["val"], *as_torch(fitted)))
+        saving, cost = (val_before - val_after) * dims, 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES)
+        best_info["candidates"][kind] = {"patch_bpd": after, "held_out_bpd": val_after, "saving_bits": saving,
+                                         "cost_bits": cost, "net_bits": saving - cost}
+        # margin >= 1 keeps only savings net of the side data; the best net saving wins
+        if saving > margin * cost and (best is None or saving - cost > best_info["saving_bits"] - best_info["cost_bits"]):
+            best = fitted
+            best_info.update(patch_bpd_fitted=after, held_out_bpd_fitted=val_after, choice=kind,
+                             saving_bits=saving, cost_bits=cost, head=kind == "head")
+    best_info.setdefault("patch_bpd_fitted", best_info["candidates"][kinds[0]]["patch_bpd"])
+    return best, best_info

@@ -322,6 +322,8 @@ class PixelContext:
         in encoder and decoder)."""
         net = self.net
         g = net.group_index(p, ch)
+        if self.gains is not None and not self.gains[g].any():  # the image turned this group off
+            return np.zeros(x.shape[-2:]), np.zeros(x.shape[-2:])
         u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
         net_in = (as_t((loc + 0.5) / 128.0 - 1.0), as_t(np.log(scale)))
