@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .errors import (
+    CorruptFileError,
     InputNotFoundError,
     OutputExistsError,
     OutputNotWritableError,
@@ -215,11 +216,28 @@ def _compress_group(group, out_path, group_inputs, coder, force, no_verify, arch
             dec_s = time.perf_counter() - t0
     atomic_write_bytes(out_path, data, overwrite=force)
     total_dims = sum(r.dims for r in reports)
-    for inp, rep in zip(group_inputs, reports):
-        _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archive, as_json)
+    for inp, (_, img), rep in zip(group_inputs, group, reports):
+        _report_compressed(inp, out_path, img, rep, data, total_dims, enc_s, dec_s, archive, as_json)
 
 
-def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archive, as_json):
+def _source_notes(inp, img, nbytes) -> tuple[dict, list[str]]:
+    """What the user should know about the source beyond the numbers: metadata kept and
+    dropped, and that a lossy source's decoded pixels were coded (and against what size)."""
+    from .image_io import LOSSY_FORMATS
+
+    rec = {"metadata": img.metadata.describe(), "dropped_metadata": list(img.dropped)}
+    notes = []
+    if img.dropped:
+        notes.append(f"{inp}: not kept: {', '.join(img.dropped)}")
+    if img.source_format in LOSSY_FORMATS:
+        src = inp.stat().st_size
+        rec["source_format"], rec["source_bytes"] = img.source_format, src
+        notes.append(f"{inp}: a {img.source_format} file: its decoded pixels are coded exactly, "
+                     f"{nbytes / src:.1f}x the size of the {img.source_format} file; keep the original to keep those bytes")
+    return rec, notes
+
+
+def _report_compressed(inp, out_path, img, rep, data, total_dims, enc_s, dec_s, archive, as_json):
     share = rep.dims / total_dims if total_dims else 1.0
     nbytes = (rep.exact_bits / 8 + rep.side_bytes + rep.context_bytes) if archive else len(data)
     rec = {
@@ -246,6 +264,10 @@ def _report_compressed(inp, out_path, rep, data, total_dims, enc_s, dec_s, archi
         rec["decode_seconds"] = dec_s * share
     if archive:
         rec["archive_bytes"] = len(data)
+    source, notes = _source_notes(Path(inp), img, nbytes)
+    rec.update(source)
+    for note in notes:
+        click.echo(f"vdmcodec: {note}", err=True)
     if as_json:
         click.echo(json.dumps(rec))
         return
@@ -313,7 +335,9 @@ def decompress(file, output, force, checkpoint, device):
     if header.get("archive"):
         _make_folder(folder)
     for (name, img), out in zip(images, outs):
-        save_image(img, out, overwrite=force)
+        dropped = save_image(img, out, overwrite=force)
+        if dropped:
+            click.echo(f"vdmcodec: {out}: its format cannot hold {', '.join(dropped)}; write .png to keep them", err=True)
         click.echo(f"{file} -> {out}: {img.width}x{img.height} {img.mode}")
 
 
@@ -331,8 +355,10 @@ def info(file, as_json):
     header, size = read_header(file)
     images = header.get("images", [])
     dims = sum(_entry_dims(e) for e in images)
+    metadata = _metadata_labels(file, images)  # before any output: a damaged section is an error alone
     if as_json:
-        click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": 8 * size / dims if dims else None, "header": header}))
+        click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": 8 * size / dims if dims else None,
+                               "metadata": [metadata.get(i, []) for i in range(len(images))], "header": header}))
         return
     model = header.get("model", {})
     coder = header.get("coder", {})
@@ -348,11 +374,30 @@ def info(file, as_json):
         click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
     else:
         click.echo("model:    none (classic code only; decodes without a model)")
-    for e in images:
+    sizes = {sec.get("name"): sec.get("bytes") for sec in header.get("sections", [])}
+    for i, e in enumerate(images):
         regions = len(e.get("layout", []))
         click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
                    f"{e.get('method')}" + (f", {regions} regions" if regions else "")
                    + (", own pixel context" if e.get("pixel_context") else ""))
+        kept = ([f"icc profile ({sizes.get(e['icc'], 0):,} bytes)"] if e.get("icc") else []) + metadata.get(i, [])
+        if kept:
+            click.echo(f"metadata: {'; '.join(kept)}")
+
+
+def _metadata_labels(file, images: list[dict]) -> dict[int, list[str]]:
+    """Each image's metadata items as labels, read from its metadata section."""
+    from .container import read_sections
+    from .metadata import unpack_metadata
+
+    names = {e["meta"]: i for i, e in enumerate(images) if e.get("meta")}
+    out = {}
+    for name, blob in read_sections(file, set(names)).items():
+        try:
+            out[names[name]] = unpack_metadata(blob).describe()
+        except ValueError as exc:
+            raise CorruptFileError(f"{file}: {exc}") from None
+    return out
 
 
 def _entry_dims(e: dict) -> int:

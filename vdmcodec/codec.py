@@ -36,6 +36,7 @@ from .errors import (
     VerificationError,
 )
 from .image_io import RasterImage, decode_alpha, encode_alpha, pixel_sha256
+from .metadata import ImageMetadata, pack_metadata, unpack_metadata
 
 CODER_NAME = "vdm-bitsback-v1"
 
@@ -256,6 +257,8 @@ def _add_side_sections(idx: int, img: RasterImage, entry: dict, sections: list, 
         side.append(("classic", img.classic))
     if img.icc_profile:
         side.append(("icc", img.icc_profile))
+    if img.metadata:
+        side.append(("meta", pack_metadata(img.metadata)))
     for kind, blob in side:
         entry[kind] = f"{kind}{idx}"
         sections.append((f"{kind}{idx}", blob))
@@ -374,11 +377,12 @@ def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> 
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"
     sections = [("planes0", blob)]
-    side = {"alpha": img.alpha is not None, "icc": bool(img.icc_profile)}
-    if side["alpha"]:
+    if img.alpha is not None:
         sections.append(("alpha0", encode_alpha(img.alpha)))
-    if side["icc"]:
+    if img.icc_profile:
         sections.append(("icc0", img.icc_profile))
+    if img.metadata:
+        sections.append(("meta0", pack_metadata(img.metadata)))
     # nothing here needs the model or the coder, so the header leaves them out: at 32x32
     # every byte is 0.003 bpd
     header = {"generator": f"vdmcodec {__version__}", "archive": False, "ans_words": 0, "images": [entry]}
@@ -508,9 +512,19 @@ def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> 
         mode=entry["mode"], width=w, height=h, planes=planes, alpha=alpha,
         classic=sections[entry["classic"]] if entry.get("classic") else None,
         icc_profile=sections[entry["icc"]] if entry.get("icc") else None,
+        metadata=_image_metadata(entry, sections),
     )
     _check_pixel_hash(entry, img)
     return img
+
+
+def _image_metadata(entry: dict, sections: dict) -> ImageMetadata:
+    if not entry.get("meta"):
+        return ImageMetadata()
+    try:
+        return unpack_metadata(sections[entry["meta"]])
+    except ValueError as exc:
+        raise CorruptFileError(f"{entry['name']}: {exc}") from None
 
 
 def _image_context(coder: Coder, entry: dict, sections: dict, nplanes: int) -> ContextWeights | None:
@@ -533,3 +547,5 @@ def verify_roundtrip(data: bytes, images: list[tuple[str, RasterImage]], coder: 
     for (name, img), (_, back) in zip(images, out):
         if pixel_sha256(img) != pixel_sha256(back):
             raise VerificationError(f"{name}: verification failed, the file would not decode to the same pixels")
+        if (img.icc_profile or None, img.metadata) != (back.icc_profile or None, back.metadata):
+            raise VerificationError(f"{name}: verification failed, the metadata would not come back the same")

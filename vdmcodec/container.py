@@ -79,6 +79,24 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     return header, size
 
 
+def read_sections(path: str | os.PathLike, names: set[str]) -> dict[str, bytes]:
+    """Only the named sections of a file, CRC-checked (for `vdmcodec info`: the metadata
+    sections, not the whole coded image)."""
+    out = {}
+    with open_input(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        header, offset = _read_header(fh, size, str(path))
+        for sec in header["sections"]:
+            if sec["name"] in names:
+                fh.seek(offset)
+                chunk = fh.read(sec["bytes"])
+                if zlib.crc32(chunk) != sec["crc32"]:
+                    raise CorruptFileError(f"{path} is corrupt: section {sec['name']!r} fails its CRC check")
+                out[sec["name"]] = chunk
+            offset += sec["bytes"]
+    return out
+
+
 def _read_header(fh: BinaryIO, size: int, source: str) -> tuple[dict, int]:
     """Validate everything up to the sections; return the header and where sections start."""
     prefix = fh.read(_PREFIX_SIZE)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from vdmcodec.metadata import ImageMetadata, png_metadata, splice_png_chunks
 from vdmcodec.errors import (
     CorruptFileError,
     InputNotFoundError,
@@ -42,6 +43,7 @@ MAX_PIXELS = 1 << 26  # 67 megapixels: a 64 MP photo passes
 PILLOW_MAX_PIXELS = 1 << 31
 Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
 
+LOSSY_FORMATS = {"JPEG", "MPO", "JPEG2000"}  # sources whose pixels are already an approximation
 PLANE_MODES = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3}  # mode -> planes the model codes
 ALPHA_MODES = {"LA", "RGBA"}
 CLASSIC_MODES = {"P", "1"}  # coded as a PNG, not by the model
@@ -103,6 +105,10 @@ class RasterImage:
     alpha: np.ndarray | None  # uint8 (H, W) for LA/RGBA, else None
     classic: bytes | None  # P/1 only: the whole image as a lossless PNG
     icc_profile: bytes | None = None
+    metadata: ImageMetadata = ImageMetadata()  # EXIF, XMP, text, dpi, colour chunks (vdmcodec.metadata)
+    # what the source held that is not kept (labels for the user; never stored)
+    dropped: tuple[str, ...] = ()
+    source_format: str | None = None  # Pillow's name for the source's format (never stored)
 
     def __post_init__(self) -> None:
         """Refuse inconsistent records early: a wrong shape would otherwise surface as a
@@ -149,9 +155,57 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> RasterI
     """Read an image file exactly as stored (no EXIF rotation, no colour conversion); an
     image declaring more than max_pixels pixels is refused before it is decoded."""
     with open_input(path) as fh:
-        im = _decode_pil(fh, str(path), max_pixels)
-        with im:
-            return image_from_pil(im, source=str(path))
+        data = _read_all(fh, str(path))
+    im = _decode_pil(io.BytesIO(data), str(path), max_pixels)
+    with im:
+        img = image_from_pil(im, source=str(path))
+        meta, dropped = _source_metadata(im, data)
+    img.metadata, img.dropped, img.source_format = meta, dropped, im.format
+    return img
+
+
+def _read_all(fh: BinaryIO, source: str) -> bytes:
+    try:
+        return fh.read()
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+# Pillow info keys that describe the encoding, not the content (nothing is lost without them),
+# and those this module keeps in other ways (pixels, ICC profile, metadata items)
+_ENCODING_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "progressive", "progression",
+                  "adobe", "adobe_transform", "interlace", "compression", "loop", "duration", "background",
+                  "transparency", "aspect", "icc_profile", "dpi", "exif", "xmp", "comment", "timestamp",
+                  "resolution", "gamma", "srgb", "chromaticity", "frame", "blend", "disposal"}
+# TIFF tags that carry content beyond the pixels, resolution and ICC profile
+_TIFF_CONTENT_TAGS = {270: "ImageDescription", 271: "Make", 272: "Model", 305: "Software", 306: "DateTime",
+                      315: "Artist", 700: "XMP", 33432: "Copyright", 33723: "IPTC", 34377: "Photoshop",
+                      34665: "EXIF", 34853: "GPS"}
+
+
+def _source_metadata(im: Image.Image, data: bytes) -> tuple[ImageMetadata, tuple[str, ...]]:
+    """What the file holds beside its pixels and ICC profile: a PNG's ancillary chunks byte
+    for byte; EXIF, XMP, comment and dpi of other formats; and labels for what is not kept."""
+    if im.format == "PNG":
+        return png_metadata(data), ()
+    items, info = [], im.info
+    exif = info.get("exif")
+    if exif:
+        items.append(("exif", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    xmp = info.get("xmp")
+    if xmp:
+        items.append(("xmp", xmp.encode("utf-8") if isinstance(xmp, str) else bytes(xmp)))
+    comment = info.get("comment")
+    if comment:
+        items.append(("comment", comment.encode("utf-8") if isinstance(comment, str) else bytes(comment)))
+    dpi = info.get("dpi")
+    if dpi and len(dpi) == 2 and all(float(v) > 0 for v in dpi):
+        items.append(("dpi", f"{float(dpi[0])!r},{float(dpi[1])!r}".encode("ascii")))
+    dropped = sorted(str(k) for k in info if k not in _ENCODING_INFO)
+    if im.format == "TIFF":
+        dropped += [f"TIFF {name}" for tag, name in _TIFF_CONTENT_TAGS.items()
+                    if tag in getattr(im, "tag_v2", {}) and not (tag == 700 and xmp)]
+    return ImageMetadata(tuple(items)), tuple(dropped)
 
 
 def _decode_pil(fh: BinaryIO, source: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -301,16 +355,18 @@ def _palette_rgba(im: Image.Image) -> np.ndarray:
     return rgba
 
 
-def save_image(img: RasterImage, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+def save_image(img: RasterImage, path: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
     """Write the image in the format named by the suffix (PNG when there is none), refusing
-    any format that would not give back exactly the same pixels."""
+    any format that would not give back exactly the same pixels; returns labels of the
+    metadata the format cannot hold (empty for PNG, which holds all of it)."""
     fmt, modes = _format_for(path)
     if img.mode not in modes:
         ok = ", ".join(s for s, (_, m) in _SAVE_FORMATS.items() if img.mode in m)
         raise UsageError(f"{path}: {fmt} cannot store a {img.mode} image losslessly; use one of {ok}")
-    data = _encode(image_to_pil(img), fmt, img.icc_profile)
+    data, dropped = _encode(image_to_pil(img), fmt, img)
     _verify_encoded(img, data, fmt, path)
     atomic_write_bytes(path, data, overwrite=overwrite)
+    return dropped
 
 
 def _format_for(path: str | os.PathLike) -> tuple[str, set[str]]:
@@ -324,13 +380,65 @@ def _format_for(path: str | os.PathLike) -> tuple[str, set[str]]:
     return _SAVE_FORMATS[suffix]
 
 
-def _encode(im: Image.Image, fmt: str, icc_profile: bytes | None) -> bytes:
+def _encode(im: Image.Image, fmt: str, img: RasterImage) -> tuple[bytes, list[str]]:
+    """The file's bytes, with as much of img's metadata as the format holds, and labels of
+    what it could not hold."""
     opts = dict(_SAVE_OPTIONS[fmt])
-    if icc_profile and fmt in _ICC_FORMATS:
-        opts["icc_profile"] = icc_profile
+    if img.icc_profile and fmt in _ICC_FORMATS:
+        opts["icc_profile"] = img.icc_profile
+    meta, kept = img.metadata, set()
+    if fmt == "WEBP":
+        for key, value in (("exif", meta.exif()), ("xmp", meta.xmp())):
+            if value:
+                opts[key], kept = value, kept | {key}
+    elif fmt in ("TIFF", "BMP") and meta.dpi():
+        opts["dpi"], kept = meta.dpi(), {"dpi"}
     buf = io.BytesIO()
     im.save(buf, fmt, **opts)
+    data = buf.getvalue()
+    if fmt == "PNG":
+        return splice_png_chunks(data, _png_chunks(meta)), []
+    return data, [label for label, what in zip(meta.describe(), _kinds(meta)) if what not in kept]
+
+
+def _plain_bytes(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **_SAVE_OPTIONS[fmt])
     return buf.getvalue()
+
+
+def _png_chunks(meta) -> list[tuple[int, bytes, bytes]]:
+    """The metadata as PNG chunks: a PNG source's own chunks, or the other formats' items
+    turned into the PNG's (eXIf, iTXt XMP, tEXt Comment, pHYs)."""
+    chunks = meta.png_chunks()
+    for name, data in meta.items:
+        if name == "exif":
+            chunks.append((0, b"eXIf", data))
+        elif name == "xmp":
+            chunks.append((0, b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + data))
+        elif name == "comment":
+            chunks.append((0, b"tEXt", b"Comment\x00" + data))
+        elif name == "dpi":
+            x, y = meta.dpi()
+            chunks.append((0, b"pHYs", struct.pack(">IIB", round(x / 0.0254), round(y / 0.0254), 1)))
+    return chunks
+
+
+def _kinds(meta) -> list[str]:
+    """Each metadata item's kind as the non-PNG writers know it (exif, xmp, dpi or other)."""
+    out = []
+    for name, data in meta.items:
+        if name in ("exif", "xmp", "dpi"):
+            out.append(name)
+        elif name.startswith("png:") and name.endswith(":eXIf"):
+            out.append("exif")
+        elif name.endswith(":iTXt") and data.startswith(b"XML:com.adobe.xmp\x00"):
+            out.append("xmp")
+        elif name.endswith(":pHYs") and meta.dpi():
+            out.append("dpi")
+        else:
+            out.append(name)
+    return out
 
 
 def _verify_encoded(img: RasterImage, data: bytes, fmt: str, path: str | os.PathLike) -> None:
@@ -484,7 +592,7 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     im = Image.fromarray(np.ascontiguousarray(alpha))
     candidates = [bytes([_ALPHA_PNG]) + _png_bytes(im)]
     if max(alpha.shape) <= _WEBP_MAX_SIDE:
-        candidates.append(bytes([_ALPHA_WEBP]) + _encode(im, "WEBP", None))
+        candidates.append(bytes([_ALPHA_WEBP]) + _plain_bytes(im, "WEBP"))
     return min(candidates, key=len)
 
 
