@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from vdmcodec.container import FORMAT_VERSION, MAGIC, pack_container, read_header, unpack_container
+from vdmcodec.container import FORMAT_VERSION, MAGIC, pack_container, read_header, share_image_fields, unpack_container
 from vdmcodec.errors import CorruptFileError, InputNotFoundError, UnsupportedVersionError
 
 HEADER = {"model": {"id": "vdm-test", "sha256": "ab" * 32}, "coder": {"precision": 24}, "note": "größe ✓"}
@@ -73,7 +73,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == 3
+    assert struct.unpack_from("<H", packed, 8)[0] == 4
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -153,7 +153,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 4, 65535])
+@pytest.mark.parametrize("version", [0, 5, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -161,11 +161,11 @@ def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     assert "newer" in message or version == 0
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_earlier_version_files_still_read(packed, version):
-    """Versions 2 and 3 only added optional header fields and section contents, so earlier
+    """Versions 2 to 4 only added optional header fields and section contents, so earlier
     files read as before."""
-    assert struct.unpack_from("<H", packed, len(MAGIC))[0] == 3
+    assert struct.unpack_from("<H", packed, len(MAGIC))[0] == 4
     old = bytearray(packed)
     struct.pack_into("<H", old, len(MAGIC), version)
     end = len(MAGIC) + 6 + header_length(packed)
@@ -174,7 +174,7 @@ def test_earlier_version_files_still_read(packed, version):
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 4), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 5), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -241,7 +241,36 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 4)
+    struct.pack_into("<H", damaged, len(MAGIC), 5)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)
+
+
+# ----------------------------------------------------------------------------- shared image fields
+
+
+def thumbnails(n: int) -> dict:
+    return dict(HEADER, images=[{"name": f"im{i}", "width": 32, "height": 32, "mode": "RGB", "method": "bitsback",
+                                 "layout": [{"rows": [0, 32], "kind": "bitsback"}], "alpha": f"alpha{i}",
+                                 "pixel_sha256_short": f"{i:04x}"} for i in range(n)])
+
+
+def test_fields_all_images_share_are_written_once_and_read_back_whole():
+    header = thumbnails(50)
+    header["images"][7]["width"] = 31  # one image differs: width stays per image
+    shared = share_image_fields(header)
+    assert set(shared["image_defaults"]) == {"height", "mode", "method", "layout"}
+    assert all(set(e) == {"name", "width", "alpha", "pixel_sha256_short"} for e in shared["images"])
+    packed = pack_container(shared, SECTIONS)
+    assert len(packed) < len(pack_container(header, SECTIONS))
+    back, _ = unpack_container(packed)
+    assert "image_defaults" not in back and back["images"] == header["images"]
+    assert share_image_fields(thumbnails(1)) == thumbnails(1)  # one image: nothing to share
+
+
+@pytest.mark.parametrize("defaults,images", [([1], [{"name": "a"}]), ({"mode": "RGB"}, {"name": "a"}),
+                                             ({"mode": "RGB"}, [{"name": "a"}, 3])])
+def test_malformed_image_defaults_are_a_corrupt_file(defaults, images):
+    text = json.dumps({"image_defaults": defaults, "images": images, "sections": []}).encode()
+    expect_error(rebuild(text), CorruptFileError, ("image_defaults",))

@@ -29,13 +29,30 @@ from vdmcodec.image_io import open_input
 MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
 # written; 2 added coder.plan, compute.ensemble(_steps), images[].pixel_context; 3 added the
 # context network's last layers in a pixel-context section and one section shared by several
-# images (docs/FORMAT.md)
-FORMAT_VERSION = 3
-READ_VERSIONS = (1, 2, 3)  # earlier files mean the same in the later versions
+# images; 4 added image_defaults (fields every image of an archive shares, written once) and
+# shorter per-image hashes in archives (docs/FORMAT.md)
+FORMAT_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)  # earlier files mean the same in the later versions
+# per-image fields that name that image's own sections or content: never shared
+_OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section"}
 
 _FIXED = struct.Struct("<HI")  # version, header length; follows the magic
 _PREFIX_SIZE = len(MAGIC) + _FIXED.size
 _CRC = struct.Struct("<I")
+
+
+def share_image_fields(header: dict) -> dict:
+    """The header with the fields that all of several images have alike written once, in
+    image_defaults (an archive of 200 thumbnails repeats its size, mode and layout 200
+    times); unpack_container puts them back into every image."""
+    images = header.get("images") or []
+    if len(images) < 2:
+        return header
+    keys = set.intersection(*(set(e) for e in images)) - _OWN_FIELDS
+    shared = {k: images[0][k] for k in sorted(keys) if all(e[k] == images[0][k] for e in images[1:])}
+    if not shared:
+        return header
+    return dict(header, image_defaults=shared, images=[{k: v for k, v in e.items() if k not in shared} for e in images])
 
 
 def pack_container(header: dict, sections: list[tuple[str, bytes]]) -> bytes:
@@ -171,6 +188,17 @@ def _parse_header(text: bytes, source: str) -> dict:
     if not isinstance(header, dict):
         raise CorruptFileError(f"{source} is corrupt: the header is not a JSON object")
     _check_section_list(header.get("sections"), source)
+    return _with_image_defaults(header, source)
+
+
+def _with_image_defaults(header: dict, source: str) -> dict:
+    """Every image entry whole again: image_defaults merged under each one's own fields."""
+    if "image_defaults" not in header:
+        return header
+    defaults, images = header.pop("image_defaults"), header.get("images")
+    if not isinstance(defaults, dict) or not isinstance(images, list) or not all(isinstance(e, dict) for e in images):
+        raise CorruptFileError(f"{source} is corrupt: malformed image_defaults or images in the header")
+    header["images"] = [dict(defaults, **e) for e in images]
     return header
 
 

@@ -63,3 +63,9 @@ class EnvironmentMismatchError(VdmcError):
     """The compute setup differs from the one that wrote the file in a way that breaks decoding."""
 
     exit_code = 13
+
+
+class SomeFilesFailedError(VdmcError):
+    """A batch (--recursive) finished, but some of its files failed (each one is named)."""
+
+    exit_code = 14

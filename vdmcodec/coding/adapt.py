@@ -36,6 +36,7 @@ HEADER_BYTES = 24  # about what the header entry naming the section costs
 # was 0.21 bpd): 32x32 images would spend the fit's time for nothing
 MAX_SAVING_BPD = 0.5
 SHARED_FIT_IMAGES = 96  # an archive's shared context is fitted on at most this many of its images
+MIN_HELD_OUT_IMAGES = 16  # and judged on as many others when it has at least this many more
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,12 @@ def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0,
     if not getattr(sm.model.cfg, "pixel_context", False) or not planes:
         return None, {}
     shape = Counter(p.shape for p in planes).most_common(1)[0][0]
-    same = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in planes if p.shape == shape][:SHARED_FIT_IMAGES]
+    same = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in planes if p.shape == shape]
     dims = sum(p.size for p in planes if p.shape[2] == shape[2])
-    weights, info = fit_context(sm, same, dims, seed, budget)
+    # the images beyond the fitted ones judge the fit (spread over the archive: every other one)
+    fit_on, held_out = (same[::2], same[1::2]) if len(same) >= 2 * MIN_HELD_OUT_IMAGES else (same, None)
+    weights, info = fit_context(sm, fit_on[:SHARED_FIT_IMAGES], dims, seed, budget,
+                                held_out=None if held_out is None else held_out[:SHARED_FIT_IMAGES])
     return weights, dict(info, planes=shape[2])
 
 
