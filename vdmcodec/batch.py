@@ -114,27 +114,29 @@ def intact_output(out: Path, img) -> bool:
 
 
 def compress_file(inp: Path, out: Path, coder, *, force: bool = False, verify: bool = True,
-                  max_pixels: int | None = None, progress=None) -> FileResult:
-    """One image to one .vdmc: encoded, decoded back and compared, then written atomically."""
+                  max_pixels: int | None = None, progress=None, data: bytes | None = None) -> FileResult:
+    """One image to one .vdmc: encoded, decoded back and compared, then written atomically.
+    data: the input file's bytes when the caller has read them already."""
     from .codec import compress_images, verify_roundtrip
-    from .image_io import atomic_write_bytes, load_image
+    from .image_io import atomic_write_bytes, load_image, load_image_bytes
 
     t0 = time.perf_counter()
-    img = load_image(inp, **({} if max_pixels is None else {"max_pixels": max_pixels}))
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    img = load_image(inp, **limit) if data is None else load_image_bytes(data, str(inp), **limit)
     if out.exists() and not force:
         if intact_output(out, img):
             return FileResult(inp, out, "done", seconds=time.perf_counter() - t0)
         raise OutputExistsError(f"{out} exists and is not a finished file of {inp} (use -f to overwrite)")
-    data, reports = compress_images([(inp.stem, img)], coder, progress=progress)
+    coded, reports = compress_images([(inp.stem, img)], coder, progress=progress)
     enc_s = time.perf_counter() - t0
     dec_s = None
     if verify:
         t1 = time.perf_counter()
-        verify_roundtrip(data, [(inp.stem, img)], coder, progress=progress)
+        verify_roundtrip(coded, [(inp.stem, img)], coder, progress=progress)
         dec_s = time.perf_counter() - t1
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, data, overwrite=force)
-    rec = compressed_record(inp, out, img, reports[0], data, reports[0].dims, enc_s, dec_s, archive=False)
+    atomic_write_bytes(out, coded, overwrite=force)
+    rec = compressed_record(inp, out, img, reports[0], coded, reports[0].dims, enc_s, dec_s, archive=False)
     return FileResult(inp, out, "compressed", seconds=time.perf_counter() - t0, record=rec,
                       notes=source_notes(inp, img, rec))
 

@@ -179,14 +179,25 @@ _image_context_option = click.option(
 @click.option("-r", "--recursive", is_flag=True,
               help="IMAGES is one folder: compress every image under it into -o OUTDIR, mirroring the "
                    "tree; reruns keep finished outputs, failures do not stop the batch.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="With --recursive: spread the files over Ray (pip install 'vdmcodec[ray]'): a local Ray "
+                   "on this machine, or the cluster at ADDRESS (a shared file system).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --ray: coding workers (default: the cluster's CPUs over --threads).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @run
 def compress(images, output, force, no_verify, archive, checkpoint, device, threads, max_pixels, effort, ensemble,
-             image_context, recursive, as_json):
+             image_context, recursive, ray_address, workers, as_json):
     """Compress images (PNG, ...) to .vdmc files."""
     from .image_io import load_image
 
     inputs = list(images)
+    if ray_address is not None and not recursive:
+        raise UsageError("--ray works on folders: add --recursive")
+    if recursive and ray_address is not None:
+        _check_tree_args(inputs, output, recursive, archive, "compress")
+        return _compress_tree_ray(inputs[0], Path(output), ray_address, checkpoint, effort, threads or 1, workers,
+                                  force, not no_verify, max_pixels, as_json)
     if recursive or any(p.is_dir() for p in inputs):
         _check_tree_args(inputs, output, recursive, archive, "compress")
         coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
@@ -287,6 +298,25 @@ def _compress_tree(src: Path, dst: Path, coder, force: bool, verify: bool, max_p
         results = run_batch(pairs, lambda i, o: compress_file(i, o, coder, force=force, verify=verify,
                                                               max_pixels=max_pixels), on_result)
     _finish_batch(results + left_out, "compress")
+
+
+def _compress_tree_ray(src: Path, dst: Path, address: str, checkpoint, effort: str, threads: int, workers,
+                       force: bool, verify: bool, max_pixels, as_json: bool) -> None:
+    from .batch_ray import compress_tree_ray, machines
+
+    with _batch_bar(0, f"compress {src} on Ray") as bar:
+        def on_result(res):
+            bar.update(1)
+            _print_result(res, as_json)
+
+        results = compress_tree_ray(src, dst, address=address, checkpoint=checkpoint, effort=effort, threads=threads,
+                                    workers=workers, force=force, verify=verify, max_pixels=max_pixels,
+                                    on_result=on_result)
+    kinds = machines(results)
+    if len(kinds) > 1:  # until files are portable, say which files need which machine type
+        for kind, files in kinds.items():
+            click.echo(f"vdmcodec: {len(files)} files written on {kind}: decode them on that machine type", err=True)
+    _finish_batch(results, "compress")
 
 
 def _decompress_tree(src: Path, dst: Path, force: bool, checkpoint, device, as_json: bool) -> None:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import secrets
 import struct
 import warnings
@@ -156,9 +157,15 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> RasterI
     image declaring more than max_pixels pixels is refused before it is decoded."""
     with open_input(path) as fh:
         data = _read_all(fh, str(path))
-    im = _decode_pil(io.BytesIO(data), str(path), max_pixels)
+    return load_image_bytes(data, str(path), max_pixels)
+
+
+def load_image_bytes(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> RasterImage:
+    """load_image of a file's bytes already in memory (a worker handed them by Ray);
+    source names the file in messages."""
+    im = _decode_pil(io.BytesIO(data), source, max_pixels)
     with im:
-        img = image_from_pil(im, source=str(path))
+        img = image_from_pil(im, source=source)
         meta, dropped = _source_metadata(im, data)
     img.metadata, img.dropped, img.source_format = meta, dropped, im.format
     return img
@@ -227,7 +234,13 @@ def _decode_pil(fh: BinaryIO, source: str, max_pixels: int = MAX_PIXELS) -> Imag
     except UnsupportedImageError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        raise NotAnImageError(f"{source} is not a readable image ({exc})") from None
+        raise NotAnImageError(f"{source} is not a readable image ({_plain(exc)})") from None
+
+
+def _plain(exc: Exception) -> str:
+    """Pillow's message without the Python object reprs it names the stream by."""
+    text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return text or type(exc).__name__
 
 
 def _check_supported(im: Image.Image, source: str) -> None:
