@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -774,3 +775,22 @@ def test_help_lists_commands():
     r = ok(invoke("--help"))
     for cmd in ("compress", "decompress", "info", "eval", "train"):
         assert cmd in r.stdout
+
+
+def test_unwritable_or_unsuitable_outputs_fail_before_any_coding(tmp_path, monkeypatch):
+    """An output that cannot be written, or a format that cannot hold the image, is an error
+    before the model codes anything (the encoder and decoder are never reached)."""
+    src = write_image(tmp_path / "g.png", "L", 9, 7)
+    ok(invoke("compress", src, "-o", tmp_path / "g.vdmc"))
+
+    def no_coding(*a, **k):
+        raise AssertionError("coding started")
+
+    monkeypatch.setattr("vdmcodec.codec.compress_images", no_coding)
+    monkeypatch.setattr("vdmcodec.codec.decompress_bytes", no_coding)
+    assert_error(invoke("compress", src, "-o", tmp_path / "missing" / "g.vdmc"), 7, "does not exist")
+    assert_error(invoke("decompress", tmp_path / "g.vdmc", "-o", tmp_path / "g.webp"), 2, "cannot store a L image")
+    assert_error(invoke("decompress", tmp_path / "g.vdmc", "-o", tmp_path / "missing" / "g.png"), 7, "does not exist")
+    if os.path.isdir("/proc"):  # exists, but takes no new files
+        assert_error(invoke("compress", src, "-o", "/proc/g.vdmc"), 7, "/proc")
+    assert not list(tmp_path.glob(".*.tmp"))

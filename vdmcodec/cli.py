@@ -141,6 +141,13 @@ def _make_folder(folder: Path) -> None:
         raise OutputNotWritableError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
 
 
+def _check_writable(paths: list[Path], folder_may_be_made: bool = False) -> None:
+    from .image_io import check_writable
+
+    for folder in {p.parent for p in paths}:  # one probe per folder
+        check_writable(next(p for p in paths if p.parent == folder), folder_may_be_made=folder_may_be_made)
+
+
 def _refuse_existing(paths: list[Path], force: bool) -> None:
     for p in paths:
         if p.exists() and not force:
@@ -206,6 +213,7 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
         raise UsageError("archive members need distinct file names (stems); rename the inputs")
     outputs = _plan_outputs(inputs, output, archive, ".vdmc")
     _refuse_existing(outputs, force)
+    _check_writable(outputs, folder_may_be_made=not archive and len(inputs) > 1)
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     rasters = [(p.stem, load_image(p, **limit)) for p in inputs]  # all inputs checked before any work
     coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
@@ -399,7 +407,7 @@ def decompress(file, output, force, checkpoint, device, recursive, as_json):
     """Decompress a .vdmc file to the exact original image(s)."""
     from .codec import decompress_bytes
     from .container import unpack_container
-    from .image_io import save_image
+    from .image_io import check_output_format, save_image
 
     if recursive or file.is_dir():
         _check_tree_args([file], output, recursive, False, "decompress")
@@ -415,6 +423,9 @@ def decompress(file, output, force, checkpoint, device, recursive, as_json):
     _refuse_existing(outs, force)
     if header.get("archive") and folder.exists() and not folder.is_dir():
         raise OutputNotWritableError(f"cannot create folder {folder}: a file is in the way")
+    for out, entry in zip(outs, entries):  # an unsuitable format or an unwritable place: said before the decode
+        check_output_format(out, str(entry.get("mode")))
+    _check_writable(outs, folder_may_be_made=bool(header.get("archive")))
     T = int(header.get("coder", {}).get("T", 0))
     work = T * sum(int(e.get("width", 0)) * int(e.get("height", 0)) for e in entries if e.get("method") == "bitsback")
     with _progress(work, f"decode {file.name}") as bar:

@@ -372,14 +372,21 @@ def save_image(img: RasterImage, path: str | os.PathLike, *, overwrite: bool = F
     """Write the image in the format named by the suffix (PNG when there is none), refusing
     any format that would not give back exactly the same pixels; returns labels of the
     metadata the format cannot hold (empty for PNG, which holds all of it)."""
-    fmt, modes = _format_for(path)
-    if img.mode not in modes:
-        ok = ", ".join(s for s, (_, m) in _SAVE_FORMATS.items() if img.mode in m)
-        raise UsageError(f"{path}: {fmt} cannot store a {img.mode} image losslessly; use one of {ok}")
+    fmt = check_output_format(path, img.mode)
     data, dropped = _encode(image_to_pil(img), fmt, img)
     _verify_encoded(img, data, fmt, path)
     atomic_write_bytes(path, data, overwrite=overwrite)
     return dropped
+
+
+def check_output_format(path: str | os.PathLike, mode: str) -> str:
+    """The Pillow format the suffix names, if it stores a `mode` image exactly; else a
+    UsageError naming the suffixes that do (checked before any decoding)."""
+    fmt, modes = _format_for(path)
+    if mode not in modes:
+        ok = ", ".join(s for s, (_, m) in _SAVE_FORMATS.items() if mode in m)
+        raise UsageError(f"{path}: {fmt} cannot store a {mode} image losslessly; use one of {ok}")
+    return fmt
 
 
 def _format_for(path: str | os.PathLike) -> tuple[str, set[str]]:
@@ -487,6 +494,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool)
     _fsync_folder(folder)
 
 
+def check_writable(path: str | os.PathLike, *, folder_may_be_made: bool = False) -> None:
+    """Fail now, before minutes of coding, if path's folder cannot take a new file: a
+    temporary file is created there and removed (the final write checks again)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    while folder_may_be_made and not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder must take the new folder
+    _remove_quietly(_write_temp(folder, path.name, b"", path))
+
+
 def _write_temp(folder: Path, name: str, data: bytes, target: Path) -> Path:
     """Create a fresh temp file next to the target (same file system, so the final rename
     or link is atomic). os.open with mode 0o666 honours the umask, unlike mkstemp's 0o600."""
@@ -498,7 +515,8 @@ def _write_temp(folder: Path, name: str, data: bytes, target: Path) -> Path:
         except FileExistsError:
             continue
         except FileNotFoundError:
-            raise OutputNotWritableError(f"cannot write {target}: folder {folder} does not exist") from None
+            why = "does not exist" if not folder.is_dir() else "does not accept new files"
+            raise OutputNotWritableError(f"cannot write {target}: folder {folder} {why}") from None
         except OSError as exc:
             raise OutputNotWritableError(f"cannot write {target}: {exc.strerror or exc}") from None
     else:
