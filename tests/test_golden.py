@@ -5,7 +5,9 @@ by session 3's code (commit 1f4cbec) with tests/data/s3_tiny_two_pass.pt, a tiny
 the two-pass pixel context and scrambled weights; s4_four_pass.vdmc the same crops written by
 session 4's code with a four-pass model; s6_v2_context_ensemble.vdmc (format version 2) the
 same crops with the four-pass model, each image's own pixel-context weights, the step plan
-0, 1, 2, 4, 8 and a 2-call network ensemble on its first two steps, written by session 6's code.  Any change to the container, the coding chain or
+0, 1, 2, 4, 8 and a 2-call network ensemble on its first two steps, written by session 6's code;
+s8_v4_metadata.vdmc (format 4) the same crops with metadata on the RGB one, image_defaults and
+4-digit per-image hashes, written by session 8's code.  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.mark.parametrize("archive,checkpoint,passes", [("s3_two_pass.vdmc", "s3_tiny_two_pass.pt", 2),
                                                        ("s4_four_pass.vdmc", "s4_tiny_four_pass.pt", 4),
-                                                       ("s6_v2_context_ensemble.vdmc", "s4_tiny_four_pass.pt", 4)])
+                                                       ("s6_v2_context_ensemble.vdmc", "s4_tiny_four_pass.pt", 4),
+                                                       ("s8_v4_metadata.vdmc", "s4_tiny_four_pass.pt", 4)])
 def test_archives_of_earlier_sessions_decode_exactly(archive, checkpoint, passes):
     ckpt = DATA / checkpoint
     assert load_checkpoint(ckpt).model.cfg.context_passes == passes  # s3: a config without the field
@@ -47,3 +50,51 @@ def test_version_2_golden_file_uses_the_new_fields():
     assert header["coder"]["plan"] == [0, 1, 2, 4, 8] and header["coder"]["T"] == 4
     assert [e["pixel_context"] for e in header["images"]] == ["context0", "context1"]
     assert (len(sections["context0"]), len(sections["context1"])) == (687, 79)
+
+
+def test_version_4_golden_file_keeps_its_metadata():
+    from data.make_golden import V4_METADATA
+
+    data = (DATA / "s8_v4_metadata.vdmc").read_bytes()
+    assert int.from_bytes(data[8:10], "little") == 4
+    images = dict(decompress_bytes(data, checkpoint=str(DATA / "s4_tiny_four_pass.pt")))
+    assert images["s3_rgb.png"].metadata.items == V4_METADATA and not images["s3_grey.png"].metadata
+    header, _ = unpack_container(data)
+    assert all(len(e["pixel_sha256_short"]) == 4 and e["method"] == "bitsback" for e in header["images"])
+
+
+FUZZ_CASES = 36  # seeded: the same damaged files every run, a few seconds in all
+
+
+@pytest.mark.parametrize("golden", ["s4_four_pass.vdmc", "s8_v4_metadata.vdmc"])
+def test_damaged_golden_files_give_a_documented_exit_and_no_image(golden, tmp_path):
+    """Random truncations, bit flips and inserted bytes: each decompress ends with one of the
+    documented exit codes for a bad file (8 corrupt, 9 version, 11 model, 12 verification,
+    13 compute setup), one error line, no traceback, and no image written."""
+    from click.testing import CliRunner
+
+    from vdmcodec.cli import main
+
+    data = (DATA / golden).read_bytes()
+    rng = np.random.default_rng(8)
+    codes = set()
+    for case in range(FUZZ_CASES):
+        kind = ("truncate", "flip", "insert")[case % 3]
+        d = bytearray(data)
+        if kind == "truncate":
+            d = d[: int(rng.integers(0, len(d)))]
+        elif kind == "flip":
+            for pos in rng.integers(0, len(d), int(rng.integers(1, 4))):
+                d[pos] ^= 1 << int(rng.integers(0, 8))
+        else:
+            pos = int(rng.integers(0, len(d) + 1))
+            d[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+        src, out = tmp_path / f"case{case}.vdmc", tmp_path / f"out{case}"
+        src.write_bytes(bytes(d))
+        r = CliRunner().invoke(main, ["decompress", str(src), "-o", str(out),
+                                      "--checkpoint", str(DATA / "s4_tiny_four_pass.pt")])
+        assert r.exit_code in (8, 9, 11, 12, 13), (case, kind, r.exit_code, r.output)
+        assert "Traceback" not in r.output and r.output.strip().startswith("vdmcodec: error:"), (case, r.output)
+        assert not out.exists() or not any(out.iterdir()), (case, kind)
+        codes.add(r.exit_code)
+    assert 8 in codes

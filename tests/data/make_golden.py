@@ -2,12 +2,14 @@
 
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py 4 s4_tiny_four_pass.pt s4_four_pass.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s6_v2_context_ensemble.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v4 s4_tiny_four_pass.pt s8_v4_metadata.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
 codes the same crops with the existing four-pass checkpoint, each image's own pixel-context
 weights (the keep rule forced), the step plan 0, 1, 2, 4, 8 and a 2-call ensemble on its first
-two steps: the format-2 header fields.
+two steps: the format-2 header fields.  "v4" codes them with format 4's fields: metadata
+(V4_METADATA on the RGB crop), image_defaults and 4-digit per-image hashes.
 """
 
 import sys
@@ -40,6 +42,20 @@ def main_v2(ckpt_name: str, archive_name: str) -> None:
     (HERE / archive_name).write_bytes(data)
 
 
+V4_METADATA = (("png:0:gAMA", b"\x00\x00\xb1\x8f"), ("png:0:eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00"),
+               ("png:2:tEXt", b"Comment\x00golden"))
+
+
+def main_v4(ckpt_name: str, archive_name: str) -> None:
+    from vdmcodec.metadata import ImageMetadata
+
+    torch.set_num_threads(1)
+    images = crops()
+    images[0][1].metadata = ImageMetadata(V4_METADATA)
+    data, _ = compress_images(images, Coder(load_checkpoint(HERE / ckpt_name), threads=1))
+    (HERE / archive_name).write_bytes(data)
+
+
 def main(passes: int, ckpt_name: str, archive_name: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(11)
@@ -64,5 +80,7 @@ def main(passes: int, ckpt_name: str, archive_name: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "v2":
         main_v2(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "v4":
+        main_v4(sys.argv[2], sys.argv[3])
     else:
         main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
