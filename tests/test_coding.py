@@ -17,7 +17,8 @@ from vdmcodec.coding.classic import encode_rows
 from vdmcodec.coding.grids import MAX_HALF_WINDOW, PARAM_SNAP, snap
 from vdmcodec.container import pack_container, unpack_container
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
-from vdmcodec.errors import CorruptFileError, ModelMismatchError, VerificationError
+from vdmcodec.coding.ans import CoderInputError
+from vdmcodec.errors import CorruptFileError, EnvironmentMismatchError, ModelMismatchError, VerificationError
 from vdmcodec.evaluate import image_nelbo
 from vdmcodec.image_io import encode_alpha
 from vdmcodec.model.vdm import VDM
@@ -305,6 +306,30 @@ def test_flipped_payload_byte_is_a_corrupt_file(coder, encoded):
     bad[ans_start + 100] ^= 0x10
     with pytest.raises(CorruptFileError):
         decompress_bytes(bytes(bad), coder=coder)
+
+
+def test_intact_file_that_decodes_differently_here_is_not_called_corrupt(coder, encoded, monkeypatch):
+    """Another machine's arithmetic (here: the network's weights nudged after encoding) makes
+    an intact file fail as a compute-setup mismatch (exit 13) or a pixel-hash mismatch
+    (exit 12) naming both setups, never as a corrupt file."""
+    net = coder.loaded.model.net
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(1.3)
+        with pytest.raises((EnvironmentMismatchError, VerificationError)) as info:
+            decompress_bytes(encoded, coder=coder)
+    finally:
+        net.load_state_dict(saved)
+    assert "torch" in str(info.value)
+
+    def other_arithmetic(*a, **k):
+        raise CoderInputError("symbol outside its coding window")
+
+    monkeypatch.setattr("vdmcodec.codec._decode_all", other_arithmetic)
+    with pytest.raises(EnvironmentMismatchError, match="intact"):
+        decompress_bytes(encoded, coder=coder)
 
 
 def _flip(pos_fn, bit):

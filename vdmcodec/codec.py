@@ -429,8 +429,21 @@ def decompress_bytes(data: bytes, *, checkpoint: str | None = None, device: str 
     header, sections = unpack_container(data)
     try:
         return _decode_all(header, sections, checkpoint, device, coder, progress)
-    except (KeyError, TypeError, IndexError, ValueError, CoderInputError) as exc:
+    except CoderInputError:
+        # every checksum held, so the stream is the one written: the probabilities computed
+        # here differ from the writer's (another CPU kernel set, thread count or library)
+        raise EnvironmentMismatchError(
+            "the file is intact (its checksums hold) but this machine's arithmetic gives other "
+            f"probabilities than the writer's ({_writer_vs_here(header)}); decode it on a machine "
+            "like the one that wrote it") from None
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise CorruptFileError(f"file content is inconsistent ({type(exc).__name__}: {exc})") from None
+
+
+def _writer_vs_here(header: dict) -> str:
+    w = header.get("compute", {}) if isinstance(header.get("compute"), dict) else {}
+    return (f"written with torch {w.get('torch', '?')}, {w.get('cpu_capability', '?')} kernels, "
+            f"{w.get('threads', '?')} threads; here {_compute_diff()}")
 
 
 def _decode_all(header, sections, checkpoint, device, coder, progress):
