@@ -794,3 +794,15 @@ def test_unwritable_or_unsuitable_outputs_fail_before_any_coding(tmp_path, monke
     if os.path.isdir("/proc"):  # exists, but takes no new files
         assert_error(invoke("compress", src, "-o", "/proc/g.vdmc"), 7, "/proc")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_is_reported_before_coding(tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    src = write_image(tmp_path / "g.png", "RGB", 9, 7)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    monkeypatch.setattr("vdmcodec.codec.compress_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    assert_error(invoke("compress", src, "-o", tmp_path / "g.vdmc"), 7, "not enough room", "100 bytes free")
+    assert not (tmp_path / "g.vdmc").exists()

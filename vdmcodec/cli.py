@@ -148,6 +148,13 @@ def _check_writable(paths: list[Path], folder_may_be_made: bool = False) -> None
         check_writable(next(p for p in paths if p.parent == folder), folder_may_be_made=folder_may_be_made)
 
 
+def _check_room(outputs: list[Path], rasters) -> None:
+    from .image_io import check_room
+
+    raw = sum(r.width * r.height * (4 if r.alpha is not None else 3) for r in rasters)
+    check_room(outputs[0].parent, raw)
+
+
 def _refuse_existing(paths: list[Path], force: bool) -> None:
     for p in paths:
         if p.exists() and not force:
@@ -216,6 +223,7 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
     _check_writable(outputs, folder_may_be_made=not archive and len(inputs) > 1)
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     rasters = [(p.stem, load_image(p, **limit)) for p in inputs]  # all inputs checked before any work
+    _check_room(outputs, [r for _, r in rasters])
     coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
     if not archive and len(inputs) > 1 and output:
         _make_folder(Path(output))

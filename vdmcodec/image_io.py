@@ -14,6 +14,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 import struct
 import warnings
 from dataclasses import dataclass
@@ -502,6 +503,20 @@ def check_writable(path: str | os.PathLike, *, folder_may_be_made: bool = False)
     while folder_may_be_made and not folder.exists() and folder != folder.parent:
         folder = folder.parent  # the nearest existing folder must take the new folder
     _remove_quietly(_write_temp(folder, path.name, b"", path))
+
+
+def check_room(folder: str | os.PathLike, nbytes: int) -> None:
+    """Fail before coding when folder's file system has fewer than nbytes free (callers pass
+    the raw pixel size: a .vdmc file stays below it)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # no figure to go by: the atomic write still reports a full disk
+    if free < nbytes:
+        raise OutputNotWritableError(f"not enough room in {folder}: {free:,} bytes free, up to {nbytes:,} needed")
 
 
 def _write_temp(folder: Path, name: str, data: bytes, target: Path) -> Path:
