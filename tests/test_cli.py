@@ -242,6 +242,8 @@ def test_archive_default_folder(tmp_path):
     assert listing(tmp_path / "pair") == {"a.png", "b.png"}
     assert_same_content(a, tmp_path / "pair" / "a.png")
     assert_same_content(b, tmp_path / "pair" / "b.png")
+    assert_error(invoke("decompress", tmp_path / "pair.vdmc", "-o", tmp_path / "x.png"), 2, "names a folder")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_archive_without_output_is_usage_error(tmp_path):

@@ -413,6 +413,7 @@ def _read_input(path: Path) -> bytes:
 @run
 def decompress(file, output, force, checkpoint, device, recursive, as_json):
     """Decompress a .vdmc file to the exact original image(s)."""
+    from .batch import IMAGE_SUFFIXES
     from .codec import decompress_bytes
     from .container import unpack_container
     from .image_io import check_output_format, save_image
@@ -423,6 +424,8 @@ def decompress(file, output, force, checkpoint, device, recursive, as_json):
     data = _read_input(file)
     header, _ = unpack_container(data, source=str(file))
     entries = header.get("images") or []
+    if header.get("archive") and output and Path(output).suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output}: {file} is an archive of {len(entries)} images; -o names a folder for them")
     if header.get("archive"):
         folder = Path(output) if output else (file.with_suffix("") if file.suffix else file.with_name(file.name + ".d"))
         outs = [folder / f"{name}.png" for name in _unique_names([_safe_name(e.get("name"), i) for i, e in enumerate(entries)])]
