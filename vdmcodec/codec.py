@@ -433,9 +433,9 @@ def decompress_bytes(data: bytes, *, checkpoint: str | None = None, device: str 
         # every checksum held, so the stream is the one written: the probabilities computed
         # here differ from the writer's (another CPU kernel set, thread count or library)
         raise EnvironmentMismatchError(
-            "the file is intact (its checksums hold) but this machine's arithmetic gives other "
-            f"probabilities than the writer's ({_writer_vs_here(header)}); decode it on a machine "
-            "like the one that wrote it") from None
+            "the file is intact by its checksums but does not decode here: this machine's arithmetic "
+            f"most likely gives other probabilities than the writer's ({_writer_vs_here(header)}); "
+            "decode it on a machine like the one that wrote it") from None
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise CorruptFileError(f"file content is inconsistent ({type(exc).__name__}: {exc})") from None
 
