@@ -131,6 +131,7 @@ def test_tree_on_a_local_ray_cluster(tmp_path, cli_models):
     assert by["b.png"].status == "failed" and by["b.png"].exit_code == 6  # the half file is reported, kept
     assert by["c.webp"].status == "compressed" and by["c.webp"].record["bpd"] > 0
     assert len(machines(results)) == 1 and by["c.webp"].record["machine"]["threads"] == 1
+    assert "output" not in by["c.webp"].record and by["c.webp"].as_json()["output"] == str(out / "trip/day2/c.vdmc")
     (out / "trip" / "b.vdmc").unlink()
     compress_file(src / "trip" / "b.png", out / "trip" / "b.vdmc",
                   Coder.for_effort(load_checkpoint(cli_models[0]), "fast", threads=1))

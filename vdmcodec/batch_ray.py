@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -84,6 +85,8 @@ def compress_tree_ray(src, dst, *, address: str | None = LOCAL, checkpoint: str 
         if not ray.is_initialized():
             ray.init(address=None if address in (None, LOCAL) else address, log_to_driver=False,
                      include_dashboard=False, logging_level="ERROR")
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress reports would flood stderr
+        ray.data.DataContext.get_current().enable_progress_bars = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(len(pairs), workers or max(1, cpus // max(1, threads))))
         outputs = {_key(str(i)): str(o) for i, o in pairs}

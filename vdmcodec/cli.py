@@ -292,7 +292,7 @@ def _print_result(res, as_json: bool) -> None:
     elif res.status == "failed":
         click.echo(f"vdmcodec: {res.input}: failed: {res.error}", err=True)
     elif res.status in ("compressed", "decompressed") and res.record:
-        _print_compressed(res.input, res.record, None, False)
+        _print_compressed(res.input, dict(res.record, output=str(res.output)), None, False)
     elif res.status in ("compressed", "decompressed"):
         click.echo(f"{res.input} -> {res.output}")
     elif res.status == "done":
