@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import OutputExistsError, UsageError, VdmcError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".gif"}
+from .files import IMAGE_SUFFIXES
 VDMC_SUFFIX = ".vdmc"
 
 
@@ -118,7 +117,8 @@ def compress_file(inp: Path, out: Path, coder, *, force: bool = False, verify: b
     """One image to one .vdmc: encoded, decoded back and compared, then written atomically.
     data: the input file's bytes when the caller has read them already."""
     from .codec import compress_images, verify_roundtrip
-    from .image_io import atomic_write_bytes, load_image, load_image_bytes
+    from .files import atomic_write_bytes
+    from .image_io import load_image, load_image_bytes
 
     t0 = time.perf_counter()
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}

@@ -8,16 +8,17 @@ recomputes it (a different CPU could round the schedule network differently).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write_bytes
 from .model.vdm import VDM, VDMConfig
 
 FORMAT_NAME = "vdmcodec-checkpoint"
@@ -69,6 +70,13 @@ def half_state_dict(model: VDM) -> dict:
     return out
 
 
+def save_torch_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save, all or nothing (a training run killed mid-save keeps its last state)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue(), overwrite=True)
+
+
 def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: dict,
                     earlier: list[dict] | None = None) -> str:
     """Write atomically; returns the file's SHA-256.  Weights are rounded to float16 first,
@@ -96,18 +104,9 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
         blob["earlier"] = kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        # through a file object: saving to a path names the archive's records after the
-        # (random) temp file, and the file's SHA-256 is the model's identity
-        with open(tmp, "wb") as fh:
-            torch.save(blob, fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # through a buffer: saving to a path names the archive's records after the file, and
+    # the file's SHA-256 is the model's identity
+    save_torch_atomic(blob, path)
     return file_sha256(path)
 
 

@@ -117,7 +117,7 @@ def _load_coder(checkpoint, device, threads, effort: str = "default", ensemble: 
 
 def _plan_outputs(inputs: list[Path], output: str | None, archive: bool, suffix: str) -> list[Path]:
     if output and (archive or len(inputs) == 1) and suffix == ".vdmc":
-        from .train import IMAGE_SUFFIXES
+        from .files import IMAGE_SUFFIXES
 
         if Path(output).suffix.lower() in IMAGE_SUFFIXES:  # a .vdmc named like an image misleads every tool
             raise UsageError(f"-o {output}: compress writes a .vdmc file; give it a .vdmc name")
@@ -142,14 +142,14 @@ def _make_folder(folder: Path) -> None:
 
 
 def _check_writable(paths: list[Path], folder_may_be_made: bool = False) -> None:
-    from .image_io import check_writable
+    from .files import check_writable
 
     for folder in {p.parent for p in paths}:  # one probe per folder
         check_writable(next(p for p in paths if p.parent == folder), folder_may_be_made=folder_may_be_made)
 
 
 def _check_room(outputs: list[Path], rasters) -> None:
-    from .image_io import check_room
+    from .files import check_room
 
     raw = sum(r.width * r.height * (4 if r.alpha is not None else 3) for r in rasters)
     check_room(outputs[0].parent, raw)
@@ -235,7 +235,7 @@ def compress(images, output, force, no_verify, archive, checkpoint, device, thre
 def _compress_group(group, out_path, group_inputs, coder, force, no_verify, archive, as_json):
     """Encode one output file, verify it by decoding, write it atomically, report it."""
     from .codec import compress_images, verify_roundtrip
-    from .image_io import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     T = coder.step_model.T
     work = T * sum(r.width * r.height for _, r in group if r.planes is not None)
@@ -413,7 +413,7 @@ def _read_input(path: Path) -> bytes:
 @run
 def decompress(file, output, force, checkpoint, device, recursive, as_json):
     """Decompress a .vdmc file to the exact original image(s)."""
-    from .batch import IMAGE_SUFFIXES
+    from .files import IMAGE_SUFFIXES
     from .codec import decompress_bytes
     from .container import unpack_container
     from .image_io import check_output_format, save_image
@@ -516,7 +516,7 @@ def _entry_dims(e: dict) -> int:
 
 # ------------------------------------------------------------------ eval
 def _expand_inputs(items) -> list[Path]:
-    from .train import IMAGE_SUFFIXES
+    from .files import IMAGE_SUFFIXES
 
     files = []
     for item in items:

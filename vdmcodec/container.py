@@ -24,7 +24,7 @@ import zlib
 from typing import BinaryIO
 
 from vdmcodec.errors import CorruptFileError, UnsupportedVersionError
-from vdmcodec.image_io import open_input
+from vdmcodec.files import open_input
 
 MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
 # written; 2 added coder.plan, compute.ensemble(_steps), images[].pixel_context; 3 added the

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import read_checkpoint, save_checkpoint
+from .checkpoints import read_checkpoint, save_checkpoint, save_torch_atomic
 from .model.network import NetConfig
 from .model.vdm import VDM, VDMConfig, upgrade_context_passes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+from .files import IMAGE_SUFFIXES  # noqa: E402 (one list of image suffixes)
 
 
 def list_images(folders: list[str]) -> list[Path]:
@@ -369,12 +369,11 @@ def main(argv=None) -> int:
             "eval": last_eval_result,
             "torch": str(torch.__version__),
         }
-        torch.save(
+        save_torch_atomic(
             {"config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.shadow.state_dict(),
              "ema_updates": ema.updates, "optimizer": opt.state_dict(), "meta": meta},
-            out / "state.pt.tmp",
+            out / "state.pt",
         )
-        os.replace(out / "state.pt.tmp", out / "state.pt")
         save_checkpoint(out / "model.pt", ema.shadow, args.model_id, meta)
         write_log({"event": "checkpoint", "final": final, **{k: meta[k] for k in ("steps", "images_seen", "wall_seconds")}})
 

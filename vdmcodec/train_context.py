@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import earlier_models, load_checkpoint, save_checkpoint
+from .checkpoints import earlier_models, load_checkpoint, save_checkpoint, save_torch_atomic
 from .model.context_net import ContextNetConfig
 from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
 from .train import eval_batches, list_images, load_rgb, split_holdout
@@ -227,10 +227,8 @@ def main(argv=None) -> int:
 
 
 def save_state(out: Path, model: VDM, opt, step: int, meta: dict, start: str) -> None:
-    tmp = out / "state.pt.tmp"
-    torch.save({"config": model.cfg.to_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
-                "step": step, "meta": meta, "start": start}, tmp)
-    tmp.replace(out / "state.pt")
+    save_torch_atomic({"config": model.cfg.to_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
+                       "step": step, "meta": meta, "start": start}, out / "state.pt")
 
 
 if __name__ == "__main__":

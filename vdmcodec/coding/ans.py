@@ -7,6 +7,7 @@ here because the Rust core panics (uncatchably) on a non-positive or NaN std.
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -14,8 +15,17 @@ from typing import Callable
 import constriction
 import numpy as np
 
+
+def _installed_version(dist: str) -> str:
+    """The version actually installed (what the header records), not the one we pinned."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(constriction, "__version__", "unknown")
+
+
 ANS_NAME = "constriction"
-ANS_VERSION = "0.5.0"  # pinned in pyproject.toml; exact decoding depends on it
+ANS_VERSION = _installed_version("constriction")  # pinned in pyproject.toml; exact decoding depends on it
 PRECISION_BITS = 24
 
 
