@@ -808,3 +808,19 @@ def test_a_full_disk_is_reported_before_coding(tmp_path, monkeypatch):
     monkeypatch.setattr("vdmcodec.codec.compress_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
     assert_error(invoke("compress", src, "-o", tmp_path / "g.vdmc"), 7, "not enough room", "100 bytes free")
     assert not (tmp_path / "g.vdmc").exists()
+
+
+def test_text_mode_skips_the_seed_rows_nelbo_and_json_reports_it(tmp_path, monkeypatch):
+    """The NELBO beside the size costs a chain pass over the classic seed rows: the text
+    output does without it, --json reports it."""
+    import vdmcodec.codec as codec
+
+    calls = []
+    seed_terms = codec._seed_terms
+    monkeypatch.setattr(codec, "_seed_terms", lambda *a, **k: calls.append(1) or seed_terms(*a, **k))
+    src = kodak_crop(tmp_path / "crop.png")
+    r = ok(invoke("compress", src, "-o", tmp_path / "a.vdmc"))
+    assert not calls and "NELBO" not in r.stdout
+    rec = json_lines(ok(invoke("compress", src, "-o", tmp_path / "b.vdmc", "--json")))[0]
+    assert calls and rec["nelbo_bpd"] > 0
+    assert (tmp_path / "a.vdmc").read_bytes() == (tmp_path / "b.vdmc").read_bytes()  # the same file either way

@@ -113,9 +113,11 @@ def intact_output(out: Path, img) -> bool:
 
 
 def compress_file(inp: Path, out: Path, coder, *, force: bool = False, verify: bool = True,
-                  max_pixels: int | None = None, progress=None, data: bytes | None = None) -> FileResult:
+                  max_pixels: int | None = None, progress=None, data: bytes | None = None,
+                  seed_nelbo: bool = True) -> FileResult:
     """One image to one .vdmc: encoded, decoded back and compared, then written atomically.
-    data: the input file's bytes when the caller has read them already."""
+    data: the input file's bytes when the caller has read them already; seed_nelbo: report
+    the image's NELBO (compress_images)."""
     from .codec import compress_images, verify_roundtrip
     from .files import atomic_write_bytes
     from .image_io import load_image, load_image_bytes
@@ -127,7 +129,7 @@ def compress_file(inp: Path, out: Path, coder, *, force: bool = False, verify: b
         if intact_output(out, img):
             return FileResult(inp, out, "done", seconds=time.perf_counter() - t0)
         raise OutputExistsError(f"{out} exists and is not a finished file of {inp} (use -f to overwrite)")
-    coded, reports = compress_images([(inp.stem, img)], coder, progress=progress)
+    coded, reports = compress_images([(inp.stem, img)], coder, progress=progress, seed_nelbo=seed_nelbo)
     enc_s = time.perf_counter() - t0
     dec_s = None
     if verify:
@@ -261,7 +263,7 @@ def compressed_record(inp, out_path, img, rep, data: bytes, total_dims: int, enc
         "side_bytes": rep.side_bytes,
         "context_bytes": rep.context_bytes,
         "coder_overhead_bits": rep.exact_bits - rep.implied_bits if rep.method == "bitsback" else None,
-        "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" else None,
+        "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" and rep.nelbo_bits else None,
         "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},
         "metadata": img.metadata.describe(),
         "dropped_metadata": list(img.dropped),

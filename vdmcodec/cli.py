@@ -241,7 +241,8 @@ def _compress_group(group, out_path, group_inputs, coder, force, no_verify, arch
     work = T * sum(r.width * r.height for _, r in group if r.planes is not None)
     with _progress(work, f"encode {out_path.name}") as bar:
         t0 = time.perf_counter()
-        data, reports = compress_images(group, coder, progress=bar.update)
+        # the NELBO beside the size costs a pass over the seed rows: only --json reports it
+        data, reports = compress_images(group, coder, progress=bar.update, seed_nelbo=as_json)
         enc_s = time.perf_counter() - t0
     dec_s = None
     if not no_verify:
@@ -312,7 +313,7 @@ def _compress_tree(src: Path, dst: Path, coder, force: bool, verify: bool, max_p
             _print_result(res, as_json)
 
         results = run_batch(pairs, lambda i, o: compress_file(i, o, coder, force=force, verify=verify,
-                                                              max_pixels=max_pixels), on_result)
+                                                              max_pixels=max_pixels, seed_nelbo=as_json), on_result)
     _finish_batch(results + left_out, "compress")
 
 
