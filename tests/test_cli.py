@@ -824,3 +824,19 @@ def test_text_mode_skips_the_seed_rows_nelbo_and_json_reports_it(tmp_path, monke
     rec = json_lines(ok(invoke("compress", src, "-o", tmp_path / "b.vdmc", "--json")))[0]
     assert calls and rec["nelbo_bpd"] > 0
     assert (tmp_path / "a.vdmc").read_bytes() == (tmp_path / "b.vdmc").read_bytes()  # the same file either way
+
+
+def test_installed_checkpoint_is_found_under_any_install_prefix(tmp_path, monkeypatch):
+    """pip puts data files under the install's prefix; --user, --prefix and --target installs
+    put the package a few folders below it (lib/pythonX.Y/site-packages/vdmcodec or
+    TARGET/vdmcodec): the default checkpoint is found there, not only under sys.prefix."""
+    import vdmcodec.checkpoints as ck
+
+    for pkg in (tmp_path / "pfx" / "lib" / "python3.11" / "site-packages" / "vdmcodec", tmp_path / "tgt" / "vdmcodec"):
+        prefix = pkg.parents[3] if "pfx" in str(pkg) else pkg.parent
+        shipped = prefix / "share" / "vdmcodec" / "checkpoints" / ck.DEFAULT_CHECKPOINT_NAME
+        shipped.parent.mkdir(parents=True)
+        shipped.write_bytes(b"x")
+        monkeypatch.setattr(ck, "PACKAGE_DIR", pkg)
+        monkeypatch.delenv("VDMCODEC_CHECKPOINT", raising=False)
+        assert ck.default_checkpoint_path() == shipped

@@ -28,8 +28,14 @@ DEFAULT_CHECKPOINT_NAME = "default.pt"
 
 
 def checkpoint_dirs() -> list[Path]:
-    """Where shipped checkpoints are looked for: the source tree, then an installed copy."""
-    return [PACKAGE_DIR.parent / "checkpoints", Path(sys.prefix) / "share" / "vdmcodec" / "checkpoints"]
+    """Where shipped checkpoints are looked for: the source tree, then an installed copy.
+    pip puts the data files under the install's prefix (share/vdmcodec/checkpoints), and the
+    package sits a few folders below that prefix whichever way it was installed (a venv,
+    --user, --prefix, --target), so the package's own ancestors are tried, then sys.prefix."""
+    dirs = [PACKAGE_DIR.parent / "checkpoints"]
+    dirs += [p / "share" / "vdmcodec" / "checkpoints" for p in list(PACKAGE_DIR.parents)[:5]]
+    dirs.append(Path(sys.prefix) / "share" / "vdmcodec" / "checkpoints")
+    return list(dict.fromkeys(dirs))
 
 
 @dataclass
