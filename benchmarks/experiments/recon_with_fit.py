@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit-steps", type=int, default=adapt.FitBudget().steps)
     p.add_argument("--fit-patches", type=int, nargs=2, default=adapt.FitBudget().patches)
     p.add_argument("--fit-seed", type=int, default=0, help="the z_0 draw the fit sees")
+    p.add_argument("--fit-patch", type=int, nargs=2, default=adapt.FIT_PATCH, help="patch height, width")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
             t_plain = time.time() - t
             t = time.time()
             weights, info = adapt.fit_image_context(
-                sm, im, seed=args.fit_seed, budget=adapt.FitBudget(steps=args.fit_steps, patches=tuple(args.fit_patches)))
+                sm, im, seed=args.fit_seed, budget=adapt.FitBudget(steps=args.fit_steps, patches=tuple(args.fit_patches),
+                                             patch=tuple(args.fit_patch)))
             t_fit = time.time() - t
             fitted = recon_bits(sm, im, weights) + (info["cost_bits"] if weights is not None else 0.0)
             dims = im.size

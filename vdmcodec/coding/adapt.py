@@ -44,7 +44,8 @@ class FitBudget:
     """How much the encoder spends on an image's own context (the effort presets set it)."""
 
     steps: int = 60  # Adam steps of each fit
-    patches: tuple[int, int] = (4, 4)  # rows x columns of FIT_PATCH patches the fit sees
+    patches: tuple[int, int] = (4, 4)  # rows x columns of patches the fit sees
+    patch: tuple[int, int] = FIT_PATCH  # each patch's height, width
     head: bool = True  # also try fitting the context network's last layers
 
 
@@ -183,7 +184,7 @@ def fit_image_context(sm: StepModel, planes: np.ndarray, seed: int = 0,
     if too_small_for_own_context(sm, planes):
         return None, {"skipped": "image too small for its own context weights to pay"}
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    patches = _patches(x, budget.patches)
+    patches = _patches(x, budget.patches, budget.patch)
     return fit_context(sm, patches, x.size, seed, budget, held_out=_held_out(x, patches))
 
 
