@@ -32,7 +32,8 @@ def test_default_effort_codes_a_kodak_crop_smaller_than_the_plain_chain(default_
     """The command line's default (every image's own pixel context where it pays, the step
     plan that skips steps late in the chain, 2 calls on the first quarter of the steps)
     against every step with one call and the model's context: both exact, the default
-    smaller, with the context sent; the plan alone (one call, model's context) within 0.01
+    smaller (the image's own context goes in only where it pays: on this 128x192 crop it
+    does not, against its 1.4 kB); the plan alone (one call, model's context) within 0.01
     bpd of every step."""
     lm = load_checkpoint(default_checkpoint)
     img = raster(kodak_crop(128, 192, index=1, top=100, left=300))
@@ -40,7 +41,7 @@ def test_default_effort_codes_a_kodak_crop_smaller_than_the_plain_chain(default_
     default = Coder.for_effort(lm, "default", threads=2)
     plain_data, plain_rep, _ = assert_roundtrip(plain, [img])
     data, rep, _ = assert_roundtrip(default, [img])
-    assert rep[0].context_bytes > 0 and len(data) < len(plain_data)
+    assert len(data) < len(plain_data)
     plan_only = Coder.for_effort(lm, "default", ensemble=1, threads=2, adapt_context=False)
     dims = img.planes.size
     assert abs(image_nelbo(plan_only.step_model, img.planes)["nelbo_bpd"]
