@@ -154,10 +154,12 @@ def _check_version(prefix: bytes, source: str) -> None:
         raise _truncated(source, "before the format version")
     (version,) = struct.unpack_from("<H", prefix, len(MAGIC))
     if version not in READ_VERSIONS:
-        newer = " (written by a newer vdmcodec?)" if version > FORMAT_VERSION else ""
+        # a newer writer and a damaged version field look the same from here: say both
+        why = ("a newer vdmcodec wrote it, or its version field is damaged" if version > FORMAT_VERSION
+               else "no vdmcodec writes it: the version field is damaged")
         raise UnsupportedVersionError(
-            f"{source} uses .vdmc format version {version}{newer}; "
-            f"this vdmcodec reads versions {', '.join(map(str, READ_VERSIONS))}"
+            f"{source} says .vdmc format version {version}, which this vdmcodec does not read "
+            f"(it reads {', '.join(map(str, READ_VERSIONS))}): {why}"
         )
 
 
