@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -154,26 +156,34 @@ def test_shared_context_is_skipped_where_it_does_not_pay(coder4):
     assert all("pixel_context" not in e for e in unpack_container(data)[0]["images"])
 
 
-def test_the_fit_turns_down_a_context_network_that_hurts(coder_net, monkeypatch):
-    """A network whose outputs are made ten times too large codes worse; the fit's gains
-    bring it back (towards off): the fit codes the patches for clearly less than the same
-    fit with the gains held at one."""
-    net = coder_net.loaded.model.context_net
+@contextlib.contextmanager
+def heads_scaled(coder, factor: float):
+    """The context network's last layers multiplied by factor (outputs far too large), then
+    put back."""
+    net = coder.loaded.model.context_net
     saved = [(w.clone(), b.clone()) for w, b in net.heads()]
     try:
         with torch.no_grad():
             for w, b in net.heads():
-                w.mul_(10.0)
-                b.mul_(10.0)
-        x = kodak_crop(96, 128, index=9)
-        _, info = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
-        monkeypatch.setattr(adapt, "GAIN_LR", 0.0)
-        _, held = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
+                w.mul_(factor)
+                b.mul_(factor)
+        yield
     finally:
         with torch.no_grad():
             for (w, b), (w0, b0) in zip(net.heads(), saved):
                 w.copy_(w0)
                 b.copy_(b0)
+
+
+def test_the_fit_turns_down_a_context_network_that_hurts(coder_net, monkeypatch):
+    """A network whose outputs are made ten times too large codes worse; the fit's gains
+    bring it back (towards off): the fit codes the patches for clearly less than the same
+    fit with the gains held at one."""
+    with heads_scaled(coder_net, 10.0):
+        x = kodak_crop(96, 128, index=9)
+        _, info = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
+        monkeypatch.setattr(adapt, "GAIN_LR", 0.0)
+        _, held = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(head=False))
     assert info["patch_bpd_fitted"] < held["patch_bpd_fitted"] - 0.05, (info, held)
 
 
@@ -216,20 +226,9 @@ def test_groups_turned_off_skip_the_network_and_decode_exactly(coder_net, monkey
 def test_a_network_that_hurts_everywhere_is_turned_off(coder_net, monkeypatch):
     """With the network's outputs made far too large, the held-out pixels choose a fit that
     turns it off or down, not the shipped network."""
-    net = coder_net.loaded.model.context_net
-    saved = [(w.clone(), b.clone()) for w, b in net.heads()]
-    try:
-        with torch.no_grad():
-            for w, b in net.heads():
-                w.mul_(30.0)
-                b.mul_(30.0)
+    with heads_scaled(coder_net, 30.0):
         x = kodak_crop(200, 300, index=3)
         weights, info = adapt.fit_image_context(coder_net.step_model, x, budget=adapt.FitBudget(steps=30, head=False))
-    finally:
-        with torch.no_grad():
-            for (w, b), (w0, b0) in zip(net.heads(), saved):
-                w.copy_(w0)
-                b.copy_(b0)
     assert weights is not None and info["choice"] in ("off", "linear"), info
     assert info["held_out_bpd_fitted"] < info["held_out_bpd_model"] - 0.05, info
     assert info["candidates"]["off"]["held_out_bpd"] < info["held_out_bpd_model"], info
