@@ -180,9 +180,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     p.add_argument("--steps-T", type=int, default=64, help="diffusion steps T (training = coding)")
-    p.add_argument("--channels", default="16,64,128")
-    p.add_argument("--down-blocks", default="1,3")
-    p.add_argument("--up-blocks", type=int, default=1)
+    net = NetConfig()  # one set of defaults: the network's own
+    p.add_argument("--channels", default=",".join(map(str, net.channels)))
+    p.add_argument("--down-blocks", default=",".join(map(str, net.down_blocks)))
+    p.add_argument("--up-blocks", type=int, default=net.up_blocks)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

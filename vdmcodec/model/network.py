@@ -21,8 +21,9 @@ AUX_NAMES = ("decoder_log_scale", "reverse_var", "channel_coef")
 
 @dataclass
 class NetConfig:
-    channels: tuple[int, int, int] = (32, 64, 128)  # full, 1/2 and 1/4 resolution
-    down_blocks: tuple[int, int] = (1, 2)  # residual blocks at 1/2 and 1/4 on the way down
+    # the shipped model's shape (vdmc-rgb-t64-s5 onwards); `train`'s options default to these
+    channels: tuple[int, int, int] = (16, 64, 128)  # full, 1/2 and 1/4 resolution
+    down_blocks: tuple[int, int] = (1, 3)  # residual blocks at 1/2 and 1/4 on the way down
     up_blocks: int = 1  # residual blocks at 1/2 on the way up
     emb_dim: int = 128
     fourier_exponents: tuple[int, ...] = (6, 7)
