@@ -15,10 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 from data_paths import KODAK  # noqa: E402
 
 KODIM01 = KODAK / "kodim01.png"
-if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(REPO))
 
-from benchmarks import classic, compare  # noqa: E402
+from benchmarks import classic, compare  # noqa: E402 (found through pytest's pythonpath = ".")
 
 try:
     import imagecodecs  # noqa: F401
