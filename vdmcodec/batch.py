@@ -192,9 +192,17 @@ def run_batch(pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], FileR
     return results
 
 
+def _tree(pairs: list[tuple[Path, Path]], left_out: list[FileResult], work, on_result) -> list[FileResult]:
+    """Report the files left out, run work on the rest; every result in path order."""
+    for r in left_out:
+        if on_result is not None:
+            on_result(r)
+    return sorted(run_batch(pairs, work, on_result) + left_out, key=lambda r: str(r.input))
+
+
 def compress_tree(src, dst, *, coder=None, checkpoint: str | None = None, effort: str = "default",
                   threads: int = 0, force: bool = False, verify: bool = True, max_pixels: int | None = None,
-                  on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
+                  seed_nelbo: bool = True, on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
     """Every image under src to a .vdmc under dst, mirroring folders; see the module docs.
 
     The Python form of ``vdmcodec compress SRC -o DST --recursive``: returns one FileResult
@@ -207,12 +215,8 @@ def compress_tree(src, dst, *, coder=None, checkpoint: str | None = None, effort
     pairs, left_out = plan_compress(src, dst)
     if coder is None and pairs:
         coder = Coder.for_effort(load_checkpoint(checkpoint), effort, threads=threads)
-    for r in left_out:
-        if on_result is not None:
-            on_result(r)
-    done = run_batch(pairs, lambda i, o: compress_file(i, o, coder, force=force, verify=verify,
-                                                       max_pixels=max_pixels), on_result)
-    return sorted(done + left_out, key=lambda r: str(r.input))
+    return _tree(pairs, left_out, lambda i, o: compress_file(i, o, coder, force=force, verify=verify,
+                                                             max_pixels=max_pixels, seed_nelbo=seed_nelbo), on_result)
 
 
 def decompress_tree(src, dst, *, checkpoint: str | None = None, device: str | None = None, force: bool = False,
@@ -221,12 +225,8 @@ def decompress_tree(src, dst, *, checkpoint: str | None = None, device: str | No
     src, dst = Path(src), Path(dst)
     check_folders(src, dst)
     pairs, left_out = plan_decompress(src, dst)
-    for r in left_out:
-        if on_result is not None:
-            on_result(r)
-    done = run_batch(pairs, lambda i, o: decompress_file(i, o, force=force, checkpoint=checkpoint, device=device),
-                     on_result)
-    return sorted(done + left_out, key=lambda r: str(r.input))
+    return _tree(pairs, left_out, lambda i, o: decompress_file(i, o, force=force, checkpoint=checkpoint,
+                                                               device=device), on_result)
 
 
 def summary(results: list[FileResult]) -> str:

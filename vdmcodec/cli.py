@@ -300,35 +300,38 @@ def _print_result(res, as_json: bool) -> None:
         click.echo(f"{res.input} -> {res.output}: already done")
 
 
-def _compress_tree(src: Path, dst: Path, coder, force: bool, verify: bool, max_pixels, as_json: bool) -> None:
-    from .batch import check_folders, compress_file, plan_compress, run_batch
+def _run_tree(src: Path, dst: Path, plan, run, kind: str, as_json: bool) -> list:
+    """One folder batch: a bar over every file under src (rate and ETA on stderr), each
+    file's line or JSON as it ends, then the summary (exit 14 when any failed)."""
+    from .batch import check_folders
 
     check_folders(src, dst)
-    pairs, left_out = plan_compress(src, dst)
-    for r in left_out:
-        _print_result(r, as_json)
-    with _batch_bar(len(pairs), f"compress {src}") as bar:
+    with _batch_bar(sum(len(part) for part in plan(src, dst)), f"{kind} {src}") as bar:
         def on_result(res):
             bar.update(1)
             _print_result(res, as_json)
 
-        results = run_batch(pairs, lambda i, o: compress_file(i, o, coder, force=force, verify=verify,
-                                                              max_pixels=max_pixels, seed_nelbo=as_json), on_result)
-    _finish_batch(results + left_out, "compress")
+        results = run(on_result)
+    return results
+
+
+def _compress_tree(src: Path, dst: Path, coder, force: bool, verify: bool, max_pixels, as_json: bool) -> None:
+    from .batch import compress_tree, plan_compress
+
+    results = _run_tree(src, dst, plan_compress, lambda on_result: compress_tree(
+        src, dst, coder=coder, force=force, verify=verify, max_pixels=max_pixels, seed_nelbo=as_json,
+        on_result=on_result), "compress", as_json)
+    _finish_batch(results, "compress")
 
 
 def _compress_tree_ray(src: Path, dst: Path, address: str, checkpoint, effort: str, threads: int, workers,
                        force: bool, verify: bool, max_pixels, as_json: bool) -> None:
+    from .batch import plan_compress
     from .batch_ray import compress_tree_ray, machines
 
-    with _batch_bar(0, f"compress {src} on Ray") as bar:
-        def on_result(res):
-            bar.update(1)
-            _print_result(res, as_json)
-
-        results = compress_tree_ray(src, dst, address=address, checkpoint=checkpoint, effort=effort, threads=threads,
-                                    workers=workers, force=force, verify=verify, max_pixels=max_pixels,
-                                    on_result=on_result)
+    results = _run_tree(src, dst, plan_compress, lambda on_result: compress_tree_ray(
+        src, dst, address=address, checkpoint=checkpoint, effort=effort, threads=threads, workers=workers,
+        force=force, verify=verify, max_pixels=max_pixels, on_result=on_result), "compress", as_json)
     kinds = machines(results)
     if len(kinds) > 1:  # until files are portable, say which files need which machine type
         for kind, files in kinds.items():
@@ -337,21 +340,12 @@ def _compress_tree_ray(src: Path, dst: Path, address: str, checkpoint, effort: s
 
 
 def _decompress_tree(src: Path, dst: Path, force: bool, checkpoint, device, as_json: bool) -> None:
-    from .batch import check_folders, decompress_file, plan_decompress, run_batch
+    from .batch import decompress_tree, plan_decompress
 
-    check_folders(src, dst)
-    pairs, left_out = plan_decompress(src, dst)
-    for r in left_out:
-        _print_result(r, as_json)
     device = None if device == "auto" else device
-    with _batch_bar(len(pairs), f"decompress {src}") as bar:
-        def on_result(res):
-            bar.update(1)
-            _print_result(res, as_json)
-
-        results = run_batch(pairs, lambda i, o: decompress_file(i, o, force=force, checkpoint=checkpoint,
-                                                                device=device), on_result)
-    _finish_batch(results + left_out, "decompress")
+    results = _run_tree(src, dst, plan_decompress, lambda on_result: decompress_tree(
+        src, dst, checkpoint=checkpoint, device=device, force=force, on_result=on_result), "decompress", as_json)
+    _finish_batch(results, "decompress")
 
 
 def _report_compressed(inp, out_path, img, rep, data, total_dims, enc_s, dec_s, archive, as_json):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -280,20 +278,19 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
                      weights: ContextWeights | None, seed_nelbo: bool = True) -> None:
     """Exact bits, implied bits and the model's NELBO over the regions as coded.  A classic
     seed has no NELBO of its own, so its rows are run through the chain on a scratch stack."""
-    terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
     for r in regions:
         report.exact_bits += r.exact_bits
         report.implied_bits += r.implied_bits
-        if r.kind == "classic":
-            report.seed_bytes += r.classic_bytes
-            r_terms = _seed_terms(coder, img.planes, r.rows, weights) if seed_nelbo else None
-        else:
-            r_terms = r.terms
+        report.seed_bytes += r.classic_bytes if r.kind == "classic" else 0
+    if report.seed_bytes and not seed_nelbo:
+        return  # no NELBO: the seed rows were not run through the chain
+    terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
+    for r in regions:
+        r_terms = _seed_terms(coder, img.planes, r.rows, weights) if r.kind == "classic" else r.terms
         for k in terms:
-            terms[k] += r_terms[k] if r_terms is not None else float("nan")
-    if all(np.isfinite(v) for v in terms.values()):  # else no NELBO: the seed rows were not run
-        report.nelbo_bits = sum(terms.values())
-        report.terms = terms
+            terms[k] += r_terms[k]
+    report.nelbo_bits = sum(terms.values())
+    report.terms = terms
 
 
 def _seed_terms(coder: Coder, planes: np.ndarray, rows: tuple[int, int], weights: ContextWeights | None) -> dict:
