@@ -576,3 +576,39 @@ def test_a_region_that_overreaches_is_coded_again_conservatively(coder, monkeypa
     assert restores
     layout = [{"rows": list(r.rows), "kind": r.kind, "bytes": r.classic_bytes} for r in regions]
     np.testing.assert_array_equal(chain.decode_image(stack, coder.step_model, 48, 40, 3, layout), planes)
+
+
+@pytest.mark.parametrize("height", [37, 64])
+def test_every_region_starts_at_an_even_row(coder, height):
+    """An image's own context fit learns its pixel grid at even offsets (its patches start
+    there); a region that starts at an odd row would see that grid shifted."""
+    from vdmcodec.coding import chain
+
+    planes = kodak_crop(height, 40, index=5)
+    stack = AnsStack()
+    regions = chain.encode_image(stack, coder.step_model, planes)
+    assert len(regions) >= 3
+    assert all(r.rows[0] % 2 == 0 for r in regions), [r.rows for r in regions]
+    assert regions[-1].rows[1] == height
+    layout = [{"rows": list(r.rows), "kind": r.kind, "bytes": r.classic_bytes} for r in regions]
+    np.testing.assert_array_equal(chain.decode_image(stack, coder.step_model, height, 40, 3, layout), planes)
+
+
+def test_even_rows_rounds_down_but_never_below_two_and_ends_the_image():
+    from vdmcodec.coding.chain import even_rows
+
+    assert even_rows(0, 7, 100) == 6
+    assert even_rows(10, 1, 100) == 2
+    assert even_rows(10, 0, 100) == 2
+    assert even_rows(96, 3, 99) == 3  # the last region ends the image, odd or not
+    assert even_rows(98, 5, 99) == 1
+
+
+@pytest.mark.parametrize("damage", [lambda d: d[:1] + bytes(len(d) - 1), lambda d: d[: len(d) // 2]])
+def test_a_damaged_classic_strip_is_a_value_error(damage):
+    from vdmcodec.coding.classic import decode_rows
+
+    x = np.ascontiguousarray(kodak_crop(2, 64, index=3).transpose(2, 0, 1))
+    _, data = encode_rows(x)
+    with pytest.raises(ValueError):
+        decode_rows(damage(data), 3, 2, 64)

@@ -650,7 +650,7 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     while row < h:
         before = stack.clone() if need < safe else None
         for attempt_need in (need, safe):
-            rows = min(h - row, max_rows, max(1, rows_affordable(stack.num_bits(), w, c, attempt_need)))
+            rows = even_rows(row, min(h - row, max_rows, rows_affordable(stack.num_bits(), w, c, attempt_need)), h)
             start = stack.num_bits()
             st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
                                context=x[:, row + rows : row + rows + context_rows], weights=weights)
@@ -665,16 +665,29 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     return regions
 
 
+def even_rows(row: int, rows: int, h: int) -> int:
+    """rows, made even (at least 2) unless the region ends the image, so that every region
+    starts at an even row.  Why: the pixel decoder's passes and the network's 2x2 grids are
+    laid out from a region's first row, and an image's own context fit learns the image's
+    pixel grid (camera and scanner images carry 2-periodic structure from demosaicing and
+    chroma subsampling).  A region that starts at an odd row sees that grid shifted: on
+    kodim02 a last-layer fit coded 0.27 bpd worse in such regions than in even ones."""
+    rows = max(rows, 1)
+    if row + rows >= h:
+        return h - row
+    return max(2, rows - rows % 2) if h - row >= 2 else rows
+
+
 def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: list[RegionStats]) -> int:
     """Push a classic code of the first rows: enough that the next region has a quarter of
     their rows (a classic code costs less than a region needs per dim, so it cannot pay for
     as many rows as it holds)."""
     c, h, w = x.shape
-    max_rows = max(4, -(-h // 8))  # a very compressible image must not end up all classic
-    rows = 1
+    max_rows = even_rows(0, max(4, -(-h // 8)), h)  # a very compressible image must not end up all classic
+    rows = min(2, h)
     while True:
         codec, data = encode_rows(x[:, :rows])
-        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(1, min(rows // 4, h - rows))
+        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - rows))
         if rows >= min(h, max_rows) or enough:
             break
         rows = min(h, max_rows, rows * 2)

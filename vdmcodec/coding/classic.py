@@ -43,12 +43,14 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
     if not data or data[0] not in NAMES:
         raise ValueError("unknown classic codec tag")
     body = data[1:]
-    if data[0] == TAG_ZLIB:
-        arr = np.frombuffer(zlib.decompress(body), dtype=np.uint8)
-        return arr.reshape(channels, height, width)
-    with Image.open(io.BytesIO(body)) as im:
-        im.load()
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    try:
+        if data[0] == TAG_ZLIB:
+            return np.frombuffer(zlib.decompress(body), dtype=np.uint8).reshape(channels, height, width)
+        with Image.open(io.BytesIO(body)) as im:
+            im.load()
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, zlib.error, ValueError, SyntaxError) as exc:  # PIL's errors on damaged data
+        raise ValueError(f"classic strip does not decode ({type(exc).__name__})") from None
     if arr.shape[:2] != (height, width):
         raise ValueError("classic strip has the wrong size")
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
