@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .coding.chain import LOG2E, ContextWeights, StepModel
 

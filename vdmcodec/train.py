@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -357,7 +355,6 @@ def main(argv=None) -> int:
     amp = device.type == "cuda"
 
     def save(final: bool = False):
-        nonlocal last_eval_result
         if rank != 0:
             return
         meta = {

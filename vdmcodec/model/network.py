@@ -9,7 +9,7 @@ eps_hat = z + net(z, gamma), which is the right answer at high noise.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
