@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from vdmcodec.coding import adapt
 from vdmcodec.coding.chain import ContextWeights
 from vdmcodec.container import pack_container, unpack_container
 from vdmcodec.errors import CorruptFileError
+from vdmcodec.model.vdm import discretized_logistic_logp
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_fitted_weights_code_the_image_for_less(coder4):
     weights, info = adapt.fit_image_context(coder4.step_model, x)
     assert info["patch_bpd_fitted"] < info["patch_bpd_model"] - 0.01, info
     linear = info["candidates"]["linear"]  # the only candidate without a context network
-    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + adapt.HEADER_BYTES)
+    # linear weights, log-scales and the colour coefficients' shifts per pass
+    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + 12 + adapt.HEADER_BYTES)
     # the fit saw the whole crop, so it is kept only when its saving beats the side data twice over
     assert (weights is not None) == (linear["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * linear["cost_bits"])
     assert info["choice"] == ("linear" if weights is not None else "model")
@@ -69,7 +72,7 @@ def test_roundtrip_with_each_images_own_weights(coder4, always_adapt):
     data, reports, _ = assert_roundtrip(coder4, [rgb, grey])
     header, sections = unpack_container(data)
     assert [e.get("pixel_context") for e in header["images"]] == ["context0", "context1"]
-    assert len(sections["context0"]) == 225 * 3 + 12 and len(sections["context1"]) == 75 + 4
+    assert len(sections["context0"]) == 225 * 3 + 12 + 12 and len(sections["context1"]) == 75 + 4
     assert [r.context_bytes for r in reports] == [len(sections["context0"]), len(sections["context1"])]
     plain = Coder(coder4.loaded, threads=1, adapt_context=False)
     data_plain, _, _ = assert_roundtrip(plain, [rgb, grey])
@@ -116,6 +119,46 @@ def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net)
     assert short.head is None and np.array_equal(short.gains, gains)
     with pytest.raises(ValueError, match="bytes"):
         adapt.unpack_deltas(sm, blob[:-1], 3)
+
+
+def test_colour_coefficient_shifts_pack_and_unpack_with_or_without_the_head(coder_net):
+    sm = coder_net.step_model
+    rng = np.random.default_rng(2)
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    shifts = rng.integers(-127, 128, (4, 3)) * adapt.COEF_STEP
+    head = tuple((w, b + adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
+    for h in (None, head):
+        w = ContextWeights(weight=base_w, log_scale=base_ls, head=h, coef_shift=shifts)
+        blob = adapt.pack_deltas(sm, w)
+        assert len(blob) == 687 + 22 + 12 + (0 if h is None else head_bytes(coder_net))
+        back = adapt.unpack_deltas(sm, blob, 3)
+        assert np.array_equal(back.coef_shift, shifts) and (back.head is None) == (h is None)
+        if h is not None:
+            assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(back.head, head))
+    assert adapt.unpack_deltas(sm, blob[: 687 + 22], 3).coef_shift is None  # an older file's layout
+
+
+def test_colour_coefficient_shifts_agree_between_fit_and_coder(coder_net):
+    """The fit's torch path and the coder's numpy path give the same bits with shifts."""
+    sm = coder_net.step_model
+    x = np.ascontiguousarray(kodak_crop(24, 32, index=7).transpose(2, 0, 1))
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    shifts = np.random.default_rng(3).integers(-60, 60, (4, 3)) * adapt.COEF_STEP
+    with_shift = ContextWeights(weight=base_w, log_scale=base_ls, coef_shift=shifts)
+    g = sm.grids
+    xt = (2.0 * x + 1.0) / 256.0 - 1.0
+    k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(4).standard_normal(xt.shape)) / g.delta[0])
+    k0 = k0.astype(np.int32)
+    coder_bits = sm.p_pixels(k0, weights=with_shift).bits(x) / x.size
+    plain_bits = sm.p_pixels(k0).bits(x) / x.size
+    loc, scale, aux = sm.pixel_params(k0)
+    with torch.no_grad():
+        lo, sc = sm.model.context_params(torch.from_numpy(xt)[None], torch.from_numpy((loc + 0.5) / 128.0 - 1.0)[None],
+                                         torch.from_numpy(scale / 128.0)[None], torch.from_numpy(aux["channel_coef"])[None],
+                                         coef_shift=torch.from_numpy(shifts))
+        torch_bits = float(-discretized_logistic_logp(torch.from_numpy(x.astype(np.int64))[None], lo, sc).mean()) / math.log(2)
+    assert abs(coder_bits - plain_bits) > 1e-3  # the shifts matter
+    assert coder_bits == pytest.approx(torch_bits, abs=2e-3)
 
 
 def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, always_adapt):

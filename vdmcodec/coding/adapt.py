@@ -24,6 +24,8 @@ DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multi
 HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer
 GAIN_STEP = 2.0**-6  # the gains on the context network's outputs: 1 + int8 multiples of this
 GAIN_LR = 0.05  # they must be able to reach 0 (the network off) within a fit
+COEF_STEP = 2.0**-7  # the shifts of the raw colour coefficients per pass: int8 multiples of this
+COEF_LR = 0.02
 DELTA_LIMIT = 127
 FIT_PATCH = (32, 96)  # patch height, width
 FIT_LR = 0.005
@@ -77,15 +79,23 @@ def n_gains(sm: StepModel) -> int:
     return 0 if net is None else 2 * len(net.groups)
 
 
+def n_coef_shifts(sm: StepModel, channels: int) -> int:
+    """How many colour-coefficient shifts an image of `channels` planes can send."""
+    return (sm.model.cfg.context_passes * 3) if channels == 3 else 0
+
+
 def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
     """w as int8 steps away from the model's weights (w must be on that grid): the linear
     weights and log-scales; with a context network, the gains on its outputs (steps from 1);
-    then its last layers when w has its own."""
+    the colour-coefficient shifts when w has them; then its last layers when w has its own.
+    (The blob's size says which parts are there: files from before the shifts decode.)"""
     base_w, base_ls = model_weights(sm, w.log_scale.shape[1])
     q = [_flat([w.weight - base_w, w.log_scale - base_ls]) / DELTA_STEP]
     if n_gains(sm):
         gains = np.ones(n_gains(sm)) if w.gains is None else w.gains.ravel()
         q.append((gains - 1.0) / GAIN_STEP)
+    if w.coef_shift is not None:
+        q.append(w.coef_shift.ravel() / COEF_STEP)
     if w.head is not None:
         q.append((_flat(_head_parts(w.head)) - _flat(_head_parts(model_head(sm)))) / HEAD_DELTA_STEP)
     return np.rint(np.concatenate(q)).astype(np.int8).tobytes()
@@ -98,18 +108,24 @@ def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
     n_lin, n_gain = base_w.size + base_ls.size, n_gains(sm)
     base_head = model_head(sm)
     n_head = 0 if base_head is None else _flat(_head_parts(base_head)).size
-    sizes = {n_lin + n_gain, n_lin + n_gain + n_head}
-    if len(blob) not in sizes:
-        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(sizes)}")
+    n_coef = n_coef_shifts(sm, channels)
+    layouts = {n_lin + n_gain + cs + hd: (cs, hd) for cs in {0, n_coef} for hd in {0, n_head}}
+    if len(blob) not in layouts:
+        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(layouts)}")
+    n_cs, n_hd = layouts[len(blob)]
     q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
-    gains = head = None
+    gains = head = coef_shift = None
+    i = n_lin + n_gain
     if n_gain:
-        gains = 1.0 + q[n_lin : n_lin + n_gain].reshape(-1, 2) * GAIN_STEP
-    if len(blob) > n_lin + n_gain:
-        head = _unflatten(base_head, q[n_lin + n_gain :] * HEAD_DELTA_STEP)
+        gains = 1.0 + q[n_lin:i].reshape(-1, 2) * GAIN_STEP
+    if n_cs:
+        coef_shift = q[i : i + n_cs].reshape(-1, 3) * COEF_STEP
+    if n_hd:
+        head = _unflatten(base_head, q[i + n_cs :] * HEAD_DELTA_STEP)
     q = q[:n_lin] * DELTA_STEP
     return ContextWeights(weight=base_w + q[: base_w.size].reshape(base_w.shape),
-                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head, gains=gains)
+                          log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head, gains=gains,
+                          coef_shift=coef_shift)
 
 
 def _unflatten(base_head, delta: np.ndarray) -> tuple:
@@ -122,7 +138,7 @@ def _unflatten(base_head, delta: np.ndarray) -> tuple:
 
 
 def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=None,
-             gains: torch.Tensor | None = None) -> ContextWeights:
+             gains: torch.Tensor | None = None, coef_shift: torch.Tensor | None = None) -> ContextWeights:
     """Round the fitted weights to what the decoder will rebuild from int8 deltas."""
     base_w, base_ls = model_weights(sm, log_scale.shape[1])
 
@@ -134,7 +150,9 @@ def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=
     if head is not None:
         qhead = tuple((q(w, bw, HEAD_DELTA_STEP), q(b, bb, HEAD_DELTA_STEP)) for (w, b), (bw, bb) in zip(head, model_head(sm)))
     qgains = None if gains is None else q(gains, np.ones(tuple(gains.shape)), GAIN_STEP)
-    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead, gains=qgains)
+    qcoef = None if coef_shift is None else q(coef_shift, np.zeros(tuple(coef_shift.shape)), COEF_STEP)
+    return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead, gains=qgains,
+                          coef_shift=qcoef)
 
 
 def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3), size: tuple[int, int] = FIT_PATCH) -> list[np.ndarray]:
@@ -241,10 +259,10 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     base_head = model_head(sm)
     caches: dict = {"fit": {}, "val": {}}
 
-    def bits(inputs, cache, weight, log_scale, head=None, gains=None) -> torch.Tensor:
+    def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None) -> torch.Tensor:
         xi, xt, loc, scale, coef = inputs
         lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
-                                      feature_cache=cache, gains=gains)
+                                      feature_cache=cache, gains=gains, coef_shift=coef_shift)
         return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
 
     def fit(kind: str) -> ContextWeights:
@@ -254,6 +272,10 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
             head = [tuple(torch.from_numpy(a).float().requires_grad_(True) for a in wb) for wb in base_head]
             params += [t for wb in head for t in wb]
         groups = [{"params": params, "lr": FIT_LR}]
+        # per pass: a camera's or scanner's colour grid differs between pixel classes
+        coef_shift = torch.zeros(model.cfg.context_passes, 3, requires_grad=True) if n_coef_shifts(sm, c) else None
+        if coef_shift is not None:
+            groups.append({"params": [coef_shift], "lr": COEF_LR})
         if kind == "off":
             gains = torch.zeros(n_gains(sm) // 2, 2)
         elif base_head is not None:  # the network's gains: the fit may turn it down or off
@@ -263,14 +285,15 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         with torch.enable_grad():
             for _ in range(budget.steps):
                 opt.zero_grad()
-                bits(fit_in, caches["fit"], params[0], params[1], head, gains).backward()
+                bits(fit_in, caches["fit"], params[0], params[1], head, gains, coef_shift).backward()
                 opt.step()
-        return quantise(sm, params[0], params[1], head, gains)
+        return quantise(sm, params[0], params[1], head, gains, coef_shift)
 
     def as_torch(w: ContextWeights):
         head = None if w.head is None else [tuple(torch.from_numpy(a).float() for a in wb) for wb in w.head]
         gains = None if w.gains is None else torch.from_numpy(w.gains).float()
-        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains
+        coef_shift = None if w.coef_shift is None else torch.from_numpy(w.coef_shift).float()
+        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains, coef_shift
 
     kinds = ["linear"]
     if base_head is not None:

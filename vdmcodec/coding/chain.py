@@ -249,6 +249,8 @@ class ContextWeights:
     head: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
     # factors on each group's (shift, log-scale change), (groups, 2) float64; None: ones
     gains: np.ndarray | None = None
+    # added to the network's raw colour coefficients, per pass, (passes, 3) float64; None: 0
+    coef_shift: np.ndarray | None = None
 
 
 @dataclass
@@ -275,6 +277,9 @@ class PixelContext:
                 weight, log_scale = model.context_weights(channels)
             weight = weight.detach().to("cpu", torch.float64).numpy()
             log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
+        if weights is not None and weights.coef_shift is not None and channels == 3:
+            pm = pass_map_np(coef_raw.shape[1], coef_raw.shape[2], weight.shape[0] + 1)
+            coef_raw = coef_raw + weights.coef_shift[pm].transpose(2, 0, 1)
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
         return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains)
 

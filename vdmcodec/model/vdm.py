@@ -268,7 +268,8 @@ class VDM(nn.Module):
     def context_params(self, xt: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                        coef_raw: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None,
                        head: list | None = None, feature_cache: dict | None = None,
-                       gains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       gains: torch.Tensor | None = None,
+                       coef_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
         Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
@@ -281,7 +282,8 @@ class VDM(nn.Module):
         (passes, C) float64 to use instead of the model's, and head: the context network's
         last layer per group (weight, bias) instead of the model's (an image's own,
         fitted by the encoder).  gains: (groups, 2) factors on each group's shift and
-        log-scale change (an image's own; None: ones).  feature_cache: a dict that keeps the
+        log-scale change (an image's own; None: ones).  coef_shift: (passes, 3) added to the raw
+        colour coefficients at each pass's pixels (an image's own; None: 0).  feature_cache: a dict that keeps the
         context network's features between calls on the same pixels (they do not depend on
         what is fitted)."""
         b, c, h, w = xt.shape
@@ -291,6 +293,8 @@ class VDM(nn.Module):
         u = torch.clamp((xt - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
         shift = torch.zeros_like(u)
         log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype)
+        if coef_shift is not None and c == 3:
+            coef_raw = coef_raw + coef_shift.to(coef_raw.dtype)[pm].permute(2, 0, 1)
         coef = channel_coefficients(coef_raw.to(u.dtype))
         for p in range(1, passes):
             s = F.conv2d(u * (pm < p), weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
