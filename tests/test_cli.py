@@ -451,7 +451,7 @@ def test_image_context_is_sent_used_and_switchable(tmp_path, monkeypatch):
     fitted = json_lines(ok(invoke("eval", srcs[0], "--json")))[0]
     model = json_lines(ok(invoke("eval", srcs[0], "--json", "--no-image-context")))[0]
     assert fitted["image_context"] and not model["image_context"]
-    assert fitted["side_bpd"] == 8 * (687 + adapt.HEADER_BYTES) / fitted["dims"]
+    assert fitted["side_bpd"] == 8 * (699 + adapt.HEADER_BYTES) / fitted["dims"]
     assert fitted["total_bpd"] == pytest.approx(fitted["nelbo_bpd"] + fitted["side_bpd"])
     assert model["total_bpd"] == model["nelbo_bpd"] and model["side_bpd"] == 0
     assert fitted["terms"]["recon"] != model["terms"]["recon"]
