@@ -7,7 +7,8 @@ session 4's code with a four-pass model; s6_v2_context_ensemble.vdmc (format ver
 same crops with the four-pass model, each image's own pixel-context weights, the step plan
 0, 1, 2, 4, 8 and a 2-call network ensemble on its first two steps, written by session 6's code;
 s8_v4_metadata.vdmc (format 4) the same crops with metadata on the RGB one, image_defaults and
-4-digit per-image hashes, written by session 8's code.  Any change to the container, the coding chain or
+4-digit per-image hashes, written by session 8's code; s9_colour_shifts.vdmc the v2 settings
+again with session 9's per-pass shifts of the colour coefficients.  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ DATA = Path(__file__).resolve().parent / "data"
 @pytest.mark.parametrize("archive,checkpoint,passes", [("s3_two_pass.vdmc", "s3_tiny_two_pass.pt", 2),
                                                        ("s4_four_pass.vdmc", "s4_tiny_four_pass.pt", 4),
                                                        ("s6_v2_context_ensemble.vdmc", "s4_tiny_four_pass.pt", 4),
-                                                       ("s8_v4_metadata.vdmc", "s4_tiny_four_pass.pt", 4)])
+                                                       ("s8_v4_metadata.vdmc", "s4_tiny_four_pass.pt", 4),
+                                                       ("s9_colour_shifts.vdmc", "s4_tiny_four_pass.pt", 4)])
 def test_archives_of_earlier_sessions_decode_exactly(archive, checkpoint, passes):
     ckpt = DATA / checkpoint
     assert load_checkpoint(ckpt).model.cfg.context_passes == passes  # s3: a config without the field
@@ -61,6 +63,19 @@ def test_version_4_golden_file_keeps_its_metadata():
     assert images["s3_rgb.png"].metadata.items == V4_METADATA and not images["s3_grey.png"].metadata
     header, _ = unpack_container(data)
     assert all(len(e["pixel_sha256_short"]) == 4 and e["method"] == "bitsback" for e in header["images"])
+
+
+def test_session_9_golden_file_sends_colour_shifts():
+    from vdmcodec.coding import adapt
+
+    header, sections = unpack_container((DATA / "s9_colour_shifts.vdmc").read_bytes())
+    lm = load_checkpoint(DATA / "s4_tiny_four_pass.pt")
+    from vdmcodec.coding.chain import StepModel
+
+    sm = StepModel(lm.model, lm.gamma_table.numpy())
+    rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
+    weights = adapt.unpack_deltas(sm, sections[rgb["pixel_context"]], 3)
+    assert weights.coef_shift is not None and np.abs(weights.coef_shift).max() > 0
 
 
 FUZZ_CASES = 36  # seeded: the same damaged files every run, a few seconds in all

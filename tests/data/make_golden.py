@@ -3,13 +3,15 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py 4 s4_tiny_four_pass.pt s4_four_pass.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s6_v2_context_ensemble.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v4 s4_tiny_four_pass.pt s8_v4_metadata.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s9_colour_shifts.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
 codes the same crops with the existing four-pass checkpoint, each image's own pixel-context
 weights (the keep rule forced), the step plan 0, 1, 2, 4, 8 and a 2-call ensemble on its first
 two steps: the format-2 header fields.  "v4" codes them with format 4's fields: metadata
-(V4_METADATA on the RGB crop), image_defaults and 4-digit per-image hashes.
+(V4_METADATA on the RGB crop), image_defaults and 4-digit per-image hashes.  The "v2" run of
+session 9 also sends the RGB crop's shifts of the colour coefficients per pass.
 """
 
 import sys
