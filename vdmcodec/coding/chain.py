@@ -695,7 +695,7 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
         enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - rows))
         if rows >= min(h, max_rows) or enough:
             break
-        rows = min(h, max_rows, rows * 2)
+        rows = min(h, max_rows, even_rows(0, rows + max(2, rows // 2), h))  # 2, 4, 6, 8, 12, 18, ...
     stack.push_bytes(data)
     regions.append(RegionStats(rows=(0, rows), kind="classic", dims=x[:, :rows].size, exact_bits=8 * len(data),
                                implied_bits=8 * len(data), classic_bytes=len(data), classic_codec=codec))
