@@ -11,6 +11,9 @@ decoder.  Prints the NELBO of centre crops under the float network and each vari
     python -m benchmarks.experiments.int8_ptq --images ../shared/data/train/lossless-misc/waterloo_*.png \\
         --calibrate ../shared/data/train/photos/lomiri-wallpapers-16.04-Bridge.png
 
+With --sensitivity, each layer's input alone at --act-bits[0] bits (the others at 16, weights
+float) on the same crops: which layers need wide activations.
+
 A diagnostic (one latent draw per step), not a benchmark.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 
@@ -90,6 +92,50 @@ class Quantiser:
             m.weight.data.copy_(w)
 
 
+def quantised(sm, original, qz: Quantiser, calib: list[np.ndarray], weights: bool = True) -> None:
+    """Calibrate qz's activation ranges per step on calib, then route sm's network through it."""
+    def net_with_step(k, i, context, calls=1):
+        qz.step_key = i
+        return original(k, i, context, calls)
+
+    sm._net = net_with_step
+    qz.mode = "calibrate"
+    for planes in calib:
+        image_nelbo(sm, planes, seed=99)
+    qz.quantise_weights(weights)
+    qz.mode = "quant"
+
+
+def unquantised(sm, original, qz: Quantiser) -> None:
+    qz.quantise_weights(False)
+    qz.mode = "off"
+    for m in qz.layers.values():
+        m._forward_pre_hooks.clear()
+    sm._net = original
+
+
+def mean_nelbo(sm, images) -> float:
+    results = [image_nelbo(sm, planes, seed=0) for _, planes in images]
+    return sum(r["nelbo_bits"] for r in results) / sum(r["dims"] for r in results)
+
+
+def sensitivity(sm, original, images, calib, bits: int) -> int:
+    base = mean_nelbo(sm, images)
+    print(json.dumps({"variant": "float", "mean_nelbo_bpd": round(base, 4)}), flush=True)
+    for name in list(Quantiser(sm.model.net).layers):
+        for m in sm.model.net.modules():  # the listing instance's hooks
+            m._forward_pre_hooks.clear()
+        qz = Quantiser(sm.model.net, act_bits=bits, stem_bits=16, per_step=True, pow2_weights=False)
+        quantised(sm, original, qz, calib, weights=False)
+        qz.wide = tuple(n for n in qz.layers if n != name)  # every other layer's input at 16 bits
+        if name == "stem":
+            qz.stem_bits = bits
+        print(json.dumps({"layer": name, "bits": bits, "delta_bpd": round(mean_nelbo(sm, images) - base, 4)}),
+              flush=True)
+        unquantised(sm, original, qz)
+    return 0
+
+
 def crop(path: str, side: int) -> np.ndarray:
     im = load_rgb(path)
     h, w = (min(s, side) for s in im.shape[:2])
@@ -109,6 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--wide", nargs="*", default=[], help="layers whose inputs keep 16 bits (e.g. out head)")
     p.add_argument("--wide-bits", type=int, default=16, help="activation bits of the stem and the --wide layers")
     p.add_argument("--per-step-only", action="store_true")
+    p.add_argument("--sensitivity", action="store_true", help="one layer at a time at --act-bits[0] bits")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     coder = Coder.for_effort(load_checkpoint(None), "default", adapt_context=False)
@@ -116,6 +163,8 @@ def main(argv=None) -> int:
     images = [(path.split("/")[-1], crop(path, args.side)) for path in args.images]
     calib = [crop(path, args.side) for path in args.calibrate]
     original = sm._net
+    if args.sensitivity:
+        return sensitivity(sm, original, images, calib, args.act_bits[0])
     steps = (True,) if args.per_step_only else (False, True)
     variants = [("float", None)] + [(f"w{args.weight_bits}a{a} {'per-step' if ps else 'global'}", (a, ps))
                                     for a in args.act_bits for ps in steps]
@@ -126,17 +175,7 @@ def main(argv=None) -> int:
             qz = Quantiser(sm.model.net, weight_bits=args.weight_bits, act_bits=spec[0], per_step=spec[1],
                            wide=tuple(args.wide), pow2_weights=not args.exact_weight_scales,
                            stem_bits=args.wide_bits)
-
-            def net_with_step(k, i, context, calls=1, _qz=qz):
-                _qz.step_key = i
-                return original(k, i, context, calls)
-
-            sm._net = net_with_step
-            qz.mode = "calibrate"
-            for planes in calib:
-                image_nelbo(sm, planes, seed=99)
-            qz.quantise_weights(True)
-            qz.mode = "quant"
+            quantised(sm, original, qz, calib)
         for name, planes in images:
             r = image_nelbo(sm, planes, seed=0)
             totals[label] += r["nelbo_bits"]
@@ -144,11 +183,7 @@ def main(argv=None) -> int:
             print(json.dumps({"variant": label, "image": name, "nelbo_bpd": round(r["nelbo_bpd"], 4),
                               "terms": {k: round(v, 4) for k, v in r["terms"].items()}}), flush=True)
         if qz is not None:
-            qz.quantise_weights(False)
-            qz.mode = "off"
-            for m in qz.layers.values():
-                m._forward_pre_hooks.clear()
-            sm._net = original
+            unquantised(sm, original, qz)
     for label, _ in variants:
         print(json.dumps({"variant": label, "mean_nelbo_bpd": round(totals[label] / totals[label + " dims"], 4)}))
     return 0
