@@ -409,12 +409,13 @@ def test_ensemble_option_is_recorded_and_decoded(tmp_path):
     ens = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "4")))[0]
     one = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "1")))[0]
     assert (ens["ensemble"], one["ensemble"]) == (4, 1)  # (these untrained models are flip-equivariant)
-    assert (ens["network_calls"], one["network_calls"]) == (1 + 4 + 2, 1 + 1 + 2)  # plan 0, 1, 2, 4: one step ensembled
+    # plan 0, 1, 2, 4: one step ensembled; 4 calls at z_0 (default effort) for an own context
+    assert (ens["network_calls"], one["network_calls"]) == (4 + 4 + 2, 4 + 1 + 2)
     assert invoke("compress", srcs[0], "-o", tmp_path / "x.vdmc", "--ensemble", "3").exit_code == 2
 
 
-@pytest.mark.parametrize("effort,plan,calls", [("fast", [0, 1, 2, 4], 4), ("default", [0, 1, 2, 4], 5),
-                                               ("max", [0, 1, 2, 3, 4], 8)])
+@pytest.mark.parametrize("effort,plan,calls", [("fast", [0, 1, 2, 4], 2 + 3), ("default", [0, 1, 2, 4], 4 + 4),
+                                               ("max", [0, 1, 2, 3, 4], 4 + 7)])
 def test_effort_sets_the_plan_and_ensemble(tmp_path, effort, plan, calls):
     src = write_image(tmp_path / "a.png", "RGB", 17, 12, seed=4)
     other = write_image(tmp_path / "b.png", "L", 9, 8, seed=5)
@@ -425,7 +426,8 @@ def test_effort_sets_the_plan_and_ensemble(tmp_path, effort, plan, calls):
     ok(invoke("decompress", vdmc, "-o", tmp_path / "back"))
     assert_same_content(src, tmp_path / "back" / src.name)
     rec = json_lines(ok(invoke("eval", src, "--json", "--effort", effort)))[0]
-    assert rec["network_calls"] == calls and rec["steps"] == len(plan) - 1
+    assert rec["network_calls"] == calls and rec["steps"] == len(plan) - 1  # at z_0 (own context) + steps
+    assert hdr["compute"]["z0_ensemble"] == {"fast": 2, "default": 4, "max": 4}[effort]
     assert invoke("compress", src, "-o", tmp_path / "x.vdmc", "--effort", "slow").exit_code == 2
 
 
@@ -678,12 +680,12 @@ def test_corrupted_file_exit_8(small_file, where):
 def test_unknown_format_version_exit_9(small_file):
     data = bytearray(small_file.read_bytes())
     (hlen,) = struct.unpack_from("<I", data, 10)
-    struct.pack_into("<H", data, 8, 5)
-    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v5 header
-    v5 = small_file.with_name("v5.vdmc")
-    v5.write_bytes(bytes(data))
-    assert_error(invoke("decompress", v5, "-o", small_file.parent / "out"), 9, "version 5")
-    assert_error(invoke("info", v5), 9, "version 5")
+    struct.pack_into("<H", data, 8, 6)
+    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v6 header
+    v6 = small_file.with_name("v6.vdmc")
+    v6.write_bytes(bytes(data))
+    assert_error(invoke("decompress", v6, "-o", small_file.parent / "out"), 9, "version 6")
+    assert_error(invoke("info", v6), 9, "version 6")
     assert not (small_file.parent / "out").exists()
 
 

@@ -473,7 +473,8 @@ def info(file, as_json):
         click.echo(f"coder:    {coder.get('name')} T={coder.get('T')} {coder.get('ans')} precision {coder.get('precision_bits')} bits")
         steps = comp.get("ensemble_steps", coder.get("T"))
         click.echo(f"steps:    {coder.get('T')} of the model's {(coder.get('plan') or [coder.get('T')])[-1]}, "
-                   f"ensemble {comp.get('ensemble', 1)} on the first {steps}")
+                   f"ensemble {comp.get('ensemble', 1)} on the first {steps}, "
+                   f"{comp.get('z0_ensemble', 1)} at z0 with an own context")
         click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
     else:
         click.echo("model:    none (classic code only; decodes without a model)")
@@ -565,7 +566,7 @@ def eval_cmd(inputs, checkpoint, device, threads, seed, effort, ensemble, image_
                "image_context": weights is not None, "side_bpd": side_bits / dims,
                "total_bpd": (res["nelbo_bits"] + side_bits) / dims,
                "T": coder.plan[-1], "steps": coder.step_model.T, "effort": effort, "ensemble": coder.ensemble,
-               "ensemble_steps": coder.ensemble_steps, "network_calls": coder.step_model.network_calls(),
+               "ensemble_steps": coder.ensemble_steps, "z0_ensemble": coder.z0_ensemble, "network_calls": coder.step_model.network_calls(),
                "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
         total_bits += res["nelbo_bits"] + side_bits
         total_dims += dims

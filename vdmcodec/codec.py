@@ -48,22 +48,25 @@ CODER_NAME = "vdm-bitsback-v1"
 # gained 0.001 more for +3 s; the whole image (max: 16x16 patches cover up to 0.79 MP)
 # 2.0816 for 38-55 s of fitting; docs/RESULTS.md, session 8).
 EFFORTS = {
-    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1,
+    "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1, "z0_ensemble": 2,
              "fit": FitBudget(steps=40, patches=(3, 3), head=False)},
-    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2,
+    "default": {"strides": ((0.25, 1), (0.5, 2), (1.0, 4)), "ensemble": 2, "z0_ensemble": 4,
                 "fit": FitBudget(steps=60, patches=(4, 4), head=True)},
-    "max": {"strides": ((1.0, 1),), "ensemble": 4, "fit": FitBudget(steps=150, patches=(16, 16), head=True)},
+    "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 4,
+            "fit": FitBudget(steps=150, patches=(16, 16), head=True)},
 }
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
 def effort_settings(effort: str, T: int, ensemble: int | None = None) -> dict:
-    """Coder keyword arguments (plan, ensemble, ensemble_steps) of an EFFORTS preset for a
-    model with T steps; ensemble: calls on the preset's ensembled steps instead of its own."""
+    """Coder keyword arguments (plan, ensemble, ensemble_steps, z0_ensemble) of an EFFORTS
+    preset for a model with T steps; ensemble: calls on the preset's ensembled steps instead
+    of its own."""
     e = EFFORTS[effort]
     plan = plan_from_strides(T, e["strides"])
     first = sum(1 for j in plan[1:] if j <= max(1, round(ENSEMBLED_SHARE * T)))
-    return {"plan": plan, "ensemble": e["ensemble"] if ensemble is None else ensemble, "ensemble_steps": first}
+    return {"plan": plan, "ensemble": e["ensemble"] if ensemble is None else ensemble, "ensemble_steps": first,
+            "z0_ensemble": e["z0_ensemble"]}
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Coder:
     adapt_context: bool = True  # fit each image's own pixel-context weights where they pay
     plan: tuple[int, ...] | None = None  # gamma-table indices the chain visits (None: all T steps)
     ensemble_steps: int | None = None  # None: every step
+    z0_ensemble: int = 1  # network calls at z_0 for images with their own context (StepModel.z0_ensemble)
     fit: FitBudget = field(default_factory=FitBudget)  # the per-image context fit's budget
     step_model: StepModel = field(init=False)
 
@@ -84,7 +88,7 @@ class Coder:
         self.threads = self.threads or default_threads()
         self.loaded.model.to(self.device)
         self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, self.ensemble,
-                                    self.plan, self.ensemble_steps)
+                                    self.plan, self.ensemble_steps, self.z0_ensemble)
         self.plan, self.ensemble_steps = self.step_model.plan, self.step_model.ensemble_steps
 
     @classmethod
@@ -94,14 +98,16 @@ class Coder:
         kw.setdefault("fit", EFFORTS[effort]["fit"])
         return cls(loaded, **kw, **effort_settings(effort, len(loaded.gamma_table) - 1, ensemble))
 
-    def use_steps(self, plan, ensemble: int, ensemble_steps: int | None) -> None:
-        """Code with this plan and ensemble (a file's settings, when decoding)."""
+    def use_steps(self, plan, ensemble: int, ensemble_steps: int | None, z0_ensemble: int = 1) -> None:
+        """Code with this plan and these ensembles (a file's settings, when decoding)."""
         if tuple(plan) != self.plan:
             self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, ensemble,
-                                        plan, ensemble_steps)
+                                        plan, ensemble_steps, z0_ensemble)
         else:
             self.step_model.ensemble, self.step_model.ensemble_steps = ensemble, ensemble_steps
+            self.step_model.z0_ensemble = z0_ensemble
         self.plan, self.ensemble, self.ensemble_steps = self.step_model.plan, ensemble, self.step_model.ensemble_steps
+        self.z0_ensemble = z0_ensemble
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of the file (see DESIGN §3)."""
@@ -117,6 +123,7 @@ class Coder:
             "threads": self.threads,
             "ensemble": self.ensemble,
             "ensemble_steps": self.ensemble_steps,
+            "z0_ensemble": self.z0_ensemble,
             "torch": str(torch.__version__),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "numpy": np.__version__,
@@ -482,9 +489,9 @@ def _file_threads(header: dict) -> int:
     return threads
 
 
-def _file_steps(header: dict, lm: LoadedModel) -> tuple[tuple[int, ...], int, int | None]:
-    """The file's step plan, ensemble size and ensembled steps; files before these fields
-    visited every step with one call."""
+def _file_steps(header: dict, lm: LoadedModel) -> tuple[tuple[int, ...], int, int | None, int]:
+    """The file's step plan, ensemble size, ensembled steps and calls at z_0; files before
+    these fields visited every step with one call (and one at z_0: format 4 and earlier)."""
     T = len(lm.gamma_table) - 1
     calls = int(header["compute"].get("ensemble", 1))
     if calls not in ENSEMBLE_FLIPS:
@@ -498,7 +505,10 @@ def _file_steps(header: dict, lm: LoadedModel) -> tuple[tuple[int, ...], int, in
     steps = header["compute"].get("ensemble_steps")
     if steps is not None and not 0 <= int(steps) <= len(plan) - 1:
         raise CorruptFileError(f"implausible ensemble_steps {steps} in header")
-    return plan, calls, None if steps is None else int(steps)
+    z0_calls = int(header["compute"].get("z0_ensemble", 1))
+    if z0_calls not in ENSEMBLE_FLIPS:
+        raise CorruptFileError(f"unknown z0 ensemble size {z0_calls} in header")
+    return plan, calls, None if steps is None else int(steps), z0_calls
 
 
 def _coder_for_file(header, checkpoint, device) -> Coder:
@@ -511,8 +521,9 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
     if want_dev == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
     lm = find_model_for(header, checkpoint, device)
-    plan, calls, steps = _file_steps(header, lm)
-    return Coder(lm, device=device, threads=_file_threads(header), ensemble=calls, plan=plan, ensemble_steps=steps)
+    plan, calls, steps, z0_calls = _file_steps(header, lm)
+    return Coder(lm, device=device, threads=_file_threads(header), ensemble=calls, plan=plan, ensemble_steps=steps,
+                 z0_ensemble=z0_calls)
 
 
 def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:

@@ -30,9 +30,10 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # written; 2 added coder.plan, compute.ensemble(_steps), images[].pixel_context; 3 added the
 # context network's last layers in a pixel-context section and one section shared by several
 # images; 4 added image_defaults (fields every image of an archive shares, written once) and
-# shorter per-image hashes in archives (docs/FORMAT.md)
-FORMAT_VERSION = 4
-READ_VERSIONS = (1, 2, 3, 4)  # earlier files mean the same in the later versions
+# shorter per-image hashes in archives; 5 added compute.z0_ensemble (docs/FORMAT.md), which
+# a reader of 4 would ignore and decode wrongly
+FORMAT_VERSION = 5
+READ_VERSIONS = (1, 2, 3, 4, 5)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section"}
 

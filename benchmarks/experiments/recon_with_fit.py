@@ -43,12 +43,14 @@ def main(argv=None) -> int:
     p.add_argument("--fit-patches", type=int, nargs=2, default=adapt.FitBudget().patches)
     p.add_argument("--fit-seed", type=int, default=0, help="the z_0 draw the fit sees")
     p.add_argument("--fit-patch", type=int, nargs=2, default=adapt.FIT_PATCH, help="patch height, width")
+    p.add_argument("--z0-ensemble", type=int, default=1, choices=(1, 2, 4),
+                   help="network calls at z_0 for an image with its own context (StepModel.z0_ensemble)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     table = load_checkpoint(None).gamma_table.numpy()
     for spec in args.models:
-        sm = StepModel(load_any(spec), table)
+        sm = StepModel(load_any(spec), table, z0_ensemble=args.z0_ensemble)
         totals = np.zeros(4)
         for path in args.images:
             im = load_rgb(path)
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
                               "fit": info.get("choice"),
                               "candidates": {k: round(v["net_bits"] / dims, 4) for k, v in info.get("candidates", {}).items()},
                               "decoder_s": round(t_plain, 2), "fit_s": round(t_fit, 2)}), flush=True)
-        print(json.dumps({"model": spec, "mean_recon_bpd": round(totals[0] / totals[2], 4),
+        print(json.dumps({"model": spec, "z0_ensemble": args.z0_ensemble, "mean_recon_bpd": round(totals[0] / totals[2], 4),
                           "mean_recon_fitted_bpd": round(totals[1] / totals[2], 4)}), flush=True)
     return 0
 

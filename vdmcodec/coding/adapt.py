@@ -169,20 +169,26 @@ def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3), size: tuple[int, int
     return [x[:, y : y + ph, c : c + pw] for y in ys for c in xs]
 
 
-def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Generator) -> tuple:
+def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Generator,
+                    calls: tuple[int, ...] = (1,)) -> dict[int, tuple]:
     """Pixels, and base location, scale (x_tilde units, float32: the fit needs no more) and
-    colour outputs at one z_0 draw, batched over equal-sized patches."""
+    colour outputs at one z_0 draw, batched over equal-sized patches: for each number of
+    network calls at z_0 in `calls`, at the same draw."""
     g = sm.grids
-    out = []
+    out: dict[int, list] = {n: [] for n in calls}
     for x in patches:
         xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
         k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
-        loc, scale, aux = sm.pixel_params(k0)
-        out.append((x.astype(np.int64), xt, (loc + 0.5) / 128.0 - 1.0, scale / 128.0,
-                    np.asarray(aux["channel_coef"], dtype=np.float64)))
-    x, xt, loc, scale, coef = (np.stack(a) for a in zip(*out))
+        for n in calls:
+            loc, scale, aux = sm.pixel_params(k0, calls=n)
+            out[n].append((x.astype(np.int64), xt, (loc + 0.5) / 128.0 - 1.0, scale / 128.0,
+                           np.asarray(aux["channel_coef"], dtype=np.float64)))
     f32 = lambda a: torch.from_numpy(a).float()  # noqa: E731
-    return torch.from_numpy(x), f32(xt), f32(loc), f32(scale), f32(coef)
+    result = {}
+    for n, parts in out.items():
+        x, xt, loc, scale, coef = (np.stack(a) for a in zip(*parts))
+        result[n] = (torch.from_numpy(x), f32(xt), f32(loc), f32(scale), f32(coef))
+    return result
 
 
 def too_small_for_own_context(sm: StepModel, planes: np.ndarray) -> bool:
@@ -252,12 +258,17 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     model = sm.model
     c = patches[0].shape[0]
     rng = np.random.default_rng(seed)
+    # the model's weights are judged at one network call at z_0, fitted ones at z0_ensemble
+    # (StepModel.z0_calls); both at the same z_0 draw
+    calls = tuple(sorted({1, sm.z0_ensemble}))
     with torch.no_grad():
-        fit_in = _decoder_inputs(sm, patches, rng)
-        val_in = fit_in if held_out is None else _decoder_inputs(sm, held_out, rng)
+        fit_all = _decoder_inputs(sm, patches, rng, calls)
+        val_all = fit_all if held_out is None else _decoder_inputs(sm, held_out, rng, calls)
+    fit_in, val_in = fit_all[sm.z0_ensemble], val_all[sm.z0_ensemble]
     w0, l0 = (torch.from_numpy(a).float() for a in model_weights(sm, c))
     base_head = model_head(sm)
     caches: dict = {"fit": {}, "val": {}}
+    caches.update(fit1=caches["fit"], val1=caches["val"]) if sm.z0_ensemble == 1 else caches.update(fit1={}, val1={})
 
     def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None) -> torch.Tensor:
         xi, xt, loc, scale, coef = inputs
@@ -299,8 +310,8 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     if base_head is not None:
         kinds += ["off"] + (["head"] if budget.head else [])
     with torch.no_grad():
-        before = float(bits(fit_in, caches["fit"], w0, l0))
-        val_before = before if held_out is None else float(bits(val_in, caches["val"], w0, l0))
+        before = float(bits(fit_all[1], caches["fit1"], w0, l0))
+        val_before = before if held_out is None else float(bits(val_all[1], caches["val1"], w0, l0))
     margin = KEEP_IF_SAVING_OVER_COST if held_out is None else KEEP_IF_HELD_OUT_SAVING_OVER_COST
     best, best_info = None, {"patch_bpd_model": before, "held_out_bpd_model": val_before, "choice": "model",
                              "saving_bits": 0.0, "cost_bits": 0.0, "head": False, "candidates": {}}

@@ -70,7 +70,7 @@ class StepModel:
     """Distribution parameters for every step, shared by encoder and decoder."""
 
     def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu", ensemble: int = 1,
-                 plan=None, ensemble_steps: int | None = None):
+                 plan=None, ensemble_steps: int | None = None, z0_ensemble: int = 1):
         # channels-last convolutions are ~12% faster on this CPU; encoder and decoder both
         # run this same layout, so results stay identical between them
         self.model = model.to(memory_format=torch.channels_last)
@@ -85,6 +85,7 @@ class StepModel:
         self._jump_ratio = self._jump_ratios(table)
         self.ensemble = ensemble
         self.ensemble_steps = ensemble_steps
+        self.z0_ensemble = z0_ensemble
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
         """jump_ratio of every step of the plan (index 0 unused)."""
@@ -94,8 +95,7 @@ class StepModel:
     def ensemble(self) -> int:
         """Network calls per diffusion step (i >= 1) on the first ensemble_steps steps,
         averaged over flipped copies of z_i (network.ENSEMBLE_FLIPS); the decoder at z_0
-        always makes one call, whose averaged heads would not match the pixel context it was
-        trained with."""
+        makes z0_ensemble calls."""
         return self._ensemble
 
     @ensemble.setter
@@ -116,12 +116,31 @@ class StepModel:
             raise ValueError(f"ensemble steps must lie in 0..{self.T}, not {steps}")
         self._ensemble_steps = steps
 
+    @property
+    def z0_ensemble(self) -> int:
+        """Network calls at z_0 (flips averaged, like `ensemble`) for an image coded with its
+        own (fitted) pixel-context weights; with the model's weights it is always one call.
+        The averaged prediction is sharper than the single call the pixel context was trained
+        on: after the image's own fit it codes smaller, with the model's weights larger."""
+        return self._z0_ensemble
+
+    @z0_ensemble.setter
+    def z0_ensemble(self, calls: int) -> None:
+        if calls not in ENSEMBLE_FLIPS:
+            raise ValueError(f"z0 ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
+        self._z0_ensemble = calls
+
+    def z0_calls(self, weights: "ContextWeights | None") -> int:
+        """Network calls at z_0 for an image with these context weights (None: the model's)."""
+        return 1 if weights is None else self.z0_ensemble
+
     def calls(self, i: int) -> int:
         return self.ensemble if i <= self.ensemble_steps else 1
 
     def network_calls(self) -> int:
-        """Network calls per region: the z_0 decoder's and every step's."""
-        return 1 + sum(self.calls(i) for i in range(1, self.T + 1))
+        """Network calls per region (an image with its own context weights): at z_0 and at
+        every step."""
+        return self.z0_ensemble + sum(self.calls(i) for i in range(1, self.T + 1))
 
     # ---- network ----
     def step_outputs(self, k: np.ndarray, i: int, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -207,9 +226,11 @@ class StepModel:
         std = np.full(n, 1.0 / g.delta[self.T])
         return windowed_gaussian(mean, std, int(g.prior_half)), mean, std
 
-    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None,
+                     calls: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
         """Base location and scale of p(x | z_0), in pixel levels (float64, shape (C, H, W)),
-        and the network's other outputs at z_0 (channel_coef, snapped)."""
+        and the network's other outputs at z_0 (channel_coef, snapped), from `calls` network
+        calls (z0_calls)."""
         g = self.grids
         z0 = k0.astype(np.float64) * g.delta[0]
         if self.model.cfg.decoder == "z0":
@@ -217,7 +238,7 @@ class StepModel:
             scale = np.full(z0.shape, self.decoder_scale)
             aux = {}
         else:
-            eps, aux = self._net(k0, 0, context)
+            eps, aux = self._net(k0, 0, context, calls)
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps) / g.alpha[0], -2.0, 2.0)
             scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
@@ -231,7 +252,7 @@ class StepModel:
         centre = snap((k0.astype(np.float64) * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
         width = min(2 * g.x_half + 1, 256)
         offset = np.clip(np.rint(centre).astype(np.int64) - g.x_half, 0, 256 - width)
-        loc, scale, aux = self.pixel_params(k0, context)
+        loc, scale, aux = self.pixel_params(k0, context, self.z0_calls(weights))
         ctx = None
         if getattr(self.model.cfg, "pixel_context", False):
             ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights)
