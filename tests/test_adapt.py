@@ -52,8 +52,10 @@ def test_fitted_weights_code_the_image_for_less(coder4):
     weights, info = adapt.fit_image_context(coder4.step_model, x)
     assert info["patch_bpd_fitted"] < info["patch_bpd_model"] - 0.01, info
     linear = info["candidates"]["linear"]  # the only candidate without a context network
-    # linear weights, log-scales and the colour coefficients' shifts per pass
-    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + 12 + adapt.HEADER_BYTES)
+    # linear weights, log-scales, the colour coefficients' shifts per pass and the read-out of
+    # the network's last features (9 outputs from the tiny network's 4 features and a bias)
+    assert adapt.feature_head_shape(coder4.step_model, 3) == (9, 5)
+    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + 12 + 45 + adapt.HEADER_BYTES)
     # the fit saw the whole crop, so it is kept only when its saving beats the side data twice over
     assert (weights is not None) == (linear["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * linear["cost_bits"])
     assert info["choice"] == ("linear" if weights is not None else "model")
@@ -72,7 +74,7 @@ def test_roundtrip_with_each_images_own_weights(coder4, always_adapt):
     data, reports, _ = assert_roundtrip(coder4, [rgb, grey])
     header, sections = unpack_container(data)
     assert [e.get("pixel_context") for e in header["images"]] == ["context0", "context1"]
-    assert len(sections["context0"]) == 225 * 3 + 12 + 12 and len(sections["context1"]) == 75 + 4
+    assert len(sections["context0"]) == 225 * 3 + 12 + 12 + 45 and len(sections["context1"]) == 75 + 4
     assert [r.context_bytes for r in reports] == [len(sections["context0"]), len(sections["context1"])]
     plain = Coder(coder4.loaded, threads=1, adapt_context=False)
     data_plain, _, _ = assert_roundtrip(plain, [rgb, grey])
@@ -158,6 +160,48 @@ def test_colour_coefficient_shifts_agree_between_fit_and_coder(coder_net):
                                          coef_shift=torch.from_numpy(shifts))
         torch_bits = float(-discretized_logistic_logp(torch.from_numpy(x.astype(np.int64))[None], lo, sc).mean()) / math.log(2)
     assert abs(coder_bits - plain_bits) > 1e-3  # the shifts matter
+    assert coder_bits == pytest.approx(torch_bits, abs=2e-3)
+
+
+def test_feature_read_out_packs_and_unpacks_with_the_other_parts(coder_net):
+    sm = coder_net.step_model
+    rng = np.random.default_rng(5)
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    shape = adapt.feature_head_shape(sm, 3)
+    feat = rng.integers(-127, 128, shape) * adapt.FEATURE_STEP
+    shifts = rng.integers(-127, 128, (4, 3)) * adapt.COEF_STEP
+    head = tuple((w, b + adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
+    for h in (None, head):
+        w = ContextWeights(weight=base_w, log_scale=base_ls, head=h, coef_shift=shifts, feature_head=feat)
+        blob = adapt.pack_deltas(sm, w)
+        assert len(blob) == 687 + 22 + 12 + (0 if h is None else head_bytes(coder_net)) + feat.size
+        back = adapt.unpack_deltas(sm, blob, 3)
+        assert np.array_equal(back.feature_head, feat) and np.array_equal(back.coef_shift, shifts)
+        assert (back.head is None) == (h is None)
+    assert adapt.feature_head_shape(sm, 1) is None  # one-channel images have none
+
+
+def test_feature_read_out_agrees_between_fit_and_coder(coder_net):
+    """The fit's torch path and the coder's numpy path give the same bits with a read-out of
+    the network's features (at the same number of calls at z_0), and it matters."""
+    sm = coder_net.step_model
+    x = np.ascontiguousarray(kodak_crop(24, 32, index=7).transpose(2, 0, 1))
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    feat = np.random.default_rng(6).integers(-100, 100, adapt.feature_head_shape(sm, 3)) * adapt.FEATURE_STEP
+    with_feat = ContextWeights(weight=base_w, log_scale=base_ls, feature_head=feat)
+    g = sm.grids
+    xt = (2.0 * x + 1.0) / 256.0 - 1.0
+    k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(4).standard_normal(xt.shape)) / g.delta[0])
+    k0 = k0.astype(np.int32)
+    coder_bits = sm.p_pixels(k0, weights=with_feat).bits(x) / x.size
+    plain_bits = sm.p_pixels(k0, weights=ContextWeights(weight=base_w, log_scale=base_ls)).bits(x) / x.size
+    loc, scale, aux = sm.pixel_params(k0, calls=sm.z0_ensemble, features=True)
+    with torch.no_grad():
+        lo, sc = sm.model.context_params(torch.from_numpy(xt)[None], torch.from_numpy((loc + 0.5) / 128.0 - 1.0)[None],
+                                         torch.from_numpy(scale / 128.0)[None], torch.from_numpy(aux["channel_coef"])[None],
+                                         feature_head=torch.from_numpy(feat), features=torch.from_numpy(aux["features"])[None])
+        torch_bits = float(-discretized_logistic_logp(torch.from_numpy(x.astype(np.int64))[None], lo, sc).mean()) / math.log(2)
+    assert abs(coder_bits - plain_bits) > 1e-3
     assert coder_bits == pytest.approx(torch_bits, abs=2e-3)
 
 

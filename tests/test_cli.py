@@ -441,7 +441,7 @@ def test_image_context_is_sent_used_and_switchable(tmp_path, monkeypatch):
     srcs = [write_image(tmp_path / "a.png", "RGB", 24, 20, seed=6), write_image(tmp_path / "b.png", "L", 9, 8, seed=7)]
     own, plain = tmp_path / "own.vdmc", tmp_path / "plain.vdmc"
     recs = json_lines(ok(invoke("compress", *srcs, "--archive", "-o", own, "--json")))
-    assert [r["context_bytes"] for r in recs] == [699, 79]  # RGB: 687 + 12 colour shifts
+    assert [r["context_bytes"] for r in recs] == [744, 79]  # RGB: 687 + 12 colour shifts + 45 feature read-out (tiny net)
     assert [e["pixel_context"] for e in header_of(own)["images"]] == ["context0", "context1"]
     assert ok(invoke("info", own)).stdout.count("own pixel context") == 2
     ok(invoke("compress", *srcs, "--archive", "-o", plain, "--no-image-context"))
@@ -453,7 +453,7 @@ def test_image_context_is_sent_used_and_switchable(tmp_path, monkeypatch):
     fitted = json_lines(ok(invoke("eval", srcs[0], "--json")))[0]
     model = json_lines(ok(invoke("eval", srcs[0], "--json", "--no-image-context")))[0]
     assert fitted["image_context"] and not model["image_context"]
-    assert fitted["side_bpd"] == 8 * (699 + adapt.HEADER_BYTES) / fitted["dims"]
+    assert fitted["side_bpd"] == 8 * (744 + adapt.HEADER_BYTES) / fitted["dims"]
     assert fitted["total_bpd"] == pytest.approx(fitted["nelbo_bpd"] + fitted["side_bpd"])
     assert model["total_bpd"] == model["nelbo_bpd"] and model["side_bpd"] == 0
     assert fitted["terms"]["recon"] != model["terms"]["recon"]

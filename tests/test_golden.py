@@ -8,7 +8,9 @@ same crops with the four-pass model, each image's own pixel-context weights, the
 0, 1, 2, 4, 8 and a 2-call network ensemble on its first two steps, written by session 6's code;
 s8_v4_metadata.vdmc (format 4) the same crops with metadata on the RGB one, image_defaults and
 4-digit per-image hashes, written by session 8's code; s9_colour_shifts.vdmc the v2 settings
-again with session 9's per-pass shifts of the colour coefficients.  Any change to the container, the coding chain or
+again with session 9's per-pass shifts of the colour coefficients; s10_v5_z0_ensemble.vdmc
+(format 5) the v2 settings with a 4-call flip ensemble at z_0 and the RGB crop's read-out of
+the network's features.  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ DATA = Path(__file__).resolve().parent / "data"
                                                        ("s4_four_pass.vdmc", "s4_tiny_four_pass.pt", 4),
                                                        ("s6_v2_context_ensemble.vdmc", "s4_tiny_four_pass.pt", 4),
                                                        ("s8_v4_metadata.vdmc", "s4_tiny_four_pass.pt", 4),
-                                                       ("s9_colour_shifts.vdmc", "s4_tiny_four_pass.pt", 4)])
+                                                       ("s9_colour_shifts.vdmc", "s4_tiny_four_pass.pt", 4),
+                                                       ("s10_v5_z0_ensemble.vdmc", "s4_tiny_four_pass.pt", 4)])
 def test_archives_of_earlier_sessions_decode_exactly(archive, checkpoint, passes):
     ckpt = DATA / checkpoint
     assert load_checkpoint(ckpt).model.cfg.context_passes == passes  # s3: a config without the field
@@ -76,6 +79,29 @@ def test_session_9_golden_file_sends_colour_shifts():
     rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
     weights = adapt.unpack_deltas(sm, sections[rgb["pixel_context"]], 3)
     assert weights.coef_shift is not None and np.abs(weights.coef_shift).max() > 0
+
+
+def test_version_5_golden_file_needs_its_z0_ensemble():
+    """The calls at z_0 are part of the file: read as one call, the same payload does not
+    give the image back (a clear error, never a wrong image)."""
+    from vdmcodec.container import pack_container
+    from vdmcodec.errors import VdmcError
+
+    data = (DATA / "s10_v5_z0_ensemble.vdmc").read_bytes()
+    assert int.from_bytes(data[8:10], "little") == 5
+    header, sections = unpack_container(data)
+    assert header["compute"]["z0_ensemble"] == 4 and all(e.get("pixel_context") for e in header["images"])
+    from vdmcodec.coding import adapt
+    from vdmcodec.coding.chain import StepModel
+
+    lm = load_checkpoint(DATA / "s4_tiny_four_pass.pt")
+    rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
+    weights = adapt.unpack_deltas(StepModel(lm.model, lm.gamma_table.numpy()), sections[rgb["pixel_context"]], 3)
+    assert weights.feature_head is not None and np.abs(weights.feature_head).max() > 0
+    header["compute"]["z0_ensemble"] = 1
+    edited = pack_container(header, [(s["name"], sections[s["name"]]) for s in header["sections"]])
+    with pytest.raises(VdmcError):
+        decompress_bytes(edited, checkpoint=str(DATA / "s4_tiny_four_pass.pt"))
 
 
 FUZZ_CASES = 36  # seeded: the same damaged files every run, a few seconds in all

@@ -4,6 +4,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s6_v2_context_ensemble.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v4 s4_tiny_four_pass.pt s8_v4_metadata.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s9_colour_shifts.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s10_v5_z0_ensemble.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -11,7 +12,9 @@ codes the same crops with the existing four-pass checkpoint, each image's own pi
 weights (the keep rule forced), the step plan 0, 1, 2, 4, 8 and a 2-call ensemble on its first
 two steps: the format-2 header fields.  "v4" codes them with format 4's fields: metadata
 (V4_METADATA on the RGB crop), image_defaults and 4-digit per-image hashes.  The "v2" run of
-session 9 also sends the RGB crop's shifts of the colour coefficients per pass.
+session 9 also sends the RGB crop's shifts of the colour coefficients per pass.  "v5" is
+"v2" with format 5's 4-call flip ensemble at z_0 for the images with their own context (and,
+with session 10's code, the RGB crop's read-out of the network's features).
 """
 
 import sys
@@ -34,12 +37,13 @@ def crops() -> list:
     return [("s3_rgb.png", raster(rgb)), ("s3_grey.png", raster(grey[:, :, None].repeat(3, 2), mode="L"))]
 
 
-def main_v2(ckpt_name: str, archive_name: str) -> None:
+def main_v2(ckpt_name: str, archive_name: str, z0_ensemble: int = 1) -> None:
     from vdmcodec.coding import adapt
 
     torch.set_num_threads(1)
     adapt.KEEP_IF_SAVING_OVER_COST = -1e9
-    coder = Coder(load_checkpoint(HERE / ckpt_name), threads=1, ensemble=2, plan=(0, 1, 2, 4, 8), ensemble_steps=2)
+    coder = Coder(load_checkpoint(HERE / ckpt_name), threads=1, ensemble=2, plan=(0, 1, 2, 4, 8), ensemble_steps=2,
+                  z0_ensemble=z0_ensemble)
     data, _ = compress_images(crops(), coder)
     (HERE / archive_name).write_bytes(data)
 
@@ -82,6 +86,8 @@ def main(passes: int, ckpt_name: str, archive_name: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "v2":
         main_v2(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "v5":
+        main_v2(sys.argv[2], sys.argv[3], z0_ensemble=4)
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

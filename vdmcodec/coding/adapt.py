@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..model.vdm import discretized_logistic_logp
-from .chain import ContextWeights, StepModel
+from .chain import FEATURE_OUTPUTS, ContextWeights, StepModel
 
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
 HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer
@@ -26,6 +26,10 @@ GAIN_STEP = 2.0**-6  # the gains on the context network's outputs: 1 + int8 mult
 GAIN_LR = 0.05  # they must be able to reach 0 (the network off) within a fit
 COEF_STEP = 2.0**-7  # the shifts of the raw colour coefficients per pass: int8 multiples of this
 COEF_LR = 0.02
+# the read-out of the network's last features at z_0 (ContextWeights.feature_head): int8
+# multiples of this; its fitted values stay within about +-0.15
+FEATURE_STEP = 2.0**-9
+FEATURE_LR = 0.003
 DELTA_LIMIT = 127
 FIT_PATCH = (32, 96)  # patch height, width
 FIT_LR = 0.005
@@ -84,11 +88,20 @@ def n_coef_shifts(sm: StepModel, channels: int) -> int:
     return (sm.model.cfg.context_passes * 3) if channels == 3 else 0
 
 
+def feature_head_shape(sm: StepModel, channels: int) -> tuple[int, int] | None:
+    """Shape of an image's feature read-out (ContextWeights.feature_head); None where it has
+    none (one-channel images, models without the network's decoder heads)."""
+    if channels != 3 or sm.model.cfg.decoder != "xhat":
+        return None
+    return (FEATURE_OUTPUTS, sm.model.net.cfg.channels[0] + 1)
+
+
 def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
     """w as int8 steps away from the model's weights (w must be on that grid): the linear
     weights and log-scales; with a context network, the gains on its outputs (steps from 1);
-    the colour-coefficient shifts when w has them; then its last layers when w has its own.
-    (The blob's size says which parts are there: files from before the shifts decode.)"""
+    the colour-coefficient shifts when w has them; then its last layers when w has its own;
+    then the feature read-out when w has one.  (The blob's size says which parts are there:
+    files from before the shifts and the read-out decode.)"""
     base_w, base_ls = model_weights(sm, w.log_scale.shape[1])
     q = [_flat([w.weight - base_w, w.log_scale - base_ls]) / DELTA_STEP]
     if n_gains(sm):
@@ -98,6 +111,8 @@ def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
         q.append(w.coef_shift.ravel() / COEF_STEP)
     if w.head is not None:
         q.append((_flat(_head_parts(w.head)) - _flat(_head_parts(model_head(sm)))) / HEAD_DELTA_STEP)
+    if w.feature_head is not None:
+        q.append(w.feature_head.ravel() / FEATURE_STEP)
     return np.rint(np.concatenate(q)).astype(np.int8).tobytes()
 
 
@@ -109,23 +124,29 @@ def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
     base_head = model_head(sm)
     n_head = 0 if base_head is None else _flat(_head_parts(base_head)).size
     n_coef = n_coef_shifts(sm, channels)
-    layouts = {n_lin + n_gain + cs + hd: (cs, hd) for cs in {0, n_coef} for hd in {0, n_head}}
+    fh_shape = feature_head_shape(sm, channels)
+    n_feat = 0 if fh_shape is None else fh_shape[0] * fh_shape[1]
+    # the read-out comes only with the colour shifts (both are RGB-only, written since session 10)
+    layouts = {n_lin + n_gain + cs + hd + fh: (cs, hd, fh) for cs in {0, n_coef} for hd in {0, n_head}
+               for fh in ({0, n_feat} if cs else {0})}
     if len(blob) not in layouts:
         raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(layouts)}")
-    n_cs, n_hd = layouts[len(blob)]
+    n_cs, n_hd, n_fh = layouts[len(blob)]
     q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
-    gains = head = coef_shift = None
+    gains = head = coef_shift = feature_head = None
     i = n_lin + n_gain
     if n_gain:
         gains = 1.0 + q[n_lin:i].reshape(-1, 2) * GAIN_STEP
     if n_cs:
         coef_shift = q[i : i + n_cs].reshape(-1, 3) * COEF_STEP
     if n_hd:
-        head = _unflatten(base_head, q[i + n_cs :] * HEAD_DELTA_STEP)
+        head = _unflatten(base_head, q[i + n_cs : i + n_cs + n_hd] * HEAD_DELTA_STEP)
+    if n_fh:
+        feature_head = q[i + n_cs + n_hd :].reshape(fh_shape) * FEATURE_STEP
     q = q[:n_lin] * DELTA_STEP
     return ContextWeights(weight=base_w + q[: base_w.size].reshape(base_w.shape),
                           log_scale=base_ls + q[base_w.size :].reshape(base_ls.shape), head=head, gains=gains,
-                          coef_shift=coef_shift)
+                          coef_shift=coef_shift, feature_head=feature_head)
 
 
 def _unflatten(base_head, delta: np.ndarray) -> tuple:
@@ -138,7 +159,8 @@ def _unflatten(base_head, delta: np.ndarray) -> tuple:
 
 
 def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=None,
-             gains: torch.Tensor | None = None, coef_shift: torch.Tensor | None = None) -> ContextWeights:
+             gains: torch.Tensor | None = None, coef_shift: torch.Tensor | None = None,
+             feature_head: torch.Tensor | None = None) -> ContextWeights:
     """Round the fitted weights to what the decoder will rebuild from int8 deltas."""
     base_w, base_ls = model_weights(sm, log_scale.shape[1])
 
@@ -151,8 +173,9 @@ def quantise(sm: StepModel, weight: torch.Tensor, log_scale: torch.Tensor, head=
         qhead = tuple((q(w, bw, HEAD_DELTA_STEP), q(b, bb, HEAD_DELTA_STEP)) for (w, b), (bw, bb) in zip(head, model_head(sm)))
     qgains = None if gains is None else q(gains, np.ones(tuple(gains.shape)), GAIN_STEP)
     qcoef = None if coef_shift is None else q(coef_shift, np.zeros(tuple(coef_shift.shape)), COEF_STEP)
+    qfeat = None if feature_head is None else q(feature_head, np.zeros(tuple(feature_head.shape)), FEATURE_STEP)
     return ContextWeights(weight=q(weight, base_w), log_scale=q(log_scale, base_ls), head=qhead, gains=qgains,
-                          coef_shift=qcoef)
+                          coef_shift=qcoef, feature_head=qfeat)
 
 
 def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3), size: tuple[int, int] = FIT_PATCH) -> list[np.ndarray]:
@@ -171,23 +194,24 @@ def _patches(x: np.ndarray, grid: tuple[int, int] = (3, 3), size: tuple[int, int
 
 def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Generator,
                     calls: tuple[int, ...] = (1,)) -> dict[int, tuple]:
-    """Pixels, and base location, scale (x_tilde units, float32: the fit needs no more) and
-    colour outputs at one z_0 draw, batched over equal-sized patches: for each number of
-    network calls at z_0 in `calls`, at the same draw."""
+    """Pixels, and base location, scale (x_tilde units, float32: the fit needs no more),
+    colour outputs and the network's last features at one z_0 draw, batched over
+    equal-sized patches: for each number of network calls at z_0 in `calls`, at the same
+    draw."""
     g = sm.grids
     out: dict[int, list] = {n: [] for n in calls}
     for x in patches:
         xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
         k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
         for n in calls:
-            loc, scale, aux = sm.pixel_params(k0, calls=n)
+            loc, scale, aux = sm.pixel_params(k0, calls=n, features=True)
             out[n].append((x.astype(np.int64), xt, (loc + 0.5) / 128.0 - 1.0, scale / 128.0,
-                           np.asarray(aux["channel_coef"], dtype=np.float64)))
+                           np.asarray(aux["channel_coef"], dtype=np.float64), aux["features"]))
     f32 = lambda a: torch.from_numpy(a).float()  # noqa: E731
     result = {}
     for n, parts in out.items():
-        x, xt, loc, scale, coef = (np.stack(a) for a in zip(*parts))
-        result[n] = (torch.from_numpy(x), f32(xt), f32(loc), f32(scale), f32(coef))
+        x, xt, loc, scale, coef, feats = (np.stack(a) for a in zip(*parts))
+        result[n] = (torch.from_numpy(x), f32(xt), f32(loc), f32(scale), f32(coef), f32(feats))
     return result
 
 
@@ -270,10 +294,12 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     caches: dict = {"fit": {}, "val": {}}
     caches.update(fit1=caches["fit"], val1=caches["val"]) if sm.z0_ensemble == 1 else caches.update(fit1={}, val1={})
 
-    def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None) -> torch.Tensor:
-        xi, xt, loc, scale, coef = inputs
+    def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None,
+             feature_head=None) -> torch.Tensor:
+        xi, xt, loc, scale, coef, feats = inputs
         lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
-                                      feature_cache=cache, gains=gains, coef_shift=coef_shift)
+                                      feature_cache=cache, gains=gains, coef_shift=coef_shift,
+                                      feature_head=feature_head, features=feats)
         return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
 
     def fit(kind: str) -> ContextWeights:
@@ -287,6 +313,11 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         coef_shift = torch.zeros(model.cfg.context_passes, 3, requires_grad=True) if n_coef_shifts(sm, c) else None
         if coef_shift is not None:
             groups.append({"params": [coef_shift], "lr": COEF_LR})
+        # the network's own denoising, re-read for this image (its grain, its sharpness)
+        fh_shape = feature_head_shape(sm, c)
+        feature_head = None if fh_shape is None else torch.zeros(fh_shape, requires_grad=True)
+        if feature_head is not None:
+            groups.append({"params": [feature_head], "lr": FEATURE_LR})
         if kind == "off":
             gains = torch.zeros(n_gains(sm) // 2, 2)
         elif base_head is not None:  # the network's gains: the fit may turn it down or off
@@ -296,15 +327,16 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         with torch.enable_grad():
             for _ in range(budget.steps):
                 opt.zero_grad()
-                bits(fit_in, caches["fit"], params[0], params[1], head, gains, coef_shift).backward()
+                bits(fit_in, caches["fit"], params[0], params[1], head, gains, coef_shift, feature_head).backward()
                 opt.step()
-        return quantise(sm, params[0], params[1], head, gains, coef_shift)
+        return quantise(sm, params[0], params[1], head, gains, coef_shift, feature_head)
 
     def as_torch(w: ContextWeights):
         head = None if w.head is None else [tuple(torch.from_numpy(a).float() for a in wb) for wb in w.head]
         gains = None if w.gains is None else torch.from_numpy(w.gains).float()
         coef_shift = None if w.coef_shift is None else torch.from_numpy(w.coef_shift).float()
-        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains, coef_shift
+        fh = None if w.feature_head is None else torch.from_numpy(w.feature_head).float()
+        return torch.from_numpy(w.weight).float(), torch.from_numpy(w.log_scale).float(), head, gains, coef_shift, fh
 
     kinds = ["linear"]
     if base_head is not None:

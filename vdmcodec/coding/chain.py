@@ -157,7 +157,8 @@ class StepModel:
             lam = jump_log_var(lam, float(self._jump_ratio[i]))
         return eps, lam
 
-    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1) -> tuple[np.ndarray, dict]:
+    def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1,
+             features: bool = False) -> tuple[np.ndarray, dict]:
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
@@ -166,7 +167,7 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            eps, aux = flip_ensemble(self.model.net, z, gamma, calls)
+            eps, aux = flip_ensemble(self.model.net, z, gamma, calls, with_features=features)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)
@@ -226,11 +227,11 @@ class StepModel:
         std = np.full(n, 1.0 / g.delta[self.T])
         return windowed_gaussian(mean, std, int(g.prior_half)), mean, std
 
-    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None,
-                     calls: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+    def pixel_params(self, k0: np.ndarray, context: np.ndarray | None = None, calls: int = 1,
+                     features: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
         """Base location and scale of p(x | z_0), in pixel levels (float64, shape (C, H, W)),
-        and the network's other outputs at z_0 (channel_coef, snapped), from `calls` network
-        calls (z0_calls)."""
+        and the network's other outputs at z_0 (channel_coef, and with `features` the output
+        layer's input, all snapped), from `calls` network calls (z0_calls)."""
         g = self.grids
         z0 = k0.astype(np.float64) * g.delta[0]
         if self.model.cfg.decoder == "z0":
@@ -238,7 +239,7 @@ class StepModel:
             scale = np.full(z0.shape, self.decoder_scale)
             aux = {}
         else:
-            eps, aux = self._net(k0, 0, context, calls)
+            eps, aux = self._net(k0, 0, context, calls, features)
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps) / g.alpha[0], -2.0, 2.0)
             scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
@@ -252,10 +253,11 @@ class StepModel:
         centre = snap((k0.astype(np.float64) * g.delta[0] / g.alpha[0] + 1.0) * 128.0 - 0.5, 2.0**-20)
         width = min(2 * g.x_half + 1, 256)
         offset = np.clip(np.rint(centre).astype(np.int64) - g.x_half, 0, 256 - width)
-        loc, scale, aux = self.pixel_params(k0, context, self.z0_calls(weights))
+        own_features = weights is not None and weights.feature_head is not None
+        loc, scale, aux = self.pixel_params(k0, context, self.z0_calls(weights), features=own_features)
         ctx = None
         if getattr(self.model.cfg, "pixel_context", False):
-            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights)
+            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights, aux.get("features"))
         return PixelCodec(loc, scale, offset, width, ctx)
 
 
@@ -272,6 +274,22 @@ class ContextWeights:
     gains: np.ndarray | None = None
     # added to the network's raw colour coefficients, per pass, (passes, 3) float64; None: 0
     coef_shift: np.ndarray | None = None
+    # an image's own linear read-out of the network's last features at z_0 (FEATURE_OUTPUTS
+    # rows: shift in scales, log-scale change, raw colour coefficients, 3 each; columns: the
+    # features, then a bias), float64; None: no such outputs (RGB images only)
+    feature_head: np.ndarray | None = None
+
+
+FEATURE_OUTPUTS = 9
+
+
+def feature_outputs(head: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """(FEATURE_OUTPUTS, H, W) = head[:, :-1] @ features + head[:, -1], in float64 summed
+    feature by feature in a fixed order (no BLAS: the same bits on every machine), snapped."""
+    out = np.repeat(head[:, -1][:, None, None], features.shape[1], 1).repeat(features.shape[2], 2)
+    for k in range(features.shape[0]):
+        out = out + head[:, k][:, None, None] * features[k][None]
+    return snap(out, PARAM_SNAP)
 
 
 @dataclass
@@ -284,11 +302,20 @@ class PixelContext:
     net: ContextNet | None = None  # the model's nonlinear refinement, if it has one
     head: list | None = None  # float32 (weight, bias) per group for the net, instead of its own
     gains: np.ndarray | None = None  # (groups, 2) float64 factors on the net's outputs (None: ones)
+    # the image's own feature read-out (ContextWeights.feature_head): a shift in scales and a
+    # log-scale change per pixel, (C, H, W) float64 each; None: none
+    feature_shift: np.ndarray | None = None
+    feature_log_scale: np.ndarray | None = None
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
-                   weights: ContextWeights | None = None) -> "PixelContext":
-        head = gains = None
+                   weights: ContextWeights | None = None, features: np.ndarray | None = None) -> "PixelContext":
+        head = gains = f_shift = f_log_scale = None
+        if weights is not None and weights.feature_head is not None and channels == 3:
+            if features is None:
+                raise ValueError("an image's feature read-out needs the network's features at z_0")
+            fo = feature_outputs(weights.feature_head, features)
+            f_shift, f_log_scale, coef_raw = fo[0:3], fo[3:6], coef_raw + fo[6:9]
         if weights is not None:
             weight, log_scale, gains = weights.weight, weights.log_scale, weights.gains
             if weights.head is not None:
@@ -302,7 +329,8 @@ class PixelContext:
             pm = pass_map_np(coef_raw.shape[1], coef_raw.shape[2], weight.shape[0] + 1)
             coef_raw = coef_raw + weights.coef_shift[pm].transpose(2, 0, 1)
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
-        return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains)
+        return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains,
+                   feature_shift=f_shift, feature_log_scale=f_log_scale)
 
     @property
     def passes(self) -> int:
@@ -413,6 +441,8 @@ class PixelCodec:
         group = self._group_context(p, c, x)
         # math.exp for the scalar: the arithmetic files written without a network were coded with
         factor = math.exp(ctx.log_scale[p, c]) if group is None else np.exp(ctx.log_scale[p, c] + group[1][sel])
+        if ctx.feature_log_scale is not None:
+            factor = factor * np.exp(ctx.feature_log_scale[c][sel])
         scale = snap(self.scale[c][sel] * factor, 2.0**-24)
         return loc, scale, self.offset[c][sel]
 
@@ -428,6 +458,8 @@ class PixelCodec:
         group = self._group_context(p, ch, x)
         if group is not None:
             shift = group[0] if shift is None else shift + group[0]
+        if self.ctx.feature_shift is not None:
+            shift = self.ctx.feature_shift[ch] if shift is None else shift + self.ctx.feature_shift[ch]
         return shift
 
     def _group_context(self, p: int, ch: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -129,12 +129,14 @@ class EpsNet(nn.Module):
                  ("channel_coef", self.cfg.channel_head))
         return [n for n, on in heads if on]
 
-    def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_aux: bool = False):
+    def forward(self, z: torch.Tensor, gamma: torch.Tensor, with_aux: bool = False, with_features: bool = False):
         """z: (B, C, H, W) float32; gamma: (B,) or scalar.  Returns eps_hat of z's shape, and
         with `with_aux` also a dict of the extra outputs, each of z's shape (zeros for a head
         the network does not have): "decoder_log_scale" (used at gamma0, by p(x | z_0)) and
         "reverse_var" (used at gamma_i, i >= 1, by p(z_{i-1} | z_i)) and "channel_coef" (at
-        gamma0: the raw colour coefficients of p(x | z_0), G on R, B on R, B on G).
+        gamma0: the raw colour coefficients of p(x | z_0), G on R, B on R, B on G).  With
+        `with_features` (and with_aux) the dict also holds "features": the output layer's
+        input, (B, channels[0], H, W), which an image's own output corrections read.
 
         A one-channel z (greyscale) is run as three equal channels and the outputs averaged.
         """
@@ -162,8 +164,8 @@ class EpsNet(nn.Module):
         for blk in self.ublocks1:
             u1 = blk(u1, emb)
         u0 = h0 + F.pixel_shuffle(self.up1(F.silu(u1)), 2)
-        u0 = self.head(F.silu(u0))
-        out = self.out(F.silu(u0))[:, :, :h, :w]
+        feats = F.silu(self.head(F.silu(u0)))
+        out = self.out(feats)[:, :, :h, :w]
         c = z.shape[1]
         aux = {name: out[:, c * (k + 1) : c * (k + 2)] for k, name in enumerate(self.aux_heads())}
         out = out[:, :c]
@@ -176,6 +178,8 @@ class EpsNet(nn.Module):
             aux = {k: v.mean(dim=1, keepdim=True) for k, v in aux.items()}
         if not with_aux:
             return eps
+        if with_features:
+            aux["features"] = feats[:, :, :h, :w]
         for name in AUX_NAMES:
             aux.setdefault(name, torch.zeros_like(eps))
         return eps, aux
@@ -187,13 +191,15 @@ class EpsNet(nn.Module):
 ENSEMBLE_FLIPS = {1: ((),), 2: ((), (3,)), 4: ((), (3,), (2,), (2, 3))}
 
 
-def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int) -> tuple[torch.Tensor, dict]:
-    """net(z, gamma, with_aux=True) averaged over the flips of ENSEMBLE_FLIPS[calls], each
-    output flipped back; always summed in the same order (the coder needs identical results).
-    Sizes are checked where they come in (StepModel.ensemble, the file header)."""
+def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int,
+                  with_features: bool = False) -> tuple[torch.Tensor, dict]:
+    """net(z, gamma, with_aux=True, with_features=...) averaged over the flips of
+    ENSEMBLE_FLIPS[calls], each output flipped back; always summed in the same order (the
+    coder needs identical results).  Sizes are checked where they come in
+    (StepModel.ensemble, the file header)."""
     eps_sum, aux_sum = None, None
     for dims in ENSEMBLE_FLIPS[calls]:
-        eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True)
+        eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True, with_features=with_features)
         if dims:
             eps, aux = torch.flip(eps, dims), {k: torch.flip(v, dims) for k, v in aux.items()}
         eps_sum = eps if eps_sum is None else eps_sum + eps

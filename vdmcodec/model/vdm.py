@@ -269,7 +269,9 @@ class VDM(nn.Module):
                        coef_raw: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None,
                        head: list | None = None, feature_cache: dict | None = None,
                        gains: torch.Tensor | None = None,
-                       coef_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       coef_shift: torch.Tensor | None = None,
+                       feature_head: torch.Tensor | None = None,
+                       features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced locations and scales of the multi-pass, colour-ordered pixel decoder.
 
         Pass p (pass_map) is located at loc + scale * sum(context_weight[p-1] * residuals /
@@ -283,7 +285,11 @@ class VDM(nn.Module):
         last layer per group (weight, bias) instead of the model's (an image's own,
         fitted by the encoder).  gains: (groups, 2) factors on each group's shift and
         log-scale change (an image's own; None: ones).  coef_shift: (passes, 3) added to the raw
-        colour coefficients at each pass's pixels (an image's own; None: 0).  feature_cache: a dict that keeps the
+        colour coefficients at each pass's pixels (an image's own; None: 0).  feature_head: (9,
+        F + 1), an image's own linear read-out of the network's last features at z_0
+        (`features`, (B, F, H, W)): a shift in scales, a log-scale change and raw colour
+        coefficients, 3 each, added to the others (RGB only; coding.chain.feature_outputs).
+        feature_cache: a dict that keeps the
         context network's features between calls on the same pixels (they do not depend on
         what is fitted)."""
         b, c, h, w = xt.shape
@@ -295,6 +301,11 @@ class VDM(nn.Module):
         log_scale = log_scale[pm].permute(2, 0, 1).to(u.dtype)
         if coef_shift is not None and c == 3:
             coef_raw = coef_raw + coef_shift.to(coef_raw.dtype)[pm].permute(2, 0, 1)
+        fo = None
+        if feature_head is not None and c == 3:
+            fo = torch.einsum("of,bfhw->bohw", feature_head[:, :-1].to(u.dtype), features.to(u.dtype))
+            fo = fo + feature_head[:, -1].to(u.dtype)[None, :, None, None]
+            coef_raw = coef_raw + fo[:, 6:9].to(coef_raw.dtype)
         coef = channel_coefficients(coef_raw.to(u.dtype))
         for p in range(1, passes):
             s = F.conv2d(u * (pm < p), weight[p - 1].to(u.dtype), padding=CONTEXT_KERNEL // 2)
@@ -302,6 +313,8 @@ class VDM(nn.Module):
         if self.context_net is not None:
             ds, dls = self._context_net_outputs(u, pm, context_net_inputs(loc, scale), head, feature_cache, gains)
             shift, log_scale = shift + ds.to(u.dtype), log_scale + dls.to(u.dtype)
+        if fo is not None:
+            shift, log_scale = shift + fo[:, 0:3], log_scale + fo[:, 3:6]
         loc = loc + scale * shift
         scale = scale * torch.exp(log_scale)
         if c == 3:
