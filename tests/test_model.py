@@ -372,3 +372,26 @@ def test_step_kl_is_smallest_at_the_matched_variance():
     assert torch.allclose(step_kl(r, torch.zeros_like(r)), 0.5 * r)
     for d in (-0.3, 0.3):
         assert torch.all(step_kl(r, best + d) > step_kl(r, best))
+
+
+def test_flip_ensembles_of_several_sizes_equal_each_size_alone():
+    """One pass over the four flips gives the 1-, 2- and 4-call ensembles bit for bit (the
+    encoder's fit compares them at the same z_0; the coder makes each alone)."""
+    from vdmcodec.model.network import flip_ensemble, flip_ensembles
+
+    torch.manual_seed(3)
+    model = VDM(tiny_config(steps=8, decoder="xhat", pixel_context=True))
+    with torch.no_grad():
+        for name, p in model.net.named_parameters():  # scrambled: flips change the outputs
+            if name.endswith("conv2.weight") or name.startswith("out."):
+                p.normal_(0.0, 0.05)
+    z = torch.randn(1, 3, 12, 10)
+    gamma = torch.tensor([-5.0])
+    with torch.no_grad():
+        together = flip_ensembles(model.net, z, gamma, (1, 2, 4), with_features=True)
+        assert not torch.equal(together[1][0], together[4][0])
+        for n in (1, 2, 4):
+            eps, aux = flip_ensemble(model.net, z, gamma, n, with_features=True)
+            assert torch.equal(eps, together[n][0])
+            assert aux.keys() == together[n][1].keys() and "features" in aux
+            assert all(torch.equal(v, together[n][1][k]) for k, v in aux.items())

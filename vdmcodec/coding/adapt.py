@@ -203,8 +203,7 @@ def _decoder_inputs(sm: StepModel, patches: list[np.ndarray], rng: np.random.Gen
     for x in patches:
         xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
         k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
-        for n in calls:
-            loc, scale, aux = sm.pixel_params(k0, calls=n, features=True)
+        for n, (loc, scale, aux) in sm.pixel_params_each(k0, None, calls, features=True).items():
             out[n].append((x.astype(np.int64), xt, (loc + 0.5) / 128.0 - 1.0, scale / 128.0,
                            np.asarray(aux["channel_coef"], dtype=np.float64), aux["features"]))
     f32 = lambda a: torch.from_numpy(a).float()  # noqa: E731

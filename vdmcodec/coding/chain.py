@@ -17,7 +17,7 @@ import torch
 from ..model.vdm import (CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, REVERSE_LOG_VAR_MAX, VDM, group_inputs,
                          pass_classes, pass_map_np)
 from ..model.context_net import ContextNet
-from ..model.network import ENSEMBLE_FLIPS, flip_ensemble
+from ..model.network import ENSEMBLE_FLIPS, flip_ensembles
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
@@ -159,6 +159,11 @@ class StepModel:
 
     def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1,
              features: bool = False) -> tuple[np.ndarray, dict]:
+        return self._nets(k, i, context, (calls,), features)[calls]
+
+    def _nets(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: tuple[int, ...],
+              features: bool = False) -> dict[int, tuple[np.ndarray, dict]]:
+        """_net for each ensemble size in `calls`, from one pass (network.flip_ensembles)."""
         h = k.shape[1]
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
@@ -167,12 +172,12 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            eps, aux = flip_ensemble(self.model.net, z, gamma, calls, with_features=features)
+            outs = flip_ensembles(self.model.net, z, gamma, calls, with_features=features)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)
 
-        return crop(eps), {name: crop(v) for name, v in aux.items()}
+        return {n: (crop(eps), {name: crop(v) for name, v in aux.items()}) for n, (eps, aux) in outs.items()}
 
     def _context_latents(self, context: np.ndarray, i: int, region_rows: int) -> np.ndarray:
         """Grid indices of z_i for the context rows (float32), identical in encoder and decoder.
@@ -232,18 +237,24 @@ class StepModel:
         """Base location and scale of p(x | z_0), in pixel levels (float64, shape (C, H, W)),
         and the network's other outputs at z_0 (channel_coef, and with `features` the output
         layer's input, all snapped), from `calls` network calls (z0_calls)."""
+        return self.pixel_params_each(k0, context, (calls,), features)[calls]
+
+    def pixel_params_each(self, k0: np.ndarray, context: np.ndarray | None, calls: tuple[int, ...],
+                          features: bool = False) -> dict[int, tuple[np.ndarray, np.ndarray, dict]]:
+        """pixel_params for each number of calls in `calls`, from one pass over the flips."""
         g = self.grids
         z0 = k0.astype(np.float64) * g.delta[0]
         if self.model.cfg.decoder == "z0":
             x_est = z0 / g.alpha[0]
-            scale = np.full(z0.shape, self.decoder_scale)
-            aux = {}
-        else:
-            eps, aux = self._net(k0, 0, context, calls, features)
+            return {n: (snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), np.full(z0.shape, self.decoder_scale), {})
+                    for n in calls}
+        out = {}
+        for n, (eps, aux) in self._nets(k0, 0, context, calls, features).items():
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps) / g.alpha[0], -2.0, 2.0)
             scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
-        return snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale, aux
+            out[n] = (snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale, aux)
+        return out
 
     def p_pixels(self, k0: np.ndarray, context: np.ndarray | None = None,
                  weights: ContextWeights | None = None) -> "PixelCodec":

@@ -197,13 +197,22 @@ def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int,
     ENSEMBLE_FLIPS[calls], each output flipped back; always summed in the same order (the
     coder needs identical results).  Sizes are checked where they come in
     (StepModel.ensemble, the file header)."""
+    return flip_ensembles(net, z, gamma, (calls,), with_features)[calls]
+
+
+def flip_ensembles(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: tuple[int, ...],
+                   with_features: bool = False) -> dict[int, tuple[torch.Tensor, dict]]:
+    """flip_ensemble for each size in `calls` from one pass over the largest one's flips:
+    every smaller flip set is a prefix of a larger one and the sums run in the same order,
+    so each result is bit for bit what flip_ensemble of that size gives alone."""
+    out = {}
     eps_sum, aux_sum = None, None
-    for dims in ENSEMBLE_FLIPS[calls]:
+    for n, dims in enumerate(ENSEMBLE_FLIPS[max(calls)], start=1):
         eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True, with_features=with_features)
         if dims:
             eps, aux = torch.flip(eps, dims), {k: torch.flip(v, dims) for k, v in aux.items()}
         eps_sum = eps if eps_sum is None else eps_sum + eps
         aux_sum = aux if aux_sum is None else {k: aux_sum[k] + v for k, v in aux.items()}
-    if calls == 1:
-        return eps_sum, aux_sum
-    return eps_sum / calls, {k: v / calls for k, v in aux_sum.items()}
+        if n in calls:
+            out[n] = (eps_sum, aux_sum) if n == 1 else (eps_sum / n, {k: v / n for k, v in aux_sum.items()})
+    return out
