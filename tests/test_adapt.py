@@ -140,25 +140,34 @@ def test_colour_coefficient_shifts_pack_and_unpack_with_or_without_the_head(code
     assert adapt.unpack_deltas(sm, blob[: 687 + 22], 3).coef_shift is None  # an older file's layout
 
 
-def test_colour_coefficient_shifts_agree_between_fit_and_coder(coder_net):
-    """The fit's torch path and the coder's numpy path give the same bits with shifts."""
-    sm = coder_net.step_model
+def _coder_and_torch_bits(sm, weights: ContextWeights, baseline: ContextWeights | None, torch_kwargs):
+    """Bits per dim of a Kodak crop under `weights` by the coder (numpy, in coding order)
+    and by the fit's torch path (torch_kwargs(aux): the weights' extra parts), and by the
+    coder under `baseline`, at one z_0 draw."""
     x = np.ascontiguousarray(kodak_crop(24, 32, index=7).transpose(2, 0, 1))
-    base_w, base_ls = adapt.model_weights(sm, 3)
-    shifts = np.random.default_rng(3).integers(-60, 60, (4, 3)) * adapt.COEF_STEP
-    with_shift = ContextWeights(weight=base_w, log_scale=base_ls, coef_shift=shifts)
     g = sm.grids
     xt = (2.0 * x + 1.0) / 256.0 - 1.0
     k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(4).standard_normal(xt.shape)) / g.delta[0])
     k0 = k0.astype(np.int32)
-    coder_bits = sm.p_pixels(k0, weights=with_shift).bits(x) / x.size
-    plain_bits = sm.p_pixels(k0).bits(x) / x.size
-    loc, scale, aux = sm.pixel_params(k0)
+    coder_bits = sm.p_pixels(k0, weights=weights).bits(x) / x.size
+    plain_bits = sm.p_pixels(k0, weights=baseline).bits(x) / x.size
+    loc, scale, aux = sm.pixel_params(k0, calls=sm.z0_calls(weights), features=True)
     with torch.no_grad():
         lo, sc = sm.model.context_params(torch.from_numpy(xt)[None], torch.from_numpy((loc + 0.5) / 128.0 - 1.0)[None],
                                          torch.from_numpy(scale / 128.0)[None], torch.from_numpy(aux["channel_coef"])[None],
-                                         coef_shift=torch.from_numpy(shifts))
+                                         **torch_kwargs(aux))
         torch_bits = float(-discretized_logistic_logp(torch.from_numpy(x.astype(np.int64))[None], lo, sc).mean()) / math.log(2)
+    return coder_bits, torch_bits, plain_bits
+
+
+def test_colour_coefficient_shifts_agree_between_fit_and_coder(coder_net):
+    """The fit's torch path and the coder's numpy path give the same bits with shifts."""
+    sm = coder_net.step_model
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    shifts = np.random.default_rng(3).integers(-60, 60, (4, 3)) * adapt.COEF_STEP
+    with_shift = ContextWeights(weight=base_w, log_scale=base_ls, coef_shift=shifts)
+    coder_bits, torch_bits, plain_bits = _coder_and_torch_bits(
+        sm, with_shift, None, lambda aux: {"coef_shift": torch.from_numpy(shifts)})
     assert abs(coder_bits - plain_bits) > 1e-3  # the shifts matter
     assert coder_bits == pytest.approx(torch_bits, abs=2e-3)
 
@@ -185,22 +194,16 @@ def test_feature_read_out_agrees_between_fit_and_coder(coder_net):
     """The fit's torch path and the coder's numpy path give the same bits with a read-out of
     the network's features (at the same number of calls at z_0), and it matters."""
     sm = coder_net.step_model
-    x = np.ascontiguousarray(kodak_crop(24, 32, index=7).transpose(2, 0, 1))
     base_w, base_ls = adapt.model_weights(sm, 3)
     feat = np.random.default_rng(6).integers(-100, 100, adapt.feature_head_shape(sm, 3)) * adapt.FEATURE_STEP
     with_feat = ContextWeights(weight=base_w, log_scale=base_ls, feature_head=feat)
-    g = sm.grids
-    xt = (2.0 * x + 1.0) / 256.0 - 1.0
-    k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * np.random.default_rng(4).standard_normal(xt.shape)) / g.delta[0])
-    k0 = k0.astype(np.int32)
-    coder_bits = sm.p_pixels(k0, weights=with_feat).bits(x) / x.size
-    plain_bits = sm.p_pixels(k0, weights=ContextWeights(weight=base_w, log_scale=base_ls)).bits(x) / x.size
-    loc, scale, aux = sm.pixel_params(k0, calls=sm.z0_ensemble, features=True)
-    with torch.no_grad():
-        lo, sc = sm.model.context_params(torch.from_numpy(xt)[None], torch.from_numpy((loc + 0.5) / 128.0 - 1.0)[None],
-                                         torch.from_numpy(scale / 128.0)[None], torch.from_numpy(aux["channel_coef"])[None],
-                                         feature_head=torch.from_numpy(feat), features=torch.from_numpy(aux["features"])[None])
-        torch_bits = float(-discretized_logistic_logp(torch.from_numpy(x.astype(np.int64))[None], lo, sc).mean()) / math.log(2)
+    sm.z0_ensemble = 4  # as the default effort codes such an image
+    try:
+        coder_bits, torch_bits, plain_bits = _coder_and_torch_bits(
+            sm, with_feat, ContextWeights(weight=base_w, log_scale=base_ls),
+            lambda aux: {"feature_head": torch.from_numpy(feat), "features": torch.from_numpy(aux["features"])[None]})
+    finally:
+        sm.z0_ensemble = 1
     assert abs(coder_bits - plain_bits) > 1e-3
     assert coder_bits == pytest.approx(torch_bits, abs=2e-3)
 

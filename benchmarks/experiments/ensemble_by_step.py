@@ -20,7 +20,6 @@ import torch
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding.chain import StepModel, reverse_log_var_np
-from vdmcodec.model.network import flip_ensemble
 from vdmcodec.train import list_images, load_rgb, split_holdout
 
 CALLS = (1, 2, 4, 8)

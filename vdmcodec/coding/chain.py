@@ -100,9 +100,7 @@ class StepModel:
 
     @ensemble.setter
     def ensemble(self, calls: int) -> None:
-        if calls not in ENSEMBLE_FLIPS:
-            raise ValueError(f"ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
-        self._ensemble = calls
+        self._ensemble = _ensemble_size(calls, "ensemble")
 
     @property
     def ensemble_steps(self) -> int:
@@ -126,9 +124,7 @@ class StepModel:
 
     @z0_ensemble.setter
     def z0_ensemble(self, calls: int) -> None:
-        if calls not in ENSEMBLE_FLIPS:
-            raise ValueError(f"z0 ensemble size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
-        self._z0_ensemble = calls
+        self._z0_ensemble = _ensemble_size(calls, "z0 ensemble")
 
     def z0_calls(self, weights: "ContextWeights | None") -> int:
         """Network calls at z_0 for an image with these context weights (None: the model's)."""
@@ -270,6 +266,12 @@ class StepModel:
         if getattr(self.model.cfg, "pixel_context", False):
             ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights, aux.get("features"))
         return PixelCodec(loc, scale, offset, width, ctx)
+
+
+def _ensemble_size(calls: int, what: str) -> int:
+    if calls not in ENSEMBLE_FLIPS:
+        raise ValueError(f"{what} size must be one of {sorted(ENSEMBLE_FLIPS)}, not {calls}")
+    return calls
 
 
 @dataclass(frozen=True)
