@@ -299,7 +299,7 @@ FEATURE_OUTPUTS = 9
 def feature_outputs(head: np.ndarray, features: np.ndarray) -> np.ndarray:
     """(FEATURE_OUTPUTS, H, W) = head[:, :-1] @ features + head[:, -1], in float64 summed
     feature by feature in a fixed order (no BLAS: the same bits on every machine), snapped."""
-    out = np.repeat(head[:, -1][:, None, None], features.shape[1], 1).repeat(features.shape[2], 2)
+    out = np.broadcast_to(head[:, -1, None, None], (head.shape[0],) + features.shape[1:])
     for k in range(features.shape[0]):
         out = out + head[:, k][:, None, None] * features[k][None]
     return snap(out, PARAM_SNAP)
