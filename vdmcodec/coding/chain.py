@@ -86,6 +86,7 @@ class StepModel:
         self.ensemble = ensemble
         self.ensemble_steps = ensemble_steps
         self.z0_ensemble = z0_ensemble
+        self.exact_net = None  # an ExactNet (model.exact_net) in place of the float network
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
         """jump_ratio of every step of the plan (index 0 unused)."""
@@ -168,7 +169,10 @@ class StepModel:
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            outs = flip_ensembles(self.model.net, z, gamma, calls, with_features=features)
+            if self.exact_net is not None:
+                outs = flip_ensembles(self.exact_net, z, int(self.plan[i]), calls, with_features=features)
+            else:
+                outs = flip_ensembles(self.model.net, z, gamma, calls, with_features=features)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)

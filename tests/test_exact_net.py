@@ -1,0 +1,182 @@
+"""The exact eps network (vdmcodec.model.exact_net): bit for bit the numpy reference, the same
+bits under every kernel set and thread count, and close to the float network."""
+
+from __future__ import annotations
+
+import doctest
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vdmcodec.model import exact_ops as ops
+from vdmcodec.model.exact_net import EXACT_SUM, ExactNet, export_exact
+from vdmcodec.model.exact_ref import ReferenceNet
+
+from data_paths import SHARED_DATA
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CALIBRATION = SHARED_DATA / "train" / "photos" / "lomiri-wallpapers-16.04-Bridge.png"
+HELD_APART = SHARED_DATA / "train" / "lossless-misc" / "waterloo_sail.png"
+needs_data = pytest.mark.skipif(not HELD_APART.exists(), reason="the shared data sets are not there (set VDMCODEC_DATA)")
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(ops, raise_on_error=True).attempted > 0
+
+
+def _centre(path: str, side: int) -> np.ndarray:
+    from vdmcodec.train import load_rgb
+    im = load_rgb(path)
+    y, x = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
+    return np.ascontiguousarray(im[y : y + side, x : x + side])
+
+
+@pytest.fixture(scope="module")
+def exported(model):
+    """The shipped model's network, exported with one small calibration crop (a training
+    photo), or a random crop where the data sets are absent."""
+    if CALIBRATION.exists():
+        calib = [_centre(CALIBRATION, 64)]
+    else:
+        calib = [np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    return export_exact(model.model.net, model.gamma_table.numpy(), calib)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from vdmcodec.checkpoints import load_checkpoint
+    return load_checkpoint(None)
+
+
+def _outputs(net: ExactNet, z: np.ndarray, step: int) -> dict:
+    eps, aux = net(torch.from_numpy(z), step, with_aux=True, with_features=True)
+    return {"eps": eps.numpy(), **{k: v.numpy() for k, v in aux.items()}}
+
+
+def _assert_equals_reference(net: ExactNet, z: np.ndarray, step: int) -> None:
+    got = _outputs(net, z, step)
+    eps, aux, feats = ReferenceNet(net.state)(z, step)
+    want = {"eps": eps, **aux, "features": feats}
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+
+
+def random_z(shape, seed: int) -> np.ndarray:
+    return (np.round(np.random.default_rng(seed).standard_normal(shape) * 256) / 256).astype(np.float32)
+
+
+@pytest.mark.parametrize("step,shape", [(0, (1, 3, 20, 28)), (9, (1, 3, 17, 13)), (40, (1, 1, 12, 16)), (64, (2, 3, 8, 8))])
+def test_the_fast_path_equals_the_numpy_reference_on_random_latents(exported, step, shape):
+    _assert_equals_reference(exported, random_z(shape, step), step)
+
+
+@needs_data
+@pytest.mark.parametrize("step", [0, 3, 30])
+def test_the_fast_path_equals_the_numpy_reference_on_a_photo(exported, step):
+    x = _centre(HELD_APART, 32).transpose(2, 0, 1)[None].astype(np.float64)
+    g = exported.step_consts[step]
+    alpha, sigma = float(g[0]), 1.0 / float(g[2])
+    z = alpha * ((2 * x + 1) / 256 - 1) + sigma * np.random.default_rng(step).standard_normal(x.shape)
+    _assert_equals_reference(exported, (np.round(z * 256) / 256).astype(np.float32), step)
+
+
+def test_without_numba_the_numpy_steps_give_the_same_bits(exported, monkeypatch):
+    z = random_z((1, 3, 16, 24), 5)
+    want = _outputs(exported, z, 2)
+    monkeypatch.setattr(ops, "numba", None)
+    got = _outputs(exported, z, 2)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.skipif(ops.numba is None, reason="numba is not installed")
+def test_the_fused_kernels_equal_the_numpy_steps_on_hard_values():
+    """Ties of the rounding, huge and tiny values, signed zeros, the clamp edges."""
+    rng = np.random.default_rng(3)
+    special = np.array([0.0, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, 7.90531, 15.81, 1e-30, -1e-30, 3e38, -3e38,
+                        1e6, -1e6, 2047.5, -2047.5], dtype=np.float32)
+    h = np.concatenate([special, (rng.standard_normal(4000) * 10).astype(np.float32)]).reshape(-1, 3)[:1339]
+    m = (rng.random(3) * 2).astype(np.float32)
+    o = rng.standard_normal(3).astype(np.float32)
+    mult, in_max = np.float32(97.3), np.float32(2047)
+    out = np.empty((1,) + h.shape, dtype=np.float32)
+    ops._act_nb(h, mult, in_max, out)
+    assert np.array_equal(out[0], ops.act_np(h, mult, in_max))
+    ops._affine_act_nb(h, m, o, mult, in_max, out)
+    assert np.array_equal(out[0], ops.affine_act_np(h, m, o, mult, in_max))
+    ops._affine_add_nb(h, m, o, h[::-1].copy(), out)
+    assert np.array_equal(out[0], ops.affine_add_np(h, m, o, h[::-1]))
+    split = np.empty((3,) + h.shape[:1] + (1,), dtype=np.float32)
+    ops._act_nb(h, mult, in_max, split)
+    assert np.array_equal(split[:, :, 0].T, ops.act_np(h, mult, in_max))
+
+
+def test_silu_is_within_3e_6_of_the_real_function():
+    x = np.linspace(-40, 40, 400001)
+    err = np.abs(ops.silu(x.astype(np.float32)).astype(np.float64) - x / (1 + np.exp(-x)))
+    assert err.max() < 3e-6
+
+
+def test_every_convolution_meets_the_exact_sum_bound(exported):
+    """sum |w| |x| < 2^24 for every output of every group: the float32 sums are exact."""
+    for name, layer in exported.layers.items():
+        w = layer.weight.double()
+        assert torch.equal(w, torch.round(w)), name
+        cin = w.shape[1] // layer.groups
+        bound = (w.abs() * layer.in_bound.double()[None, :, None, None]).reshape(w.shape[0], layer.groups, cin, -1)
+        assert float(bound.sum(dim=(2, 3)).max()) < EXACT_SUM, name
+        assert float(layer.in_bound.max()) == layer.in_max
+
+
+_DIGEST = """
+import hashlib, sys, torch, numpy as np
+sys.path.insert(0, {root!r})
+from vdmcodec.model.exact_net import ExactNet
+torch.set_num_threads(int(sys.argv[2]))
+net = ExactNet(torch.load(sys.argv[1], weights_only=False))
+z = torch.from_numpy(np.load(sys.argv[3]))
+h = hashlib.sha256()
+for step in (0, 5, 40):
+    eps, aux = net(z, step, with_aux=True, with_features=True)
+    for t in [eps] + [aux[k] for k in sorted(aux)]:
+        h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_the_same_bits_under_every_kernel_set_and_thread_count(exported, tmp_path):
+    """Fresh processes under ATen's portable kernels, oneDNN limited to SSE4.1, numba's
+    generic CPU target, and 1, 2 or 3 threads give the bits of this process."""
+    state, zpath = tmp_path / "exact.pt", tmp_path / "z.npy"
+    torch.save(exported.state, state)
+    z = random_z((1, 3, 44, 60), 11)
+    np.save(zpath, z)
+    want = hashlib.sha256()
+    for step in (0, 5, 40):
+        eps, aux = exported(torch.from_numpy(z), step, with_aux=True, with_features=True)
+        for t in [eps] + [aux[k] for k in sorted(aux)]:
+            want.update(t.contiguous().numpy().tobytes())
+    settings = [({}, 2), ({}, 1), ({}, 3), ({"ATEN_CPU_CAPABILITY": "default"}, 2),
+                ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, 1), ({"NUMBA_CPU_NAME": "generic"}, 2)]
+    for env, threads in settings:
+        out = subprocess.run([sys.executable, "-c", _DIGEST.format(root=ROOT), str(state), str(threads), str(zpath)],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == want.hexdigest(), (env, threads)
+
+
+@needs_data
+def test_the_exact_networks_nelbo_is_close_to_the_float_networks(model, exported):
+    from vdmcodec.codec import Coder
+    from vdmcodec.evaluate import image_nelbo
+    sm = Coder.for_effort(model, "default", adapt_context=False).step_model
+    planes = _centre(HELD_APART, 48)
+    float_bpd = image_nelbo(sm, planes)["nelbo_bpd"]
+    sm.exact_net = exported
+    exact_bpd = image_nelbo(sm, planes)["nelbo_bpd"]
+    assert abs(exact_bpd - float_bpd) < 0.01 * float_bpd
