@@ -1,0 +1,180 @@
+"""exp, log and their kin in float64 from IEEE-754 basic operations only: the same bits on
+every correct machine (issue 18's exact path).
+
+numpy's np.exp, np.log, np.tanh dispatch to different SIMD implementations on different CPUs
+(AVX-512, AVX2, baseline, NEON), which may differ in the last bit; a probability derived
+from them can then differ between the machine that wrote a file and the one that reads it.
+These functions use only +, -, *, /, floor, frexp and ldexp (each exact or correctly rounded
+by the standard) in a fixed order, with classic range reductions (fdlibm's split of ln 2)
+and polynomials: within 2 ulp of the true values (the tests measure it).
+
+Each is one scalar Python function, so one source has two executions that must agree bit for
+bit: plain CPython (the readable specification) and numba, which compiles it without
+fast-math into a parallel ufunc (the fast path; `numba` is a dependency).
+
+>>> [round(float(v), 12) for v in exp(np.array([0.0, 1.0, -2.5]))]
+[1.0, 2.718281828459, 0.082084998624]
+>>> float(log(np.array([np.e]))[0])
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps the spec importable
+    numba = None
+
+LN2_HI = 6.93147180369123816490e-01  # ln 2 with its low 32 bits zero: n * LN2_HI is exact for |n| < 2^20
+LN2_LO = 1.90821492927058770002e-10
+INV_LN2 = 1.44269504088896338700e00
+SQRT_HALF = 0.70710678118654752440
+EXP_MAX, EXP_MIN = 709.782712893384, -745.1332191019411
+# 1/k! for k = 13 .. 2 (Horner order), and 1/(2k+1) for k = 10 .. 1
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(13, 1, -1))
+_INV_ODD = tuple(1.0 / (2 * k + 1) for k in range(10, 0, -1))
+
+
+def _build(jit):
+    """The scalar functions, each compiled by `jit` (the identity: the specification)."""
+
+    def exp_(x):
+        """e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13, times 2^n."""
+        if x != x:
+            return x
+        if x > EXP_MAX:
+            return math.inf
+        if x < EXP_MIN:
+            return 0.0
+        n = math.floor(x * INV_LN2 + 0.5)
+        r = (x - n * LN2_HI) - n * LN2_LO
+        p = _INV_FACT[0]
+        for c in _INV_FACT[1:]:
+            p = p * r + c
+        p = (p * r + 1.0) * r + 1.0
+        return math.ldexp(p, int(n))
+
+    exp_ = jit(exp_)
+
+    def log_(x):
+        """ln x: x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s),
+        s = (m - 1)/(m + 1), by its series in s^2 to s^21."""
+        if x != x or x < 0.0:
+            return math.nan
+        if x == 0.0:
+            return -math.inf
+        if x == math.inf:
+            return x
+        m, e = math.frexp(x)
+        if m < SQRT_HALF:
+            m = m * 2.0
+            e = e - 1
+        f = m - 1.0
+        s = f / (2.0 + f)
+        z = s * s
+        q = _INV_ODD[0]
+        for c in _INV_ODD[1:]:
+            q = q * z + c
+        two_s = 2.0 * s
+        return e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
+
+    log_ = jit(log_)
+
+    def log1p_(x):
+        """ln(1 + x), accurate for small x: ln(u) x / (u - 1) with u = 1 + x rounded."""
+        u = 1.0 + x
+        if u == 1.0:
+            return x
+        if u == math.inf:
+            return u
+        return log_(u) * (x / (u - 1.0))
+
+    log1p_ = jit(log1p_)
+
+    def expm1_(x):
+        """e^x - 1, accurate for small x (Taylor series to x^13 below ln2 / 2)."""
+        if -0.34657359 < x < 0.34657359:
+            p = _INV_FACT[0]
+            for c in _INV_FACT[1:]:
+                p = p * x + c
+            return (p * x + 1.0) * x
+        return exp_(x) - 1.0
+
+    expm1_ = jit(expm1_)
+
+    def tanh_(x):
+        a = abs(x)
+        if a > 22.0:
+            t = 1.0
+        else:
+            e = expm1_(-2.0 * a)
+            t = -e / (2.0 + e)
+        return t if x >= 0.0 else -t
+
+    def sigmoid_(x):
+        return 1.0 / (1.0 + exp_(-x))
+
+    def softplus_(x):
+        """ln(1 + e^x) (numpy's logaddexp(0, x))."""
+        return max(x, 0.0) + log1p_(exp_(-abs(x)))
+
+    return {"exp": exp_, "log": log_, "log1p": log1p_, "expm1": expm1_, "tanh": jit(tanh_),
+            "sigmoid": jit(sigmoid_), "softplus": jit(softplus_)}
+
+
+SCALARS = _build(lambda f: f)  # the specification, run by CPython
+_UFUNCS: dict = {}
+
+
+def spec(name: str, x) -> np.ndarray:
+    """The specification: the scalar function run by CPython on every element (slow)."""
+    f = SCALARS[name]
+    arr = np.asarray(x, dtype=np.float64)
+    return np.fromiter((f(float(v)) for v in arr.ravel()), dtype=np.float64, count=arr.size).reshape(arr.shape)
+
+
+def _ufunc(name: str):
+    """The numba-compiled ufunc of `name` (compiled once per process, on first use)."""
+    if not _UFUNCS:
+        scalars = _build(numba.njit)
+        for k, f in scalars.items():
+            _UFUNCS[k] = numba.vectorize(["float64(float64)"], target="parallel")(f.py_func)
+    return _UFUNCS[name]
+
+
+def _apply(name: str, x) -> np.ndarray:
+    if numba is None:
+        return spec(name, x)
+    return _ufunc(name)(np.asarray(x, dtype=np.float64))
+
+
+def exp(x) -> np.ndarray:
+    return _apply("exp", x)
+
+
+def log(x) -> np.ndarray:
+    return _apply("log", x)
+
+
+def log1p(x) -> np.ndarray:
+    return _apply("log1p", x)
+
+
+def expm1(x) -> np.ndarray:
+    return _apply("expm1", x)
+
+
+def tanh(x) -> np.ndarray:
+    return _apply("tanh", x)
+
+
+def sigmoid(x) -> np.ndarray:
+    return _apply("sigmoid", x)
+
+
+def softplus(x) -> np.ndarray:
+    return _apply("softplus", x)
