@@ -58,9 +58,9 @@ def _outputs(net: ExactNet, z: np.ndarray, step: int) -> dict:
     return {"eps": eps.numpy(), **{k: v.numpy() for k, v in aux.items()}}
 
 
-def _assert_equals_reference(net: ExactNet, z: np.ndarray, step: int) -> None:
+def _assert_equals_reference(net: ExactNet, float_net, z: np.ndarray, step: int) -> None:
     got = _outputs(net, z, step)
-    eps, aux, feats = ReferenceNet(net.state)(z, step)
+    eps, aux, feats = ReferenceNet(net.state, float_net)(z, step)
     want = {"eps": eps, **aux, "features": feats}
     for k, v in want.items():
         assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
@@ -71,18 +71,18 @@ def random_z(shape, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("step,shape", [(0, (1, 3, 20, 28)), (9, (1, 3, 17, 13)), (40, (1, 1, 12, 16)), (64, (2, 3, 8, 8))])
-def test_the_fast_path_equals_the_numpy_reference_on_random_latents(exported, step, shape):
-    _assert_equals_reference(exported, random_z(shape, step), step)
+def test_the_fast_path_equals_the_numpy_reference_on_random_latents(model, exported, step, shape):
+    _assert_equals_reference(exported, model.model.net, random_z(shape, step), step)
 
 
 @needs_data
 @pytest.mark.parametrize("step", [0, 3, 30])
-def test_the_fast_path_equals_the_numpy_reference_on_a_photo(exported, step):
+def test_the_fast_path_equals_the_numpy_reference_on_a_photo(model, exported, step):
     x = _centre(HELD_APART, 32).transpose(2, 0, 1)[None].astype(np.float64)
     g = exported.step_consts[step]
     alpha, sigma = float(g[0]), 1.0 / float(g[2])
     z = alpha * ((2 * x + 1) / 256 - 1) + sigma * np.random.default_rng(step).standard_normal(x.shape)
-    _assert_equals_reference(exported, (np.round(z * 256) / 256).astype(np.float32), step)
+    _assert_equals_reference(exported, model.model.net, (np.round(z * 256) / 256).astype(np.float32), step)
 
 
 def test_without_numba_the_numpy_steps_give_the_same_bits(exported, monkeypatch):
@@ -135,9 +135,10 @@ def test_every_convolution_meets_the_exact_sum_bound(exported):
 _DIGEST = """
 import hashlib, sys, torch, numpy as np
 sys.path.insert(0, {root!r})
+from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.model.exact_net import ExactNet
 torch.set_num_threads(int(sys.argv[2]))
-net = ExactNet(torch.load(sys.argv[1], weights_only=False))
+net = ExactNet(torch.load(sys.argv[1], weights_only=False), load_checkpoint(None).model.net)
 z = torch.from_numpy(np.load(sys.argv[3]))
 h = hashlib.sha256()
 for step in (0, 5, 40):
@@ -180,3 +181,71 @@ def test_the_exact_networks_nelbo_is_close_to_the_float_networks(model, exported
     sm.exact_net = exported
     exact_bpd = image_nelbo(sm, planes)["nelbo_bpd"]
     assert abs(exact_bpd - float_bpd) < 0.01 * float_bpd
+
+
+def test_tables_that_do_not_fit_the_weights_are_refused(model, exported):
+    """A checkpoint whose weight scales were tampered with (or whose weights changed) would let
+    a sum round: loading refuses it instead of coding with it."""
+    state = dict(exported.state, layers=dict(exported.state["layers"]))
+    stem = dict(state["layers"]["stem"])
+    stem["weight_scale"] = stem["weight_scale"] / 64.0
+    state["layers"]["stem"] = stem
+    with pytest.raises(ValueError, match="do not fit"):
+        ExactNet(state, model.model.net)
+
+
+# ---- the context network and the whole coder in exact arithmetic
+@pytest.fixture(scope="module")
+def exact_model(model):
+    from vdmcodec.export_exact import build_exact_model
+    rng = np.random.default_rng(1)
+    if CALIBRATION.exists():
+        calib = [_centre(CALIBRATION, 48)]
+    else:
+        calib = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)]
+    return build_exact_model(model, calib)
+
+
+def test_the_context_network_equals_its_numpy_reference(model, exact_model):
+    from vdmcodec.model.exact_context import ExactContextNet
+    from vdmcodec.model.exact_ref import reference_context_refine
+    from vdmcodec.model.vdm import pass_classes
+    ctx = exact_model.context
+    rng = np.random.default_rng(2)
+    h, w = 11, 14
+    u = rng.standard_normal((3, h, w)) * 3
+    loc = rng.uniform(-5, 260, (3, h, w))
+    scale = np.exp(rng.uniform(-1, 3, (3, h, w)))
+    uq, lq, sq = ExactContextNet.input_levels(u, loc, scale)
+    inp = np.concatenate([uq * (rng.random((3, h, w)) < 0.5), lq, sq])[None].astype(np.float32)
+    own = (rng.standard_normal((2, 32, 1, 1)) * 0.1, rng.standard_normal(2) * 0.1)
+    for g, head in ((0, None), (5, own), (len(ctx.groups) - 1, None)):
+        p = ctx.groups[g][0]
+        classes = pass_classes(ctx.state["passes"])[p]
+        got = ctx.refine(g, torch.from_numpy(inp), classes, (h, w), head)
+        want = reference_context_refine(ctx.state, model.model.context_net, g, inp, classes, (h, w), head)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), g
+        assert np.abs(got[0]).max() > 0  # the group computes something
+
+
+def test_exact_files_round_trip_and_cost_about_the_float_rate(model, exact_model):
+    from dataclasses import replace
+
+    from vdmcodec.codec import Coder, compress_images, decompress_bytes
+    from vdmcodec.container import unpack_container
+    from vdmcodec.image_io import RasterImage
+    rng = np.random.default_rng(3)
+    pixels = np.clip(np.cumsum(rng.integers(-9, 10, (24, 30, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    raster = RasterImage("RGB", 30, 24, pixels, None, None, None)
+    lm = replace(model, exact=exact_model)
+    sizes = {}
+    for exact in (False, True):
+        coder = Coder.for_effort(lm, "fast", exact=exact, adapt_context=False, threads=2)
+        data, _ = compress_images([("x", raster)], coder, allow_fallback=False)
+        header, _ = unpack_container(data)
+        assert header["compute"]["arith"] == ("exact1" if exact else "float")
+        coder.threads = 1  # an exact file decodes with any thread count
+        back = decompress_bytes(data, coder=coder)
+        assert np.array_equal(back[0][1].planes, pixels)
+        sizes[exact] = len(data)
+    assert abs(sizes[True] - sizes[False]) <= 0.02 * sizes[False] + 8

@@ -10,7 +10,8 @@ s8_v4_metadata.vdmc (format 4) the same crops with metadata on the RGB one, imag
 4-digit per-image hashes, written by session 8's code; s9_colour_shifts.vdmc the v2 settings
 again with session 9's per-pass shifts of the colour coefficients; s10_v5_z0_ensemble.vdmc
 (format 5) the v2 settings with a 4-call flip ensemble at z_0 and the RGB crop's read-out of
-the network's features.  Any change to the container, the coding chain or
+the network's features; s11_v6_exact.vdmc (format 6) the crops in exact arithmetic with the
+shipped model vdmc-rgb-t64-s11, which every later shipped checkpoint must carry.  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from vdmcodec.codec import decompress_bytes
 from vdmcodec.container import unpack_container
 
 DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_CHECKPOINT = DATA.parents[1] / "checkpoints" / "default.pt"
 
 
 @pytest.mark.parametrize("archive,checkpoint,passes", [("s3_two_pass.vdmc", "s3_tiny_two_pass.pt", 2),
@@ -102,6 +104,38 @@ def test_version_5_golden_file_needs_its_z0_ensemble():
     edited = pack_container(header, [(s["name"], sections[s["name"]]) for s in header["sections"]])
     with pytest.raises(VdmcError):
         decompress_bytes(edited, checkpoint=str(DATA / "s4_tiny_four_pass.pt"))
+
+
+def _assert_golden_crops(images: dict) -> None:
+    assert set(images) == {"s3_rgb.png", "s3_grey.png"}
+    for name, img in images.items():
+        with Image.open(DATA / name) as im:
+            want = np.asarray(im)
+        np.testing.assert_array_equal(img.planes if img.mode != "L" else img.planes[:, :, 0], want)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_version_6_exact_golden_file_decodes_with_any_thread_count(threads, monkeypatch):
+    """Written with 2 threads in exact arithmetic by session 11's code and the shipped model
+    (or a later checkpoint carrying it); the decoder uses its own thread count."""
+    data = (DATA / "s11_v6_exact.vdmc").read_bytes()
+    header, _ = unpack_container(data)
+    assert header["compute"]["arith"] == "exact1" and header["compute"]["threads"] == 2
+    assert header["model"]["id"] == "vdmc-rgb-t64-s11"
+    monkeypatch.setenv("VDMCODEC_THREADS", threads)
+    _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DEFAULT_CHECKPOINT))))
+
+
+def test_version_6_golden_file_needs_its_arithmetic():
+    """Read as a float-arithmetic file, the same payload does not give the images back."""
+    from vdmcodec.container import pack_container
+    from vdmcodec.errors import VdmcError
+
+    header, sections = unpack_container((DATA / "s11_v6_exact.vdmc").read_bytes())
+    header["compute"]["arith"] = "float"
+    edited = pack_container(header, [(s["name"], sections[s["name"]]) for s in header["sections"]])
+    with pytest.raises(VdmcError):
+        decompress_bytes(edited, checkpoint=str(DEFAULT_CHECKPOINT))
 
 
 FUZZ_CASES = 36  # seeded: the same damaged files every run, a few seconds in all

@@ -46,6 +46,9 @@ class LoadedModel:
     sha256: str
     path: Path
     meta: dict
+    # the eps and context networks in exact arithmetic (model.exact_context.ExactModel), for
+    # files that open on any machine; None for a model without them
+    exact: object | None = None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -56,7 +59,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def content_sha256(config: dict, state: dict, gamma_table: torch.Tensor) -> str:
+def content_sha256(config: dict, state: dict, gamma_table: torch.Tensor, exact: dict | None = None) -> str:
     """Hash of what the coder uses: torch.load does not check the archive's CRCs, so a
     damaged tensor would otherwise load silently as a different model."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
@@ -64,7 +67,25 @@ def content_sha256(config: dict, state: dict, gamma_table: torch.Tensor) -> str:
         h.update(k.encode())
         h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
     h.update(gamma_table.to(torch.float64).contiguous().numpy().tobytes())
+    if exact is not None:
+        _hash_tree(h, exact)
     return h.hexdigest()
+
+
+def _hash_tree(h, obj, key: str = "exact") -> None:
+    """Every leaf of a nested dict / list of tensors and plain values, in a fixed order."""
+    h.update(key.encode())
+    if isinstance(obj, dict):
+        for k in sorted(obj):
+            _hash_tree(h, obj[k], f"{key}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _hash_tree(h, v, f"{key}[{i}]")
+    elif isinstance(obj, torch.Tensor):
+        h.update(str(obj.dtype).encode())
+        h.update(obj.detach().cpu().contiguous().numpy().tobytes())
+    else:
+        h.update(repr(obj).encode())
 
 
 def half_state_dict(model: VDM) -> dict:
@@ -84,11 +105,12 @@ def save_torch_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: dict,
-                    earlier: list[dict] | None = None) -> str:
+                    earlier: list[dict] | None = None, exact: dict | None = None) -> str:
     """Write atomically; returns the file's SHA-256.  Weights are rounded to float16 first,
     and the gamma table is computed from exactly the stored weights.  earlier: models that
     files may still name (earlier_models), kept as their differences from this one where
-    those are small, so that their files keep decoding with this checkpoint alone."""
+    those are small, so that their files keep decoding with this checkpoint alone.  exact:
+    ExactModel.state() of the same model, for exact coding."""
     state = half_state_dict(model)
     probe = VDM(model.cfg)
     probe.load_state_dict({k: v.float() for k, v in state.items()})
@@ -102,9 +124,11 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
         "config": config,
         "state_dict": state,
         "gamma_table": table,
-        "content_sha256": content_sha256(config, state, table),
+        "content_sha256": content_sha256(config, state, table, exact),
         "meta": meta,
     }
+    if exact is not None:
+        blob["exact"] = exact
     kept = [e for e in (_as_difference(m, state) for m in earlier or []) if e is not None]
     if kept:
         blob["earlier"] = kept
@@ -126,8 +150,11 @@ def _as_difference(full: dict, state: dict) -> dict | None:
     diff = {k: v for k, v in old.items() if k not in state or state[k].dtype != v.dtype or not torch.equal(state[k], v)}
     if sum(v.numel() * v.element_size() for v in diff.values()) > EARLIER_MAX_BYTES:
         return None
-    return {"model_id": full["model_id"], "sha256": full["sha256"], "content_sha256": full["content_sha256"],
-            "config": full["config"], "keys": sorted(old), "state_dict": diff, "gamma_table": full["gamma_table"]}
+    entry = {"model_id": full["model_id"], "sha256": full["sha256"], "content_sha256": full["content_sha256"],
+             "config": full["config"], "keys": sorted(old), "state_dict": diff, "gamma_table": full["gamma_table"]}
+    if full.get("exact") is not None:  # its exact tables (scales, no weights: a few hundred kB)
+        entry["exact"] = full["exact"]
+    return entry
 
 
 def _from_difference(entry: dict, state: dict) -> dict:
@@ -141,6 +168,7 @@ def earlier_models(path: str | os.PathLike) -> list[dict]:
     save_checkpoint(earlier=...)."""
     blob = read_checkpoint(path)
     own = {k: blob[k] for k in ("config", "state_dict", "gamma_table", "model_id", "content_sha256")}
+    own["exact"] = blob.get("exact")
     out = [dict(own, sha256=file_sha256(path))]
     for e in blob.get("earlier", []):
         out.append(dict(e, state_dict=_from_difference(e, blob["state_dict"])))
@@ -155,9 +183,10 @@ def load_earlier(path: str | os.PathLike, sha256: str, device: str = "cpu") -> L
         if e.get("sha256") != sha256:
             continue
         state = _from_difference(e, blob["state_dict"])
-        if content_sha256(e["config"], state, e["gamma_table"]) != e["content_sha256"]:
+        if content_sha256(e["config"], state, e["gamma_table"], e.get("exact")) != e["content_sha256"]:
             raise CheckpointError(f"checkpoint {path} is damaged: its copy of model {e['model_id']} does not match its hash")
-        return _build(path, e["config"], state, e["gamma_table"], e["model_id"], sha256, {}, device)
+        return _with_exact(_build(path, e["config"], state, e["gamma_table"], e["model_id"], sha256, {}, device),
+                           e.get("exact"), path)
     return None
 
 
@@ -203,10 +232,22 @@ def load_checkpoint(spec: str | os.PathLike | None = None, device: str = "cpu") 
     path = resolve_checkpoint(spec)
     blob = read_checkpoint(path)
     want = blob.get("content_sha256")
-    if want is None or want != content_sha256(blob["config"], blob["state_dict"], blob["gamma_table"]):
+    if want is None or want != content_sha256(blob["config"], blob["state_dict"], blob["gamma_table"], blob.get("exact")):
         raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match their hash")
-    return _build(path, blob["config"], blob["state_dict"], blob["gamma_table"], blob["model_id"],
-                  file_sha256(path), blob.get("meta", {}), device)
+    loaded = _build(path, blob["config"], blob["state_dict"], blob["gamma_table"], blob["model_id"],
+                    file_sha256(path), blob.get("meta", {}), device)
+    return _with_exact(loaded, blob.get("exact"), path)
+
+
+def _with_exact(loaded: LoadedModel, exact: dict | None, path) -> LoadedModel:
+    """The model with its exact-arithmetic tables, if the checkpoint has them."""
+    if exact is not None:
+        from .model.exact_context import ExactModel
+        try:
+            loaded.exact = ExactModel.from_state(exact, loaded.model)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path}: unreadable exact tables ({type(exc).__name__}: {exc})") from None
+    return loaded
 
 
 def _build(path, config: dict, state: dict, gamma_table: torch.Tensor, model_id: str, sha256: str, meta: dict,

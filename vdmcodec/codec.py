@@ -82,14 +82,24 @@ class Coder:
     ensemble_steps: int | None = None  # None: every step
     z0_ensemble: int = 1  # network calls at z_0 for images with their own context (StepModel.z0_ensemble)
     fit: FitBudget = field(default_factory=FitBudget)  # the per-image context fit's budget
+    # exact arithmetic (the model's exact tables: files that open on any machine); None: when
+    # the model carries the tables
+    exact: bool | None = None
     step_model: StepModel = field(init=False)
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
+        if self.exact is None:
+            self.exact = self.loaded.exact is not None
+        if self.exact and self.loaded.exact is None:
+            raise ModelMismatchError(f"model {self.loaded.model_id} has no exact-arithmetic tables")
         self.loaded.model.to(self.device)
-        self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, self.ensemble,
-                                    self.plan, self.ensemble_steps, self.z0_ensemble)
+        self.step_model = self._step_model(self.plan, self.ensemble, self.ensemble_steps, self.z0_ensemble)
         self.plan, self.ensemble_steps = self.step_model.plan, self.step_model.ensemble_steps
+
+    def _step_model(self, plan, ensemble, ensemble_steps, z0_ensemble) -> StepModel:
+        return StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, ensemble, plan,
+                         ensemble_steps, z0_ensemble, exact=self.loaded.exact if self.exact else None)
 
     @classmethod
     def for_effort(cls, loaded: LoadedModel, effort: str = "default", ensemble: int | None = None, **kw) -> "Coder":
@@ -98,11 +108,16 @@ class Coder:
         kw.setdefault("fit", EFFORTS[effort]["fit"])
         return cls(loaded, **kw, **effort_settings(effort, len(loaded.gamma_table) - 1, ensemble))
 
-    def use_steps(self, plan, ensemble: int, ensemble_steps: int | None, z0_ensemble: int = 1) -> None:
-        """Code with this plan and these ensembles (a file's settings, when decoding)."""
-        if tuple(plan) != self.plan:
-            self.step_model = StepModel(self.loaded.model, self.loaded.gamma_table.numpy(), self.device, ensemble,
-                                        plan, ensemble_steps, z0_ensemble)
+    def use_steps(self, plan, ensemble: int, ensemble_steps: int | None, z0_ensemble: int = 1,
+                  exact: bool | None = None) -> None:
+        """Code with this plan, these ensembles and this arithmetic (a file's settings, when
+        decoding; exact None: unchanged)."""
+        exact = self.exact if exact is None else exact
+        if exact and self.loaded.exact is None:
+            raise ModelMismatchError(f"model {self.loaded.model_id} has no exact-arithmetic tables")
+        if tuple(plan) != self.plan or exact != self.exact:
+            self.exact = exact
+            self.step_model = self._step_model(plan, ensemble, ensemble_steps, z0_ensemble)
         else:
             self.step_model.ensemble, self.step_model.ensemble_steps = ensemble, ensemble_steps
             self.step_model.z0_ensemble = z0_ensemble
@@ -110,7 +125,8 @@ class Coder:
         self.z0_ensemble = z0_ensemble
 
     def activate(self) -> None:
-        """Deterministic settings; the thread count is part of the file (see DESIGN §3)."""
+        """Deterministic settings; the thread count is part of a float-arithmetic file (see
+        DESIGN §4), any count gives an exact file's bits."""
         torch.set_num_threads(self.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -124,6 +140,7 @@ class Coder:
             "ensemble": self.ensemble,
             "ensemble_steps": self.ensemble_steps,
             "z0_ensemble": self.z0_ensemble,
+            "arith": self.step_model.arith.name,
             "torch": str(torch.__version__),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "numpy": np.__version__,
@@ -463,8 +480,9 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
         raise ModelMismatchError("file was written with a different model than the one loaded")
     if coder is not None:
         if needs_model:
-            coder.threads = _file_threads(header)
-            coder.use_steps(*_file_steps(header, coder.loaded))
+            exact = _file_exact(header)
+            coder.threads = default_threads() if exact else _file_threads(header)
+            coder.use_steps(*_file_steps(header, coder.loaded), exact=exact)
         coder.activate()
     words = np.frombuffer(sections.get("ans", b""), dtype="<u4").astype(np.uint32)
     if len(words) != header["ans_words"]:
@@ -480,6 +498,14 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
         if archive_pixel_sha256([pixel_sha256(img) for img in decoded]) != header["pixels_sha256"]:
             raise VerificationError(f"decoded pixels do not match the archive's hash ({_compute_diff()})")
     return [(e["name"], img) for e, img in zip(images, decoded)]
+
+
+def _file_exact(header: dict) -> bool:
+    """Whether the file was coded in exact arithmetic (format 6 on; earlier files: float)."""
+    arith = header["compute"].get("arith", "float")
+    if arith not in ("float", "exact1"):
+        raise CorruptFileError(f"unknown arithmetic {arith!r} in header")
+    return arith == "exact1"
 
 
 def _file_threads(header: dict) -> int:
@@ -522,8 +548,9 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
         device = "cpu"  # a CPU-made file must decode on the CPU
     lm = find_model_for(header, checkpoint, device)
     plan, calls, steps, z0_calls = _file_steps(header, lm)
-    return Coder(lm, device=device, threads=_file_threads(header), ensemble=calls, plan=plan, ensemble_steps=steps,
-                 z0_ensemble=z0_calls)
+    exact = _file_exact(header)
+    return Coder(lm, device=device, threads=default_threads() if exact else _file_threads(header), ensemble=calls,
+                 plan=plan, ensemble_steps=steps, z0_ensemble=z0_calls, exact=exact)
 
 
 def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:

@@ -31,9 +31,10 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # context network's last layers in a pixel-context section and one section shared by several
 # images; 4 added image_defaults (fields every image of an archive shares, written once) and
 # shorter per-image hashes in archives; 5 added compute.z0_ensemble (docs/FORMAT.md), which
-# a reader of 4 would ignore and decode wrongly
-FORMAT_VERSION = 5
-READ_VERSIONS = (1, 2, 3, 4, 5)  # earlier files mean the same in the later versions
+# a reader of 4 would ignore and decode wrongly; 6 added compute.arith ("exact1": the model's
+# exact-arithmetic tables, any thread count; absent: "float")
+FORMAT_VERSION = 6
+READ_VERSIONS = (1, 2, 3, 4, 5, 6)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section"}
 

@@ -27,6 +27,13 @@ SETTINGS = {
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
     "onednn-sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
     "both": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    # exact-arithmetic files only (a float file pins its thread count; these change nothing there)
+    "threads-1": {"VDMCODEC_THREADS": "1"},
+    "threads-3": {"VDMCODEC_THREADS": "3"},
+    "numba-generic": {"NUMBA_CPU_NAME": "generic"},
+    "numpy-x86-v3": {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},  # numpy without its AVX-512 loops
+    "all-portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "VDMCODEC_THREADS": "1",
+                     "NUMBA_CPU_NAME": "generic", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},
 }
 
 
@@ -43,19 +50,21 @@ def main(argv=None) -> int:
     ap.add_argument("images", nargs="+")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--effort", default="default")
-    ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--settings", nargs="*", default=None, help="default: all (float files: the kernel sets)")
+    ap.add_argument("--checkpoint", default=None, help="a model (default: the shipped one)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="portability_"))
     out = {"command": "python -m benchmarks.experiments.portability " + " ".join(argv or sys.argv[1:]), "images": []}
     for img in args.images:
         vdmc = work / (Path(img).stem + ".vdmc")
+        ck = ["--checkpoint", args.checkpoint] if args.checkpoint else []
         code, msg, enc_s = vdmcodec(["compress", img, "-o", str(vdmc), "--no-verify", "--threads", args.threads,
-                                     "--effort", args.effort], {})
+                                     "--effort", args.effort, *ck], {})
         rec = {"image": img, "encode": {"exit": code, "message": msg, "seconds": enc_s}, "decodes": {}}
-        for name in args.settings:
+        for name in args.settings or list(SETTINGS):
             png = work / f"{Path(img).stem}.{name}.png"
-            code, msg, dec_s = vdmcodec(["decompress", str(vdmc), "-o", str(png), "-f"], SETTINGS[name])
+            code, msg, dec_s = vdmcodec(["decompress", str(vdmc), "-o", str(png), "-f", *ck], SETTINGS[name])
             rec["decodes"][name] = {"exit": code, "message": msg[:300], "seconds": dec_s}
             print(json.dumps({"image": img, "setting": name, "exit": code, "seconds": round(dec_s, 1),
                               "message": msg[:160]}), flush=True)

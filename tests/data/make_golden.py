@@ -5,6 +5,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v4 s4_tiny_four_pass.pt s8_v4_metadata.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v2 s4_tiny_four_pass.pt s9_colour_shifts.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s10_v5_z0_ensemble.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s11_v6_exact.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -14,7 +15,10 @@ two steps: the format-2 header fields.  "v4" codes them with format 4's fields: 
 (V4_METADATA on the RGB crop), image_defaults and 4-digit per-image hashes.  The "v2" run of
 session 9 also sends the RGB crop's shifts of the colour coefficients per pass.  "v5" is
 "v2" with format 5's 4-call flip ensemble at z_0 for the images with their own context (and,
-with session 10's code, the RGB crop's read-out of the network's features).
+with session 10's code, the RGB crop's read-out of the network's features).  "v6" codes the
+crops with the shipped model (vdmc-rgb-t64-s11) in exact arithmetic (format 6's
+compute.arith = exact1) at the fast effort, each image's own context forced: later
+checkpoints must carry that model and its exact tables for the file to keep decoding.
 """
 
 import sys
@@ -50,6 +54,16 @@ def main_v2(ckpt_name: str, archive_name: str, z0_ensemble: int = 1) -> None:
 
 V4_METADATA = (("png:0:gAMA", b"\x00\x00\xb1\x8f"), ("png:0:eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00"),
                ("png:2:tEXt", b"Comment\x00golden"))
+
+
+def main_v6(ckpt_name: str, archive_name: str) -> None:
+    from vdmcodec.coding import adapt
+
+    torch.set_num_threads(2)
+    adapt.KEEP_IF_SAVING_OVER_COST = -1e9
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "fast", threads=2, exact=True)
+    data, _ = compress_images(crops(), coder)
+    (HERE / archive_name).write_bytes(data)
 
 
 def main_v4(ckpt_name: str, archive_name: str) -> None:
@@ -88,6 +102,8 @@ if __name__ == "__main__":
         main_v2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v5":
         main_v2(sys.argv[2], sys.argv[3], z0_ensemble=4)
+    elif sys.argv[1] == "v6":
+        main_v6(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

@@ -20,6 +20,7 @@ from ..model.context_net import ContextNet
 from ..model.network import ENSEMBLE_FLIPS, flip_ensembles
 from .ans import AnsStack, Codec, categorical, windowed_gaussian
 from .classic import decode_rows, encode_rows
+from .arith import FLOAT, Arith, EXACT
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
 
 LN2 = math.log(2.0)
@@ -70,27 +71,37 @@ class StepModel:
     """Distribution parameters for every step, shared by encoder and decoder."""
 
     def __init__(self, model: VDM, gamma_table, device: str | torch.device = "cpu", ensemble: int = 1,
-                 plan=None, ensemble_steps: int | None = None, z0_ensemble: int = 1):
+                 plan=None, ensemble_steps: int | None = None, z0_ensemble: int = 1, exact=None):
         # channels-last convolutions are ~12% faster on this CPU; encoder and decoder both
         # run this same layout, so results stay identical between them
         self.model = model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         table = snap(np.asarray(gamma_table, dtype=np.float64))
         self.plan = check_plan(range(len(table)) if plan is None else plan, len(table) - 1)
-        with torch.no_grad():
-            scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
+        # exact: an ExactModel (its eps and context networks in exact arithmetic, detmath's
+        # transcendentals): the same bits on every machine.  None: float32 networks, numpy.
+        self.exact = exact
+        self.exact_net = None if exact is None else exact.net
+        self.arith: Arith = FLOAT if exact is None else EXACT
+        if exact is None:
+            with torch.no_grad():
+                scale = float(model.decoder_scale(torch.tensor(table[0], dtype=torch.float64)))
+        else:  # model.decoder_scale's formula with detmath's exp
+            scale = (self.arith.scalar_exp(0.5 * float(table[0])) * (math.sqrt(3.0) / math.pi)
+                     * self.arith.scalar_exp(float(model.decoder_log_scale.double())))
         self.decoder_scale = float(snap(scale * 128.0, 2.0**-24))  # logistic scale in pixel levels
-        self.grids: ChainGrids = build_grids(table[list(self.plan)], self.decoder_scale)
+        self.grids: ChainGrids = build_grids(table[list(self.plan)], self.decoder_scale, self.arith)
+        if exact is not None and self.grids.delta.min() < 2.0**-8:
+            raise ValueError("the exact network takes latents on grids of 2^-8 or coarser; this plan's are finer")
         self.T = self.grids.T
         self._jump_ratio = self._jump_ratios(table)
         self.ensemble = ensemble
         self.ensemble_steps = ensemble_steps
         self.z0_ensemble = z0_ensemble
-        self.exact_net = None  # an ExactNet (model.exact_net) in place of the float network
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
         """jump_ratio of every step of the plan (index 0 unused)."""
-        return np.array([1.0] + [jump_ratio(table, self.plan[i], self.plan[i - 1]) for i in range(1, self.T + 1)])
+        return np.array([1.0] + [jump_ratio(table, self.plan[i], self.plan[i - 1], self.arith) for i in range(1, self.T + 1)])
 
     @property
     def ensemble(self) -> int:
@@ -149,9 +160,9 @@ class StepModel:
         (the forward process is independent per pixel given x, so this is an exact sample).
         """
         eps, aux = self._net(k, i, context, self.calls(i))
-        lam = reverse_log_var_np(aux["reverse_var"])
+        lam = reverse_log_var_np(aux["reverse_var"], self.arith)
         if self._jump_ratio[i] != 1.0:
-            lam = jump_log_var(lam, float(self._jump_ratio[i]))
+            lam = jump_log_var(lam, float(self._jump_ratio[i]), self.arith)
         return eps, lam
 
     def _net(self, k: np.ndarray, i: int, context: np.ndarray | None, calls: int = 1,
@@ -223,7 +234,7 @@ class StepModel:
         mean = (mu / g.delta[i - 1]).ravel()
         std = np.full(k.size, g.post_s[i] / g.delta[i - 1])
         if lam is not None:
-            std = snap(std * np.exp(0.5 * lam.ravel()), 2.0**-20)
+            std = snap(std * self.arith.exp(0.5 * lam.ravel()), 2.0**-20)
         return windowed_gaussian(mean, std, int(g.p_half[i])), mean, std
 
     def p_prior(self, n: int) -> tuple[Codec, np.ndarray, np.ndarray]:
@@ -252,7 +263,7 @@ class StepModel:
         for n, (eps, aux) in self._nets(k0, 0, context, calls, features).items():
             # bounded only against wild outputs: training leaves the estimate unclipped
             x_est = np.clip((z0 - g.sigma[0] * eps) / g.alpha[0], -2.0, 2.0)
-            scale = snap(self.decoder_scale * np.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
+            scale = snap(self.decoder_scale * self.arith.exp(np.clip(aux["decoder_log_scale"], *DECODER_LOG_SCALE_RANGE)), 2.0**-24)
             out[n] = (snap((x_est + 1.0) * 128.0 - 0.5, 2.0**-20), scale, aux)
         return out
 
@@ -268,8 +279,9 @@ class StepModel:
         loc, scale, aux = self.pixel_params(k0, context, self.z0_calls(weights), features=own_features)
         ctx = None
         if getattr(self.model.cfg, "pixel_context", False):
-            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights, aux.get("features"))
-        return PixelCodec(loc, scale, offset, width, ctx)
+            ctx = PixelContext.from_model(self.model, aux["channel_coef"], k0.shape[0], weights, aux.get("features"),
+                                          self.arith, None if self.exact is None else self.exact.context)
+        return PixelCodec(loc, scale, offset, width, ctx, self.arith)
 
 
 def _ensemble_size(calls: int, what: str) -> int:
@@ -323,10 +335,14 @@ class PixelContext:
     # log-scale change per pixel, (C, H, W) float64 each; None: none
     feature_shift: np.ndarray | None = None
     feature_log_scale: np.ndarray | None = None
+    arith: Arith = FLOAT
+    exact_net: object | None = None  # an ExactContextNet in place of `net` (exact arithmetic)
+    own_head: tuple | None = None  # the image's own last layers, float64 (exact arithmetic)
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
-                   weights: ContextWeights | None = None, features: np.ndarray | None = None) -> "PixelContext":
+                   weights: ContextWeights | None = None, features: np.ndarray | None = None,
+                   arith: Arith = FLOAT, exact_net=None) -> "PixelContext":
         head = gains = f_shift = f_log_scale = None
         if weights is not None and weights.feature_head is not None and channels == 3:
             if features is None:
@@ -345,9 +361,10 @@ class PixelContext:
         if weights is not None and weights.coef_shift is not None and channels == 3:
             pm = pass_map_np(coef_raw.shape[1], coef_raw.shape[2], weight.shape[0] + 1)
             coef_raw = coef_raw + weights.coef_shift[pm].transpose(2, 0, 1)
-        coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(np.tanh(coef_raw), PARAM_SNAP)
+        coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(arith.tanh(coef_raw), PARAM_SNAP)
         return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains,
-                   feature_shift=f_shift, feature_log_scale=f_log_scale)
+                   feature_shift=f_shift, feature_log_scale=f_log_scale, arith=arith, exact_net=exact_net,
+                   own_head=None if weights is None else weights.head)
 
     @property
     def passes(self) -> int:
@@ -396,6 +413,11 @@ class PixelContext:
         if self.gains is not None and not self.gains[g].any():  # the image turned this group off
             return np.zeros(x.shape[-2:]), np.zeros(x.shape[-2:])
         u = np.clip((x - loc) / scale, -CONTEXT_RESIDUAL_CLIP, CONTEXT_RESIDUAL_CLIP)
+        if self.exact_net is not None:
+            ds, dls = self._exact_refine(g, p, ch, u, loc, scale, pm)
+            if self.gains is not None:
+                ds, dls = ds * self.gains[g, 0], dls * self.gains[g, 1]
+            return snap(ds, PARAM_SNAP), snap(dls, PARAM_SNAP)
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
         net_in = (as_t((loc + 0.5) / 128.0 - 1.0), as_t(np.log(scale)))
         classes = pass_classes(net.cfg.passes)[p]
@@ -408,6 +430,20 @@ class PixelContext:
             ds, dls = ds * self.gains[g, 0], dls * self.gains[g, 1]
         return snap(ds, PARAM_SNAP), snap(dls, PARAM_SNAP)
 
+    def _exact_refine(self, g: int, p: int, ch: int, u: np.ndarray, loc: np.ndarray, scale: np.ndarray,
+                      pm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """group_refine's network part through the ExactContextNet (unsnapped float64)."""
+        ex = self.exact_net
+        uq, lq, sq = ex.input_levels(u, loc, scale)
+        chans = np.arange(u.shape[0])[:, None, None]
+        known = (pm < p) | ((pm == p) & (chans < ch))
+        parts = [uq * known, lq, sq]
+        if u.shape[0] == 1 and ex.channels == 3:
+            parts = [np.repeat(t, 3, axis=0) for t in parts]
+        inp = torch.from_numpy(np.concatenate(parts).astype(np.float32))[None]
+        head = None if self.own_head is None else self.own_head[g]
+        return ex.refine(g, inp, pass_classes(ex.state["passes"])[p], u.shape, head)
+
 
 class PixelCodec:
     """p(x | z_0) for one region, pushed and popped as a few table codecs.
@@ -418,8 +454,9 @@ class PixelCodec:
     calls in reverse)."""
 
     def __init__(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int,
-                 context: PixelContext | None = None):
+                 context: PixelContext | None = None, arith: Arith = FLOAT):
         self.loc, self.scale, self.offset, self.width, self.ctx = loc, scale, offset, width, context
+        self.arith = arith
         c, h, w = loc.shape
         self.shape = (c, h, w)
         if context is None:
@@ -457,9 +494,10 @@ class PixelCodec:
             loc = snap(loc, 2.0**-20)
         group = self._group_context(p, c, x)
         # math.exp for the scalar: the arithmetic files written without a network were coded with
-        factor = math.exp(ctx.log_scale[p, c]) if group is None else np.exp(ctx.log_scale[p, c] + group[1][sel])
+        ar = self.arith
+        factor = ar.scalar_exp(ctx.log_scale[p, c]) if group is None else ar.exp(ctx.log_scale[p, c] + group[1][sel])
         if ctx.feature_log_scale is not None:
-            factor = factor * np.exp(ctx.feature_log_scale[c][sel])
+            factor = factor * ar.exp(ctx.feature_log_scale[c][sel])
         scale = snap(self.scale[c][sel] * factor, 2.0**-24)
         return loc, scale, self.offset[c][sel]
 
@@ -494,9 +532,9 @@ class PixelCodec:
         levels = offset[:, None] + np.arange(self.width)[None, :]
         upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / scale[:, None])
         lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / scale[:, None])
-        probs = _sigmoid_diff(upper, lower)
+        probs = self.arith.sigmoid_diff(upper, lower)
         probs = snap(probs, 2.0**-40) + 2.0**-40
-        return probs / probs.sum(1, keepdims=True)
+        return probs / self.arith.row_sum(probs)
 
     def _mask(self, p, c) -> tuple:
         if p is None:
@@ -557,37 +595,26 @@ def table_bits_rows(probs: np.ndarray, idx: np.ndarray) -> float:
     return float(-np.log2(probs[np.arange(len(idx)), idx]).sum())
 
 
-def jump_ratio(table: np.ndarray, j: int, j_prev: int) -> float:
+def jump_ratio(table: np.ndarray, j: int, j_prev: int, arith: Arith = FLOAT) -> float:
     """expm1(gamma gap of a plan step from index j down to j_prev) / expm1(gap of the model's
     one grid step below j), snapped; 1 for a single step.  table: the snapped gamma table."""
     if j - j_prev == 1:
         return 1.0
-    return float(snap(np.expm1(table[j] - table[j_prev]) / np.expm1(table[j] - table[j - 1])))
+    return float(snap(arith.expm1(table[j] - table[j_prev]) / arith.expm1(table[j] - table[j - 1])))
 
 
-def jump_log_var(lam: np.ndarray, ratio: float) -> np.ndarray:
+def jump_log_var(lam: np.ndarray, ratio: float, arith: Arith = FLOAT) -> np.ndarray:
     """The network's one-step lambda rescaled to a plan step that jumps several grid steps.
 
     lambda = log(1 + expm1(gap) m) is best for a mean squared eps error m; the network's
     one-step lambda gives m (taken >= 0), and the jump's lambda is log(1 + ratio * expm1(gap) m)
     with ratio = jump_ratio(...)."""
-    return snap(np.log1p(np.maximum(np.expm1(lam), 0.0) * ratio), PARAM_SNAP)
+    return snap(arith.log1p(np.maximum(arith.expm1(lam), 0.0) * ratio), PARAM_SNAP)
 
 
-def reverse_log_var_np(h: np.ndarray) -> np.ndarray:
+def reverse_log_var_np(h: np.ndarray, arith: Arith = FLOAT) -> np.ndarray:
     """vdm.reverse_log_var in float64 numpy, snapped: encoder and decoder compute it alike."""
-    return snap(np.minimum(np.logaddexp(0.0, h) - LN2, REVERSE_LOG_VAR_MAX), PARAM_SNAP)
-
-
-def _sigmoid_diff(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """sigmoid(upper) - sigmoid(lower), computed on the side nearer zero for accuracy."""
-    flip = (upper + lower) > 0
-    u = np.where(flip, -lower, upper)
-    l = np.where(flip, -upper, lower)
-    with np.errstate(over="ignore", invalid="ignore"):
-        su = 1.0 / (1.0 + np.exp(-u))
-        sl = 1.0 / (1.0 + np.exp(-l))
-    return np.maximum(su - sl, 0.0)
+    return snap(np.minimum(arith.softplus(h) - LN2, REVERSE_LOG_VAR_MAX), PARAM_SNAP)
 
 
 def gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:

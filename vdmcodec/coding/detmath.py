@@ -26,6 +26,7 @@ import numpy as np
 
 try:
     import numba
+    import numba.extending
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the spec importable
     numba = None
 
@@ -39,95 +40,99 @@ _INV_FACT = tuple(1.0 / math.factorial(k) for k in range(13, 1, -1))
 _INV_ODD = tuple(1.0 / (2 * k + 1) for k in range(10, 0, -1))
 
 
-def _build(jit):
-    """The scalar functions, each compiled by `jit` (the identity: the specification)."""
+def _jitable(f):
+    """A plain Python function that numba can also compile into the kernels below."""
+    return numba.extending.register_jitable(f) if numba is not None else f
 
-    def exp_(x):
-        """e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13, times 2^n."""
-        if x != x:
-            return x
-        if x > EXP_MAX:
-            return math.inf
-        if x < EXP_MIN:
-            return 0.0
-        n = math.floor(x * INV_LN2 + 0.5)
-        r = (x - n * LN2_HI) - n * LN2_LO
+
+@_jitable
+def exp_scalar(x):
+    """e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13, times 2^n."""
+    if x != x:
+        return x
+    if x > EXP_MAX:
+        return math.inf
+    if x < EXP_MIN:
+        return 0.0
+    n = math.floor(x * INV_LN2 + 0.5)
+    r = (x - n * LN2_HI) - n * LN2_LO
+    p = _INV_FACT[0]
+    for c in _INV_FACT[1:]:
+        p = p * r + c
+    p = (p * r + 1.0) * r + 1.0
+    return math.ldexp(p, int(n))
+
+
+@_jitable
+def log_scalar(x):
+    """ln x: x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s), s = (m - 1)/(m + 1),
+    by its series in s^2 to s^21."""
+    if x != x or x < 0.0:
+        return math.nan
+    if x == 0.0:
+        return -math.inf
+    if x == math.inf:
+        return x
+    m, e = math.frexp(x)
+    if m < SQRT_HALF:
+        m = m * 2.0
+        e = e - 1
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    q = _INV_ODD[0]
+    for c in _INV_ODD[1:]:
+        q = q * z + c
+    two_s = 2.0 * s
+    return e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
+
+
+@_jitable
+def log1p_scalar(x):
+    """ln(1 + x), accurate for small x: ln(u) x / (u - 1) with u = 1 + x rounded."""
+    u = 1.0 + x
+    if u == 1.0:
+        return x
+    if u == math.inf:
+        return u
+    return log_scalar(u) * (x / (u - 1.0))
+
+
+@_jitable
+def expm1_scalar(x):
+    """e^x - 1, accurate for small x (Taylor series to x^13 below ln2 / 2)."""
+    if -0.34657359 < x < 0.34657359:
         p = _INV_FACT[0]
         for c in _INV_FACT[1:]:
-            p = p * r + c
-        p = (p * r + 1.0) * r + 1.0
-        return math.ldexp(p, int(n))
-
-    exp_ = jit(exp_)
-
-    def log_(x):
-        """ln x: x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s),
-        s = (m - 1)/(m + 1), by its series in s^2 to s^21."""
-        if x != x or x < 0.0:
-            return math.nan
-        if x == 0.0:
-            return -math.inf
-        if x == math.inf:
-            return x
-        m, e = math.frexp(x)
-        if m < SQRT_HALF:
-            m = m * 2.0
-            e = e - 1
-        f = m - 1.0
-        s = f / (2.0 + f)
-        z = s * s
-        q = _INV_ODD[0]
-        for c in _INV_ODD[1:]:
-            q = q * z + c
-        two_s = 2.0 * s
-        return e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
-
-    log_ = jit(log_)
-
-    def log1p_(x):
-        """ln(1 + x), accurate for small x: ln(u) x / (u - 1) with u = 1 + x rounded."""
-        u = 1.0 + x
-        if u == 1.0:
-            return x
-        if u == math.inf:
-            return u
-        return log_(u) * (x / (u - 1.0))
-
-    log1p_ = jit(log1p_)
-
-    def expm1_(x):
-        """e^x - 1, accurate for small x (Taylor series to x^13 below ln2 / 2)."""
-        if -0.34657359 < x < 0.34657359:
-            p = _INV_FACT[0]
-            for c in _INV_FACT[1:]:
-                p = p * x + c
-            return (p * x + 1.0) * x
-        return exp_(x) - 1.0
-
-    expm1_ = jit(expm1_)
-
-    def tanh_(x):
-        a = abs(x)
-        if a > 22.0:
-            t = 1.0
-        else:
-            e = expm1_(-2.0 * a)
-            t = -e / (2.0 + e)
-        return t if x >= 0.0 else -t
-
-    def sigmoid_(x):
-        return 1.0 / (1.0 + exp_(-x))
-
-    def softplus_(x):
-        """ln(1 + e^x) (numpy's logaddexp(0, x))."""
-        return max(x, 0.0) + log1p_(exp_(-abs(x)))
-
-    return {"exp": exp_, "log": log_, "log1p": log1p_, "expm1": expm1_, "tanh": jit(tanh_),
-            "sigmoid": jit(sigmoid_), "softplus": jit(softplus_)}
+            p = p * x + c
+        return (p * x + 1.0) * x
+    return exp_scalar(x) - 1.0
 
 
-SCALARS = _build(lambda f: f)  # the specification, run by CPython
-_UFUNCS: dict = {}
+@_jitable
+def tanh_scalar(x):
+    a = abs(x)
+    if a > 22.0:
+        t = 1.0
+    else:
+        e = expm1_scalar(-2.0 * a)
+        t = -e / (2.0 + e)
+    return t if x >= 0.0 else -t
+
+
+@_jitable
+def sigmoid_scalar(x):
+    return 1.0 / (1.0 + exp_scalar(-x))
+
+
+@_jitable
+def softplus_scalar(x):
+    """ln(1 + e^x) (numpy's logaddexp(0, x))."""
+    return max(x, 0.0) + log1p_scalar(exp_scalar(-abs(x)))
+
+
+SCALARS = {"exp": exp_scalar, "log": log_scalar, "log1p": log1p_scalar, "expm1": expm1_scalar,
+           "tanh": tanh_scalar, "sigmoid": sigmoid_scalar, "softplus": softplus_scalar}
 
 
 def spec(name: str, x) -> np.ndarray:
@@ -137,19 +142,45 @@ def spec(name: str, x) -> np.ndarray:
     return np.fromiter((f(float(v)) for v in arr.ravel()), dtype=np.float64, count=arr.size).reshape(arr.shape)
 
 
-def _ufunc(name: str):
-    """The numba-compiled ufunc of `name` (compiled once per process, on first use)."""
-    if not _UFUNCS:
-        scalars = _build(numba.njit)
-        for k, f in scalars.items():
-            _UFUNCS[k] = numba.vectorize(["float64(float64)"], target="parallel")(f.py_func)
-    return _UFUNCS[name]
+if numba is not None:
+    _vec = numba.vectorize(["float64(float64)"], target="parallel", cache=True)
+
+    @_vec
+    def _exp_u(x):
+        return exp_scalar(x)
+
+    @_vec
+    def _log_u(x):
+        return log_scalar(x)
+
+    @_vec
+    def _log1p_u(x):
+        return log1p_scalar(x)
+
+    @_vec
+    def _expm1_u(x):
+        return expm1_scalar(x)
+
+    @_vec
+    def _tanh_u(x):
+        return tanh_scalar(x)
+
+    @_vec
+    def _sigmoid_u(x):
+        return sigmoid_scalar(x)
+
+    @_vec
+    def _softplus_u(x):
+        return softplus_scalar(x)
+
+    _UFUNCS = {"exp": _exp_u, "log": _log_u, "log1p": _log1p_u, "expm1": _expm1_u, "tanh": _tanh_u,
+               "sigmoid": _sigmoid_u, "softplus": _softplus_u}
 
 
 def _apply(name: str, x) -> np.ndarray:
     if numba is None:
         return spec(name, x)
-    return _ufunc(name)(np.asarray(x, dtype=np.float64))
+    return _UFUNCS[name](np.asarray(x, dtype=np.float64))
 
 
 def exp(x) -> np.ndarray:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arith import FLOAT, Arith
+
 HALF_LOG2_2PIE = 0.5 * math.log2(2.0 * math.pi * math.e)  # entropy of a unit Gaussian, bits
 Q_WINDOW_SIGMAS = 7.0  # forward draws are truncated here: mass beyond is ~1e-12
 P_WINDOW_SIGMAS = 9.0  # reverse windows cover the posterior residual with room to spare
@@ -23,12 +25,13 @@ def snap(x, step: float = COEF_SNAP):
     return np.rint(np.asarray(x, dtype=np.float64) / step) * step
 
 
-def softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
 def pow2_floor(x: float) -> float:
     return 2.0 ** math.floor(math.log2(x))
+
+
+def pow2_floor_exact(x: float) -> float:
+    """pow2_floor from the exponent field alone (no log2)."""
+    return math.ldexp(1.0, math.frexp(x)[1] - 1)
 
 
 @dataclass(frozen=True)
@@ -70,16 +73,16 @@ class ChainGrids:
         return worst
 
 
-def build_grids(gamma_table: np.ndarray, decoder_scale: float) -> ChainGrids:
+def build_grids(gamma_table: np.ndarray, decoder_scale: float, arith: Arith = FLOAT) -> ChainGrids:
     g = snap(np.asarray(gamma_table, dtype=np.float64))
     T = len(g) - 1
-    alpha2 = np.exp(-softplus(g))  # sigmoid(-gamma)
-    sigma2 = -np.expm1(-softplus(g))  # 1 - alpha^2 = sigmoid(gamma), accurate when small
+    alpha2 = arith.exp(-arith.softplus(g))  # sigmoid(-gamma)
+    sigma2 = -arith.expm1(-arith.softplus(g))  # 1 - alpha^2 = sigmoid(gamma), accurate when small
     alpha, sigma = np.sqrt(alpha2), np.sqrt(sigma2)
     alpha_ts = np.ones(T + 1)
     sigma2_ts = np.zeros(T + 1)
     alpha_ts[1:] = alpha[1:] / alpha[:-1]
-    sigma2_ts[1:] = -np.expm1(softplus(g[:-1]) - softplus(g[1:]))
+    sigma2_ts[1:] = -arith.expm1(arith.softplus(g[:-1]) - arith.softplus(g[1:]))
     sigma_ts = np.sqrt(sigma2_ts)
     post_a = np.zeros(T + 1)
     post_b = np.zeros(T + 1)
@@ -92,7 +95,7 @@ def build_grids(gamma_table: np.ndarray, decoder_scale: float) -> ChainGrids:
     for i in range(T + 1):
         coded_with = [sigma[0] if i == 0 else sigma_ts[i]]
         coded_with.append(post_s[i + 1] if i < T else 1.0)
-        delta[i] = pow2_floor(min(coded_with) / 4.0)
+        delta[i] = (pow2_floor if arith is FLOAT else pow2_floor_exact)(min(coded_with) / 4.0)
     q_std = np.where(np.arange(T + 1) == 0, sigma[0], sigma_ts)
     q_half = np.ceil(Q_WINDOW_SIGMAS * q_std / delta).astype(np.int64) + 1
     p_half = np.zeros(T + 1, dtype=np.int64)

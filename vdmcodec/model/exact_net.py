@@ -57,6 +57,24 @@ def conv_names(block_counts: tuple[int, int, int]) -> list[str]:
     return names
 
 
+def integer_weights(w: np.ndarray, weight_scale: np.ndarray, fold: np.ndarray | None = None) -> np.ndarray:
+    """A layer's integer weights from its float ones (float64, exactly the checkpoint's fp16
+    values): rint(w * fold / weight_scale) per output channel, one IEEE multiply (by a power
+    of two) and one division each, so every machine derives the same integers and the
+    checkpoint stores only the scales."""
+    if fold is not None:
+        w = w * fold[None, :, None, None]
+    return np.rint(w / weight_scale[:, None, None, None])
+
+
+def check_exact_sums(wq: np.ndarray, in_bound: np.ndarray, groups: int, name: str) -> None:
+    """Refuse weights for which some group's sum |w| in_bound reaches 2^24 (computed in int64)."""
+    cout, cin = wq.shape[:2]
+    b = np.abs(wq).astype(np.int64) * in_bound.astype(np.int64)[None, :, None, None]
+    if b.reshape(cout, groups, cin // groups, -1).sum(axis=(2, 3)).max() >= EXACT_SUM:
+        raise ValueError(f"exact tables do not fit the weights of {name}: a sum could round")
+
+
 @dataclass
 class ExactConv:
     """One convolution: integer weights, input bound, input-channel groups, the per-step
@@ -64,7 +82,7 @@ class ExactConv:
     block's first one) and the per-step input quantisation (`in_mult` (T+1,): levels per unit
     of the input; `in_scale` (T+1,): the value of one level)."""
 
-    weight: torch.Tensor  # (Cout, Cin, k, k) float32, integer-valued
+    weight: torch.Tensor  # (Cout, Cin, k, k) float32 integers (integer_weights)
     groups: int
     in_max: int
     mult: torch.Tensor  # (T+1, Cout) float32 (float64 for the output layer)
@@ -72,6 +90,8 @@ class ExactConv:
     in_mult: torch.Tensor  # (T+1,) float32
     in_scale: torch.Tensor  # (T+1,) float32
     in_bound: torch.Tensor  # (Cin,) float32: the largest |input| of each channel (in_max but for the stem)
+    stride: int = 1
+    pad: int = -1  # -1: "same" (kernel // 2)
 
     def __post_init__(self):
         cin = self.weight.shape[1] // self.groups
@@ -79,19 +99,19 @@ class ExactConv:
 
     @property
     def padding(self) -> int:
-        return self.weight.shape[-1] // 2
+        return self.weight.shape[-1] // 2 if self.pad < 0 else self.pad
 
     def conv(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """The convolution of x, or of its input-channel groups given apart: each group's
         result is exact, and the groups are added in order in float32 (a deterministic IEEE
         add, even where the sum rounds)."""
         if self.groups == 1:
-            return F.conv2d(x[0] if isinstance(x, list) else x, self.weight, padding=self.padding)
+            return F.conv2d(x[0] if isinstance(x, list) else x, self.weight, stride=self.stride, padding=self.padding)
         cin = self.weight.shape[1] // self.groups
         parts = x if isinstance(x, list) else [x[:, g * cin : (g + 1) * cin] for g in range(self.groups)]
         out = None
         for g, part in enumerate(parts):
-            y = F.conv2d(part, self._group_weights[g], padding=self.padding)
+            y = F.conv2d(part, self._group_weights[g], stride=self.stride, padding=self.padding)
             out = y if out is None else out.add_(y)
         return out
 
@@ -149,13 +169,20 @@ class ExactNet:
     """eps_hat(z, step) in exact arithmetic; see the module docstring.  `step` is the index of
     z's gamma in the model's gamma table (0 = gamma_0)."""
 
-    def __init__(self, state: dict):
+    def __init__(self, state: dict, net: EpsNet):
+        """state: export_exact's tables; net: the float network whose weights they quantise."""
         if int(state["version"]) != EXACT_VERSION:
             raise ValueError(f"exact network version {state['version']} is not {EXACT_VERSION}")
         self.state = state
         self.block_counts = tuple(int(v) for v in state["block_counts"])
         self.names = conv_names(self.block_counts)
-        self.layers = {n: ExactConv(**state["layers"][n]) for n in self.names}
+        modules = dict(net.named_modules())
+        self.layers = {}
+        for n in self.names:
+            st = dict(state["layers"][n])
+            wq = integer_weights(modules[n].weight.detach().double().numpy(), st.pop("weight_scale").double().numpy())
+            check_exact_sums(wq, st["in_bound"].numpy(), int(st["groups"]), n)
+            self.layers[n] = ExactConv(weight=torch.from_numpy(wq).float(), **st)
         self.image_channels = int(state["image_channels"])
         self.heads = list(state["heads"])
         self.fourier_exponents = tuple(int(v) for v in state["fourier_exponents"])
@@ -276,7 +303,7 @@ def quantise_weights(w: np.ndarray, in_max: np.ndarray, groups: int, max_bits: i
     scale = np.maximum(max_abs / (2 ** (max_bits - 1) - 1), per_group.max(axis=1) / (limit * 0.999))
     scale = np.where(scale > 0, scale, 1.0)
     for _ in range(100):
-        wq = np.round(w / scale[:, None, None, None])
+        wq = integer_weights(w, scale)
         sums = (np.abs(wq) * in_max[None, :, None, None]).reshape(cout, groups, chunk, -1).sum(axis=(2, 3))
         over = sums.max(axis=1) >= limit
         if not over.any():
@@ -381,7 +408,7 @@ def export_exact(net: EpsNet, gamma_table, calibration: list[np.ndarray], in_bit
             fs, ft = (t.detach().numpy() for t in block.film(emb).chunk(2, dim=1))
             mult, offset = unit * (1.0 + fs), bias[None] * (1.0 + fs) + ft
         dtype = torch.float64 if n == "out" else torch.float32
-        layers[n] = {"weight": torch.from_numpy(wq).float(), "groups": groups, "in_max": int(in_max_vec.max()),
+        layers[n] = {"weight_scale": torch.from_numpy(wscale), "groups": groups, "in_max": int(in_max_vec.max()),
                      "mult": torch.from_numpy(np.ascontiguousarray(mult)).to(dtype),
                      "offset": torch.from_numpy(np.ascontiguousarray(offset)).to(dtype),
                      "in_scale": torch.from_numpy(in_scale).float(),
@@ -394,4 +421,4 @@ def export_exact(net: EpsNet, gamma_table, calibration: list[np.ndarray], in_bit
         "step_consts": torch.from_numpy(np.stack([alpha, 1.0 / alpha, 1.0 / sigma], axis=1)),
         "gate": gate.detach().double(),
     }
-    return ExactNet(state)
+    return ExactNet(state, net)

@@ -12,18 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 from . import exact_ops as ops
-from .exact_net import E_ROUND_MAX, Z_FRAC_BITS, Z_MAX, conv_names
+from .exact_net import E_ROUND_MAX, Z_FRAC_BITS, Z_MAX, conv_names, integer_weights
 
 F32 = np.float32
 
 
-def conv_int(x: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
-    """'Same' convolution of integer-valued x (B, Cin, H, W) by w (Cout, Cin, k, k) as exact
-    int64 sums per input-channel group, the groups then added in float32 in order."""
+def conv_int(x: np.ndarray, w: np.ndarray, groups: int, stride: int = 1, pad: int = -1) -> np.ndarray:
+    """Convolution of integer-valued x (B, Cin, H, W) by w (Cout, Cin, k, k) ("same" padding
+    unless pad >= 0) as exact int64 sums per input-channel group, the groups then added in
+    float32 in order."""
     k = w.shape[-1]
-    p = k // 2
-    b, cin, h, wd = x.shape
+    p = k // 2 if pad < 0 else pad
+    b, cin = x.shape[:2]
     xi = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (p, p), (p, p)))
+    h, wd = (xi.shape[2] - k) // stride + 1, (xi.shape[3] - k) // stride + 1
     wi = w.astype(np.int64)
     chunk = cin // groups
     out = None
@@ -32,7 +34,8 @@ def conv_int(x: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
         acc = np.zeros((b, w.shape[0], h, wd), dtype=np.int64)
         for dy in range(k):
             for dx in range(k):
-                acc += np.einsum("oc,bchw->bohw", wi[:, sl, dy, dx], xi[:, sl, dy : dy + h, dx : dx + wd])
+                win = xi[:, sl, dy : dy + stride * (h - 1) + 1 : stride, dx : dx + stride * (wd - 1) + 1 : stride]
+                acc += np.einsum("oc,bchw->bohw", wi[:, sl, dy, dx], win)
         part = acc.astype(F32)
         out = part if out is None else out + part
     return out
@@ -53,14 +56,20 @@ def _ch(v) -> np.ndarray:
     return np.asarray(v).reshape(1, -1, 1, 1)
 
 
-class ReferenceNet:
-    """ExactNet's state evaluated the slow way."""
+def _plain(d: dict) -> dict:
+    return {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in d.items()}
 
-    def __init__(self, state: dict):
+
+class ReferenceNet:
+    """ExactNet's state (on the float weights of `net`) evaluated the slow way."""
+
+    def __init__(self, state: dict, net):
         self.s = state
         self.names = conv_names(tuple(int(v) for v in state["block_counts"]))
-        self.L = {n: {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in state["layers"][n].items()}
-                  for n in self.names}
+        modules = dict(net.named_modules())
+        self.L = {n: _plain(state["layers"][n]) for n in self.names}
+        for n in self.names:
+            self.L[n]["weight"] = integer_weights(modules[n].weight.detach().double().numpy(), self.L[n]["weight_scale"])
 
     def _quant(self, n, step):
         lay = self.L[n]
@@ -138,3 +147,39 @@ class ReferenceNet:
 
 def _mean3(t: np.ndarray) -> np.ndarray:
     return (t[:, 0:1] + t[:, 1:2] + t[:, 2:3]) * (1.0 / 3.0)
+
+
+def reference_context_refine(state: dict, net, g: int, inp: np.ndarray, classes, shape,
+                             head=None) -> tuple[np.ndarray, np.ndarray]:
+    """ExactContextNet.refine the slow way (state on the float ContextNet `net`): inp
+    (1, 3 C, H, W) float32 integers."""
+    from ..coding import detmath
+    from .context_net import DLOG_SCALE_MAX
+
+    conv0, conv1 = (_plain(layer) for layer in state["layers"][g])
+    seq = net.nets[g]
+    conv0["weight"] = integer_weights(seq[0].weight.detach().double().numpy(), conv0["weight_scale"], conv0["weight_fold"])
+    conv1["weight"] = integer_weights(seq[2].weight.detach().double().numpy(), conv1["weight_scale"])
+    if head is None:
+        head = (seq[-1].weight.detach().double().numpy(), seq[-1].bias.detach().double().numpy())
+    weight, bias = head
+    weight, bias = np.asarray(weight, dtype=np.float64).reshape(2, -1), np.asarray(bias, dtype=np.float64)
+    r = int(state["kernel"]) // 2
+    h, w = inp.shape[-2:]
+    pad = np.pad(inp, ((0, 0), (0, 0), (r, r + 1), (r, r + 1)))
+    out = np.zeros((2, shape[-2], shape[-1]))
+    for ra, ca in classes:
+        nh, nw = len(range(ra, h, 2)), len(range(ca, w, 2))
+        if not (nh and nw):
+            continue
+        y = conv_int(pad[..., ra:, ca:], conv0["weight"], int(conv0["groups"]), stride=2, pad=0)[..., :nh, :nw]
+        a = ops.affine_act_np(y, _ch(conv0["mult"][0]), _ch(conv0["offset"][0]), F32(conv1["in_mult"][0]), F32(conv1["in_max"]))
+        y = conv_int(a, conv1["weight"], int(conv1["groups"]))
+        f = ops.affine_act_np(y, _ch(conv1["mult"][0]), _ch(conv1["offset"][0]), F32(state["feature_mult"]),
+                              F32(state["feature_max"])) * F32(state["feature_scale"])
+        fv = f[0].astype(np.float64)
+        acc = np.broadcast_to(bias[:, None, None], (2,) + fv.shape[1:])
+        for k in range(fv.shape[0]):
+            acc = acc + weight[:, k][:, None, None] * fv[k][None]
+        out[:, ra::2, ca::2] = acc
+    return out[0], DLOG_SCALE_MAX * detmath.spec("tanh", out[1] * (1.0 / DLOG_SCALE_MAX))
