@@ -475,7 +475,10 @@ def info(file, as_json):
         click.echo(f"steps:    {coder.get('T')} of the model's {(coder.get('plan') or [coder.get('T')])[-1]}, "
                    f"ensemble {comp.get('ensemble', 1)} on the first {steps}, "
                    f"{comp.get('z0_ensemble', 1)} at z0 with an own context")
-        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} ({comp.get('cpu_capability')})")
+        arith = comp.get("arith", "float")
+        portable = "exact arithmetic: decodes on any machine" if arith == "exact1" else "float arithmetic: decodes on machines like the writer's"
+        click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} "
+                   f"({comp.get('cpu_capability')}); {portable}")
     else:
         click.echo("model:    none (classic code only; decodes without a model)")
     sizes = {sec.get("name"): sec.get("bytes") for sec in header.get("sections", [])}

@@ -89,10 +89,13 @@ class Coder:
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
-        if self.exact is None:
-            self.exact = self.loaded.exact is not None
+        if self.exact is None:  # exact where the model can and the networks run on the CPU
+            self.exact = self.loaded.exact is not None and not self.device.startswith("cuda")
         if self.exact and self.loaded.exact is None:
             raise ModelMismatchError(f"model {self.loaded.model_id} has no exact-arithmetic tables")
+        if self.exact and self.device.startswith("cuda"):
+            # its elementwise kernels run on the CPU, and cuDNN may pick inexact algorithms
+            raise EnvironmentMismatchError("exact arithmetic runs on the CPU only; use --device cpu")
         self.loaded.model.to(self.device)
         self.step_model = self._step_model(self.plan, self.ensemble, self.ensemble_steps, self.z0_ensemble)
         self.plan, self.ensemble_steps = self.step_model.plan, self.step_model.ensemble_steps
@@ -546,9 +549,11 @@ def _coder_for_file(header, checkpoint, device) -> Coder:
         raise EnvironmentMismatchError("file was encoded on a GPU; decoding needs a GPU of the same kind")
     if want_dev == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
+    exact = _file_exact(header)
+    if exact:
+        device = "cpu"  # exact files decode on the CPU, whatever wrote them
     lm = find_model_for(header, checkpoint, device)
     plan, calls, steps, z0_calls = _file_steps(header, lm)
-    exact = _file_exact(header)
     return Coder(lm, device=device, threads=default_threads() if exact else _file_threads(header), ensemble=calls,
                  plan=plan, ensemble_steps=steps, z0_ensemble=z0_calls, exact=exact)
 
