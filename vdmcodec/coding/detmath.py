@@ -190,44 +190,28 @@ if numba is not None:
         lg = e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
         return t if u == 1.0 else lg * (t / (u - 1.0))
 
-    # one parallel loop per function (numba's parallel ufuncs do not vectorise)
-    @numba.njit(parallel=True, cache=True)
-    def _exp_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = _exp_simd(x[i])
+    _FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus")
 
+    # one parallel loop for all (numba's parallel ufuncs do not vectorise); `which` is the
+    # same for every element, so LLVM hoists the choice out of the loop
     @numba.njit(parallel=True, cache=True)
-    def _sigmoid_loop(x, out):
+    def _loop(which, x, out):
         for i in numba.prange(x.shape[0]):
-            out[i] = 1.0 / (1.0 + _exp_simd(-x[i]))
-
-    @numba.njit(parallel=True, cache=True)
-    def _softplus_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = max(x[i], 0.0) + _log1p_unit_simd(_exp_simd(-abs(x[i])))
-
-    @numba.njit(parallel=True, cache=True)
-    def _log_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = log_scalar(x[i])
-
-    @numba.njit(parallel=True, cache=True)
-    def _log1p_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = log1p_scalar(x[i])
-
-    @numba.njit(parallel=True, cache=True)
-    def _expm1_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = expm1_scalar(x[i])
-
-    @numba.njit(parallel=True, cache=True)
-    def _tanh_loop(x, out):
-        for i in numba.prange(x.shape[0]):
-            out[i] = tanh_scalar(x[i])
-
-    _LOOPS = {"exp": _exp_loop, "log": _log_loop, "log1p": _log1p_loop, "expm1": _expm1_loop, "tanh": _tanh_loop,
-              "sigmoid": _sigmoid_loop, "softplus": _softplus_loop}
+            v = x[i]
+            if which == 0:
+                out[i] = _exp_simd(v)
+            elif which == 1:
+                out[i] = log_scalar(v)
+            elif which == 2:
+                out[i] = log1p_scalar(v)
+            elif which == 3:
+                out[i] = expm1_scalar(v)
+            elif which == 4:
+                out[i] = tanh_scalar(v)
+            elif which == 5:
+                out[i] = 1.0 / (1.0 + _exp_simd(-v))
+            else:
+                out[i] = max(v, 0.0) + _log1p_unit_simd(_exp_simd(-abs(v)))
 
 
 def _apply(name: str, x) -> np.ndarray:
@@ -235,7 +219,7 @@ def _apply(name: str, x) -> np.ndarray:
         return spec(name, x)
     arr = np.asarray(x, dtype=np.float64)  # the input's shape kept, 0-d included
     out = np.empty(arr.shape)
-    _LOOPS[name](np.ascontiguousarray(arr).reshape(-1), out.reshape(-1))
+    _loop(_FUNCTIONS.index(name), np.ascontiguousarray(arr).reshape(-1), out.reshape(-1))
     return out
 
 

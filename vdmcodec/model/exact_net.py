@@ -161,7 +161,7 @@ def affine(y: torch.Tensor, m: np.ndarray, o: np.ndarray) -> torch.Tensor:
 
 def affine_add(y: torch.Tensor, m: np.ndarray, o: np.ndarray, x: torch.Tensor) -> torch.Tensor:
     y, rows = _rows(y)
-    x, xrows = _rows(x)
+    _, xrows = _rows(x)
     return _elementwise("_affine_add_nb", ops.affine_add_np, rows, m, o, xrows, out_like=y)[0]
 
 
@@ -189,10 +189,6 @@ class ExactNet:
         self.fourier_sin = state["fourier_sin"]  # (2^8,) float32: round(sin(2 pi p / 2^8) 2^8)
         self.step_consts = state["step_consts"]  # (T+1, 3) float64: alpha, 1/alpha, 1/sigma
         self.gate = state["gate"]  # (T+1, C) float64: the rounding gate
-
-    @property
-    def steps(self) -> int:
-        return self.step_consts.shape[0]
 
     def stem_input(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The stem's integer inputs (z, Fourier features, rounding eps, all at 2^-8) and the
