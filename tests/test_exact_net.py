@@ -236,16 +236,18 @@ def test_exact_files_round_trip_and_cost_about_the_float_rate(model, exact_model
     from vdmcodec.image_io import RasterImage
     rng = np.random.default_rng(3)
     pixels = np.clip(np.cumsum(rng.integers(-9, 10, (24, 30, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
-    raster = RasterImage("RGB", 30, 24, pixels, None, None, None)
+    grey = np.ascontiguousarray(pixels[:16, :20, 1:2])
+    images = [("x", RasterImage("RGB", 30, 24, pixels, None, None, None)),
+              ("g", RasterImage("L", 20, 16, grey, None, None, None))]
     lm = replace(model, exact=exact_model)
     sizes = {}
     for exact in (False, True):
         coder = Coder.for_effort(lm, "fast", exact=exact, adapt_context=False, threads=2)
-        data, _ = compress_images([("x", raster)], coder, allow_fallback=False)
+        data, _ = compress_images(images, coder, allow_fallback=False)
         header, _ = unpack_container(data)
         assert header["compute"]["arith"] == ("exact1" if exact else "float")
         coder.threads = 1  # an exact file decodes with any thread count
         back = decompress_bytes(data, coder=coder)
-        assert np.array_equal(back[0][1].planes, pixels)
+        assert np.array_equal(back[0][1].planes, pixels) and np.array_equal(back[1][1].planes, grey)
         sizes[exact] = len(data)
     assert abs(sizes[True] - sizes[False]) <= 0.02 * sizes[False] + 8

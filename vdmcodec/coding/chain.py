@@ -355,9 +355,13 @@ class PixelContext:
                 head = [tuple(torch.from_numpy(a).float() for a in wb) for wb in weights.head]
         else:
             with torch.no_grad():
-                weight, log_scale = model.context_weights(channels)
+                weight, log_scale = model.context_weights(3 if arith is EXACT else channels)
             weight = weight.detach().to("cpu", torch.float64).numpy()
             log_scale = log_scale.detach().to("cpu", torch.float64).numpy()
+            if arith is EXACT and channels == 1:  # context_weights' grey reduction, in a fixed order
+                weight = (weight[:, :, 0:1] + weight[:, :, 1:2] + weight[:, :, 2:3])
+                weight = (weight[:, 0:1] + weight[:, 1:2] + weight[:, 2:3]) / 3.0
+                log_scale = (log_scale[:, 0:1] + log_scale[:, 1:2] + log_scale[:, 2:3]) / 3.0
         if weights is not None and weights.coef_shift is not None and channels == 3:
             pm = pass_map_np(coef_raw.shape[1], coef_raw.shape[2], weight.shape[0] + 1)
             coef_raw = coef_raw + weights.coef_shift[pm].transpose(2, 0, 1)
