@@ -79,3 +79,17 @@ def test_the_vectorised_twins_match_the_specification_on_their_edges():
 def test_shapes_are_kept():
     assert detmath.exp(np.float64(1.0)).shape == () and detmath.tanh(np.zeros((2, 3, 4))).shape == (2, 3, 4)
     assert detmath.log(np.ones((3, 5))[:, ::2]).shape == (3, 3)
+
+
+def test_arith_docstring_examples_run():
+    from vdmcodec.coding import arith
+    assert doctest.testmod(arith, raise_on_error=True).attempted > 0
+
+
+def test_exact_row_sums_add_left_to_right():
+    from vdmcodec.coding.arith import EXACT
+    probs = np.random.default_rng(9).random((50, 37))
+    want = probs[:, :1].copy()
+    for k in range(1, 37):
+        want = want + probs[:, k : k + 1]
+    assert np.array_equal(EXACT.row_sum(probs), want)
