@@ -335,9 +335,9 @@ class PixelContext:
     # log-scale change per pixel, (C, H, W) float64 each; None: none
     feature_shift: np.ndarray | None = None
     feature_log_scale: np.ndarray | None = None
-    arith: Arith = FLOAT
     exact_net: object | None = None  # an ExactContextNet in place of `net` (exact arithmetic)
     own_head: tuple | None = None  # the image's own last layers, float64 (exact arithmetic)
+    _base_levels: tuple | None = field(default=None, repr=False)  # (loc, scale, their input levels)
 
     @classmethod
     def from_model(cls, model: VDM, coef_raw: np.ndarray, channels: int,
@@ -367,7 +367,7 @@ class PixelContext:
             coef_raw = coef_raw + weights.coef_shift[pm].transpose(2, 0, 1)
         coef = np.zeros((3,) + coef_raw.shape[1:]) if channels == 1 else snap(arith.tanh(coef_raw), PARAM_SNAP)
         return cls(weight=weight, log_scale=log_scale, coef=coef, net=model.context_net, head=head, gains=gains,
-                   feature_shift=f_shift, feature_log_scale=f_log_scale, arith=arith, exact_net=exact_net,
+                   feature_shift=f_shift, feature_log_scale=f_log_scale, exact_net=exact_net,
                    own_head=None if weights is None else weights.head)
 
     @property
@@ -438,7 +438,10 @@ class PixelContext:
                       pm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """group_refine's network part through the ExactContextNet (unsnapped float64)."""
         ex = self.exact_net
-        uq, lq, sq = ex.input_levels(u, loc, scale)
+        if self._base_levels is None or self._base_levels[0] is not loc or self._base_levels[1] is not scale:
+            # every group of a region reads the same base location and scale: one log for all
+            self._base_levels = (loc, scale) + ex.base_levels(loc, scale)
+        uq, (lq, sq) = ex.residual_levels(u), self._base_levels[2:]
         chans = np.arange(u.shape[0])[:, None, None]
         known = (pm < p) | ((pm == p) & (chans < ch))
         parts = [uq * known, lq, sq]

@@ -132,6 +132,7 @@ def softplus_scalar(x):
     return max(x, 0.0) + log1p_scalar(exp_scalar(-abs(x)))
 
 
+_FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus")  # _loop's `which` order
 SCALARS = {"exp": exp_scalar, "log": log_scalar, "log1p": log1p_scalar, "expm1": expm1_scalar,
            "tanh": tanh_scalar, "sigmoid": sigmoid_scalar, "softplus": softplus_scalar}
 
@@ -190,8 +191,6 @@ if numba is not None:
         lg = e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
         return t if u == 1.0 else lg * (t / (u - 1.0))
 
-    _FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus")
-
     # one parallel loop for all (numba's parallel ufuncs do not vectorise); `which` is the
     # same for every element, so LLVM hoists the choice out of the loop
     @numba.njit(parallel=True, cache=True)
@@ -223,29 +222,13 @@ def _apply(name: str, x) -> np.ndarray:
     return out
 
 
-def exp(x) -> np.ndarray:
-    return _apply("exp", x)
+def _public(name: str):
+    def f(x) -> np.ndarray:
+        return _apply(name, x)
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = f"{name} of a float64 array (or scalar), elementwise; the shape is kept."
+    return f
 
 
-def log(x) -> np.ndarray:
-    return _apply("log", x)
-
-
-def log1p(x) -> np.ndarray:
-    return _apply("log1p", x)
-
-
-def expm1(x) -> np.ndarray:
-    return _apply("expm1", x)
-
-
-def tanh(x) -> np.ndarray:
-    return _apply("tanh", x)
-
-
-def sigmoid(x) -> np.ndarray:
-    return _apply("sigmoid", x)
-
-
-def softplus(x) -> np.ndarray:
-    return _apply("softplus", x)
+exp, log, log1p, expm1, tanh, sigmoid, softplus = (_public(n) for n in _FUNCTIONS)

@@ -60,11 +60,19 @@ class ExactContextNet:
     def input_levels(cls, u: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
         """The three inputs on their grids (float32 integers), each (C, H, W): u the clipped
         normalised residuals, loc and scale the base location and scale in levels."""
-        fu, fl, fs = (float(1 << b) for b in cls.INPUT_FRAC_BITS)
-        uq = np.rint(np.clip(u, -U_MAX, U_MAX) * fu)
+        return (cls.residual_levels(u),) + cls.base_levels(loc, scale)
+
+    @classmethod
+    def residual_levels(cls, u: np.ndarray) -> np.ndarray:
+        return np.rint(np.clip(u, -U_MAX, U_MAX) * float(1 << cls.INPUT_FRAC_BITS[0])).astype(np.float32)
+
+    @classmethod
+    def base_levels(cls, loc: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The location and log-scale inputs: the same for every group of a region."""
+        fl, fs = (float(1 << b) for b in cls.INPUT_FRAC_BITS[1:])
         lq = np.rint(np.clip((loc + 0.5) * (1.0 / 128.0) - 1.0, -LOC_MAX, LOC_MAX) * fl)
         sq = np.rint(np.clip(detmath.log(scale), -LOG_SCALE_MAX, LOG_SCALE_MAX) * fs)
-        return uq.astype(np.float32), lq.astype(np.float32), sq.astype(np.float32)
+        return lq.astype(np.float32), sq.astype(np.float32)
 
     def features(self, g: int, inp: torch.Tensor, classes) -> list[torch.Tensor | None]:
         """Group g's last hidden features (float32 values) on the grid of each pixel class, as
