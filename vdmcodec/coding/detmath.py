@@ -47,6 +47,17 @@ def _jitable(f):
 
 
 @_jitable
+def _exp_reduced(x):
+    """(e^r, n) with x = n ln2 + r, |r| <= ln2 / 2: e^r by its Taylor series to r^13."""
+    n = math.floor(x * INV_LN2 + 0.5)
+    r = (x - n * LN2_HI) - n * LN2_LO
+    p = _INV_FACT[0]
+    for c in _INV_FACT[1:]:
+        p = p * r + c
+    return (p * r + 1.0) * r + 1.0, n
+
+
+@_jitable
 def exp_scalar(x):
     """e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13, times 2^n."""
     if x != x:
@@ -55,13 +66,22 @@ def exp_scalar(x):
         return math.inf
     if x < EXP_MIN:
         return 0.0
-    n = math.floor(x * INV_LN2 + 0.5)
-    r = (x - n * LN2_HI) - n * LN2_LO
-    p = _INV_FACT[0]
-    for c in _INV_FACT[1:]:
-        p = p * r + c
-    p = (p * r + 1.0) * r + 1.0
+    p, n = _exp_reduced(x)
     return math.ldexp(p, int(n))
+
+
+@_jitable
+def _log_reduced(m, e):
+    """ln(m 2^e) for m in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (m - 1)/(m + 1), by its series
+    in s^2 to s^21, plus e ln 2 in two parts."""
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    q = _INV_ODD[0]
+    for c in _INV_ODD[1:]:
+        q = q * z + c
+    two_s = 2.0 * s
+    return e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
 
 
 @_jitable
@@ -78,14 +98,7 @@ def log_scalar(x):
     if m < SQRT_HALF:
         m = m * 2.0
         e = e - 1
-    f = m - 1.0
-    s = f / (2.0 + f)
-    z = s * s
-    q = _INV_ODD[0]
-    for c in _INV_ODD[1:]:
-        q = q * z + c
-    two_s = 2.0 * s
-    return e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
+    return _log_reduced(m, float(e))
 
 
 @_jitable
@@ -154,13 +167,7 @@ if numba is not None:
         operations on in-range x, and p 2^n as (p 2^k1) 2^(n - k1) with k1 = n clipped to
         [-1000, 1023], one exact product and one correctly rounded one, as ldexp rounds.
         The tests hold it to exp_scalar bit for bit."""
-        xc = min(max(x, -746.0), 710.0)
-        n = math.floor(xc * INV_LN2 + 0.5)
-        r = (xc - n * LN2_HI) - n * LN2_LO
-        p = _INV_FACT[0]
-        for c in _INV_FACT[1:]:
-            p = p * r + c
-        p = (p * r + 1.0) * r + 1.0
+        p, n = _exp_reduced(min(max(x, -746.0), 710.0))
         k = int(n)
         k1 = min(max(k, -1000), 1023)
         out = (p * _POW2[k1 + 1000]) * _POW2[k - k1 + 1000]
@@ -181,14 +188,7 @@ if numba is not None:
         low = u < 2.0 * SQRT_HALF
         m = u if low else u * 0.5
         e = 0.0 if low else 1.0
-        f = m - 1.0
-        s = f / (2.0 + f)
-        z = s * s
-        q = _INV_ODD[0]
-        for c in _INV_ODD[1:]:
-            q = q * z + c
-        two_s = 2.0 * s
-        lg = e * LN2_HI + (two_s + (two_s * (q * z) + e * LN2_LO))
+        lg = _log_reduced(m, e)
         return t if u == 1.0 else lg * (t / (u - 1.0))
 
     # one parallel loop for all (numba's parallel ufuncs do not vectorise); `which` is the
