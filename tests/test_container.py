@@ -73,7 +73,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 6
+    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 7
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -153,7 +153,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 7, 65535])
+@pytest.mark.parametrize("version", [0, 8, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -161,7 +161,7 @@ def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     assert "newer" in message or version == 0
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_earlier_version_files_still_read(packed, version):
     """Versions 2 to 5 only added optional header fields and section contents, so earlier
     files read as before."""
@@ -174,7 +174,7 @@ def test_earlier_version_files_still_read(packed, version):
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 7), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 8), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -241,7 +241,7 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 7)
+    struct.pack_into("<H", damaged, len(MAGIC), 8)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)
@@ -259,14 +259,26 @@ def thumbnails(n: int) -> dict:
 def test_fields_all_images_share_are_written_once_and_read_back_whole():
     header = thumbnails(50)
     header["images"][7]["width"] = 31  # one image differs: width stays per image
+    header["images"][3]["icc"] = "icc3"  # only one image has it: stays in its entry
     shared = share_image_fields(header)
     assert set(shared["image_defaults"]) == {"height", "mode", "method", "layout"}
-    assert all(set(e) == {"name", "width", "alpha", "pixel_sha256_short"} for e in shared["images"])
+    # fields every image has but not alike go column by column; equal-length strings joined
+    assert set(shared["image_columns"]) == {"name", "width", "alpha", "pixel_sha256_short"}
+    assert shared["image_columns"]["pixel_sha256_short"] == "".join(f"{i:04x}" for i in range(50))
+    assert isinstance(shared["image_columns"]["name"], list)  # im0 .. im49: lengths differ
+    assert shared["images"][3] == {"icc": "icc3"} and len(shared["images"]) == 50
     packed = pack_container(shared, SECTIONS)
     assert len(packed) < len(pack_container(header, SECTIONS))
     back, _ = unpack_container(packed)
-    assert "image_defaults" not in back and back["images"] == header["images"]
+    assert "image_defaults" not in back and "image_columns" not in back and back["images"] == header["images"]
     assert share_image_fields(thumbnails(1)) == thumbnails(1)  # one image: nothing to share
+
+
+@pytest.mark.parametrize("columns,images", [({"name": ["a"]}, [{}, {}]), ({"name": "abc"}, [{}, {}]),
+                                            ({"name": 3}, [{}]), ([1], [{}]), ({"name": ["a", "b"]}, 2)])
+def test_malformed_image_columns_are_a_corrupt_file(columns, images):
+    text = json.dumps({"image_columns": columns, "images": images, "sections": []}).encode()
+    expect_error(rebuild(text), CorruptFileError, ("image_columns",))
 
 
 @pytest.mark.parametrize("defaults,images", [([1], [{"name": "a"}]), ({"mode": "RGB"}, {"name": "a"}),

@@ -180,6 +180,17 @@ def _source_metadata(im: Image.Image, data: bytes) -> tuple[ImageMetadata, tuple
     for byte; EXIF, XMP, comment and dpi of other formats; and labels for what is not kept."""
     if im.format == "PNG":
         return png_metadata(data), ()
+    dropped = sorted(str(k) for k in im.info if k not in _ENCODING_INFO)
+    if im.format == "TIFF":
+        xmp = im.info.get("xmp")
+        dropped += [f"TIFF {name}" for tag, name in _TIFF_CONTENT_TAGS.items()
+                    if tag in getattr(im, "tag_v2", {}) and not (tag == 700 and xmp)]
+    return info_metadata(im), tuple(dropped)
+
+
+def info_metadata(im: Image.Image) -> ImageMetadata:
+    """The EXIF, XMP, comment and dpi that Pillow put in an image's info (for an image
+    handed over in memory, whose file bytes are not at hand)."""
     items, info = [], im.info
     exif = info.get("exif")
     if exif:
@@ -193,11 +204,7 @@ def _source_metadata(im: Image.Image, data: bytes) -> tuple[ImageMetadata, tuple
     dpi = info.get("dpi")
     if dpi and len(dpi) == 2 and all(float(v) > 0 for v in dpi):
         items.append(("dpi", f"{float(dpi[0])!r},{float(dpi[1])!r}".encode("ascii")))
-    dropped = sorted(str(k) for k in info if k not in _ENCODING_INFO)
-    if im.format == "TIFF":
-        dropped += [f"TIFF {name}" for tag, name in _TIFF_CONTENT_TAGS.items()
-                    if tag in getattr(im, "tag_v2", {}) and not (tag == 700 and xmp)]
-    return ImageMetadata(tuple(items)), tuple(dropped)
+    return ImageMetadata(tuple(items))
 
 
 def _decode_pil(fh: BinaryIO, source: str, max_pixels: int = MAX_PIXELS) -> Image.Image:

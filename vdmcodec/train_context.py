@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .checkpoints import earlier_models, load_checkpoint, save_checkpoint, save_torch_atomic
-from .model.context_net import ContextNetConfig
+from .model.context_net import ContextNet, ContextNetConfig
+from .model.network import flip_ensembles
 from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
 from .train import eval_batches, list_images, load_rgb, split_holdout
 
@@ -46,10 +47,39 @@ def with_context_net(model: VDM, hidden: int) -> VDM:
     return out
 
 
+def widened(model: VDM, hidden: int) -> VDM:
+    """The model with its context network's hidden layers widened to `hidden` channels,
+    computing exactly what it did: the new channels' outgoing weights start at zero (their
+    incoming ones small and random, so that training can move them)."""
+    old = model.context_net
+    if old is None or old.cfg.hidden == hidden:
+        return model
+    if hidden < old.cfg.hidden:
+        raise ValueError(f"cannot narrow the context network from {old.cfg.hidden} to {hidden}")
+    cfg = VDMConfig.from_dict(model.cfg.to_dict())
+    cfg.context_net = ContextNetConfig(**dict(old.cfg.to_dict(), hidden=hidden))
+    out = VDM(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("context_net.")}
+    out.load_state_dict(state, strict=False)
+    h = old.cfg.hidden
+    with torch.no_grad():
+        for new_seq, old_seq in zip(out.context_net.nets, old.nets):
+            first, mid, last = new_seq[0], new_seq[2], new_seq[4]
+            first.weight.mul_(0.1)
+            first.weight[:h], first.bias[:h] = old_seq[0].weight, old_seq[0].bias
+            mid.weight.mul_(0.1)
+            mid.weight[:h, h:] = 0.0  # the old channels see only the old ones
+            mid.weight[:h, :h], mid.bias[:h] = old_seq[2].weight, old_seq[2].bias
+            last.weight.zero_()
+            last.weight[:, :h], last.bias[:] = old_seq[4].weight, old_seq[4].bias
+    return out
+
+
 @torch.no_grad()
-def decoder_cache(model: VDM, crops: torch.Tensor, seed: int, batch: int = 16) -> dict:
+def decoder_cache(model: VDM, crops: torch.Tensor, seed: int, batch: int = 16, calls: int = 1) -> dict:
     """The big network's decoder outputs at one z_0 draw per crop: x (uint8), loc and scale
-    (x_tilde units, float32) and the raw colour coefficients."""
+    (x_tilde units, float32) and the raw colour coefficients; with calls > 1, averaged over
+    that many flips of z_0 (the coder's z0_ensemble)."""
     gen = torch.Generator().manual_seed(seed)
     g0 = model.schedule(torch.tensor([0.0], dtype=torch.float64))[0]
     a0, s0 = torch.sqrt(alpha2(g0)), torch.sqrt(sigma2(g0))
@@ -57,7 +87,7 @@ def decoder_cache(model: VDM, crops: torch.Tensor, seed: int, batch: int = 16) -
     for i in range(0, crops.shape[0], batch):
         x = crops[i : i + batch]
         z0 = a0.float() * pixels_to_unit(x) + s0.float() * torch.randn(x.shape, generator=gen)
-        eps, aux = model.net(z0, g0.float().reshape(1), with_aux=True)
+        eps, aux = flip_ensembles(model.net, z0, g0.float().reshape(1), (calls,))[calls]
         loc, scale = _base_decoder(model, z0, g0, eps, aux)
         parts["x"].append(x.to(torch.uint8))
         parts["loc"].append(loc.float())
@@ -109,7 +139,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint", default=None, help="the model to start from (default: the shipped one)")
     ap.add_argument("--resume", default=None, help="a state.pt of this program")
-    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=32, help="hidden channels of a new context network")
+    ap.add_argument("--widen", type=int, default=0,
+                    help="widen the starting model's context network to this many hidden channels (same outputs)")
+    ap.add_argument("--z0-ensemble", type=int, default=1, choices=(1, 2, 4),
+                    help="cache the network's outputs averaged over this many flips of z_0, as the coder's "
+                         "z0_ensemble does for images with their own context")
     ap.add_argument("--crops", type=int, default=1200, help="cached training crops")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
@@ -136,6 +171,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_checkpoint(args.checkpoint)
     model = with_context_net(loaded.model, args.hidden)
+    if args.widen:
+        model = widened(model, args.widen)
     meta = dict(loaded.meta)
     step = 0
     # files written with the starting model keep decoding with the new checkpoint (when only
@@ -156,21 +193,22 @@ def main(argv=None) -> int:
     t0 = time.time()
     train_imgs = [load_rgb(f) for f in train_files]
     large = [im for im in train_imgs if min(im.shape[:2]) >= args.crop]
-    cache = decoder_cache(model, random_crops(large, args.crops, args.crop, rng), seed=args.seed + step)
+    calls = args.z0_ensemble
+    cache = decoder_cache(model, random_crops(large, args.crops, args.crop, rng), seed=args.seed + step, calls=calls)
     # whole small images (CIFAR's 32x32) in their own cache: a batch holds one size
     small = [im for im in train_imgs if im.shape[:2] == (SMALL, SMALL)]
     small_cache = None
     if small and args.p_small > 0:
         small_cache = decoder_cache(model, torch.from_numpy(np.stack(small).astype(np.int64)).permute(0, 3, 1, 2),
-                                    seed=args.seed + step + 1)
+                                    seed=args.seed + step + 1, calls=calls)
     hold_sets = eval_batches([load_rgb(f) for f in hold_files], args.crop)
-    hold = decoder_cache(model, hold_sets[0], seed=12345)
+    hold = decoder_cache(model, hold_sets[0], seed=12345, calls=calls)
     helds = {"heldout_recon_bpd": hold}
     if len(hold_sets) > 1 and hold_sets[1].shape[-1] == SMALL:
-        helds[f"heldout_{SMALL}_recon_bpd"] = decoder_cache(model, hold_sets[1], seed=12345)
+        helds[f"heldout_{SMALL}_recon_bpd"] = decoder_cache(model, hold_sets[1], seed=12345, calls=calls)
     if apart:
         crops = eval_batches([load_rgb(f) for f in apart], args.crop)[0]
-        helds["apart_recon_bpd"] = decoder_cache(model, crops, seed=12345)
+        helds["apart_recon_bpd"] = decoder_cache(model, crops, seed=12345, calls=calls)
     print(f"cached {cache['x'].shape[0]} training and {hold['x'].shape[0]} held-out crops, "
           f"{len(apart)} files apart, in {time.time() - t0:.0f} s", file=sys.stderr)
 
@@ -220,8 +258,8 @@ def main(argv=None) -> int:
     save_state(out, model, opt, step, meta, start)
     for p in model.parameters():
         p.requires_grad_(False)
-    meta = dict(meta, context_steps=step, context_note=f"context net (hidden {args.hidden}) trained "
-                f"{step} steps on {n} cached crops, network frozen")
+    meta = dict(meta, context_steps=step, context_note=f"context net (hidden {model.context_net.cfg.hidden}) trained "
+                f"{step} steps on {n} cached crops at {calls} call(s) at z_0, network frozen")
     save_checkpoint(out / "model.pt", model, args.model_id, meta, earlier=earlier_models(start))
     return 0
 
