@@ -322,3 +322,30 @@ def test_a_network_that_hurts_everywhere_is_turned_off(coder_net, monkeypatch):
     assert weights is not None and info["choice"] in ("off", "linear"), info
     assert info["held_out_bpd_fitted"] < info["held_out_bpd_model"] - 0.05, info
     assert info["candidates"]["off"]["held_out_bpd"] < info["held_out_bpd_model"], info
+
+
+def test_model_trained_on_ensembled_calls_gives_them_to_every_image(tmp_path, monkeypatch):
+    """A model whose context saw z0_ensemble calls at z_0 (VDMConfig.context_calls) codes an
+    image with the model's own weights at those calls too; the decoder, loading the model
+    afresh, agrees, and the config of a one-call model keeps its old form (and hash)."""
+    model = scrambled("xhat", seed=6, passes=4, net=True)
+    assert "context_calls" not in model.cfg.to_dict()
+    model.cfg.context_calls = 4
+    path = tmp_path / "calls4.pt"
+    save_checkpoint(path, model, "vdmc-test-calls4", {"steps": 0})
+    coder = Coder(load_checkpoint(path), threads=1, z0_ensemble=4)
+    assert coder.loaded.model.cfg.context_calls == 4
+    assert coder.step_model.z0_calls(None) == 4
+    seen = []
+    pixel_params_each = type(coder.step_model).pixel_params_each
+
+    def spy(self, k0, context, calls, features=False):
+        seen.append(tuple(calls))
+        return pixel_params_each(self, k0, context, calls, features)
+
+    monkeypatch.setattr(type(coder.step_model), "pixel_params_each", spy)
+    rgb = raster(kodak_crop(20, 24, index=3))
+    data, _, _ = assert_roundtrip(Coder(load_checkpoint(path), threads=1, z0_ensemble=4, adapt_context=False),
+                                  [rgb], checkpoint=str(path))
+    assert seen and all(calls == (4,) for calls in seen)  # encode and decode alike
+    assert "pixel_context" not in unpack_container(data)[0]["images"][0]

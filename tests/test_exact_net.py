@@ -251,3 +251,29 @@ def test_exact_files_round_trip_and_cost_about_the_float_rate(model, exact_model
         assert np.array_equal(back[0][1].planes, pixels) and np.array_equal(back[1][1].planes, grey)
         sizes[exact] = len(data)
     assert abs(sizes[True] - sizes[False]) <= 0.02 * sizes[False] + 8
+
+
+def test_an_earlier_model_shares_the_exact_tables_it_has_in_common(model, tmp_path):
+    """A checkpoint whose context was retrained carries the model it came from with only the
+    exact tables that differ (the big network's 0.9 MB are the same), and rebuilds that
+    model's tables whole: its content hash, which covers them, checks out."""
+    from vdmcodec.checkpoints import (earlier_models, file_sha256, load_earlier, read_checkpoint,
+                                      save_checkpoint)
+
+    blob = read_checkpoint(model.path)
+    old_path, new_path = model.path, tmp_path / "new.pt"  # the shipped model is the old one
+    exact_new = dict(blob["exact"], context=None)  # as if the context network had changed
+    with torch.no_grad():
+        model.model.context_weight.add_(2.0**-8)
+    try:
+        save_checkpoint(new_path, model.model, "vdmc-test-new", {}, earlier=earlier_models(old_path),
+                        exact=exact_new)
+    finally:
+        with torch.no_grad():
+            model.model.context_weight.sub_(2.0**-8)
+    entry, = read_checkpoint(new_path)["earlier"][:1]
+    assert entry["model_id"] == model.model_id and "net" in entry["exact_same"]
+    assert set(entry["exact"]) == {"context"}
+    back = load_earlier(new_path, file_sha256(old_path))
+    assert back is not None and back.exact is not None
+    assert earlier_models(new_path)[1]["exact"].keys() == blob["exact"].keys()

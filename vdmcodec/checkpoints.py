@@ -88,12 +88,18 @@ def _hash_tree(h, obj, key: str = "exact") -> None:
         h.update(repr(obj).encode())
 
 
+# weights stored in float16: both networks' (the context network's since session 12: a
+# model written before keeps its float32 context as it was); the few schedule and decoder
+# scalars and the linear context stay float32
+HALF_PREFIXES = ("net.", "context_net.")
+
+
 def half_state_dict(model: VDM) -> dict:
-    """Network weights in float16; the few schedule/decoder scalars stay float32."""
+    """Network weights in float16, the rest float32."""
     out = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        out[k] = v.half() if k.startswith("net.") and v.is_floating_point() else v.float()
+        out[k] = v.half() if k.startswith(HALF_PREFIXES) and v.is_floating_point() else v.float()
     return out
 
 
@@ -129,7 +135,7 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
     }
     if exact is not None:
         blob["exact"] = exact
-    kept = [e for e in (_as_difference(m, state) for m in earlier or []) if e is not None]
+    kept = [e for e in (_as_difference(m, state, exact) for m in earlier or []) if e is not None]
     if kept:
         blob["earlier"] = kept
     path = Path(path)
@@ -140,12 +146,16 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
     return file_sha256(path)
 
 
-EARLIER_MAX_BYTES = 1 << 16  # an earlier model is kept only if it differs by at most this much
+# an earlier model is kept only if it differs by at most this much: a retrained context
+# network (s12 carries s11's, 0.73 MB), never a retrained big network (2.6 MB)
+EARLIER_MAX_BYTES = 1 << 20
 
 
-def _as_difference(full: dict, state: dict) -> dict | None:
-    """An earlier model (config, state_dict, gamma_table, ids) as the tensors in which it
-    differs from `state`; None if that is too much to carry."""
+def _as_difference(full: dict, state: dict, exact: dict | None = None) -> dict | None:
+    """An earlier model (config, state_dict, gamma_table, ids, exact tables) as the tensors
+    in which it differs from `state`, and the parts of its exact tables that differ from
+    `exact` (the big network's tables, 0.9 MB, are the same when only the context changed);
+    None if that is too much to carry."""
     old = full["state_dict"]
     diff = {k: v for k, v in old.items() if k not in state or state[k].dtype != v.dtype or not torch.equal(state[k], v)}
     if sum(v.numel() * v.element_size() for v in diff.values()) > EARLIER_MAX_BYTES:
@@ -153,13 +163,30 @@ def _as_difference(full: dict, state: dict) -> dict | None:
     entry = {"model_id": full["model_id"], "sha256": full["sha256"], "content_sha256": full["content_sha256"],
              "config": full["config"], "keys": sorted(old), "state_dict": diff, "gamma_table": full["gamma_table"]}
     if full.get("exact") is not None:  # its exact tables (scales, no weights: a few hundred kB)
-        entry["exact"] = full["exact"]
+        same = sorted(k for k in full["exact"] if exact is not None and k in exact
+                      and _tree_sha256(full["exact"][k]) == _tree_sha256(exact[k]))
+        entry["exact"] = {k: v for k, v in full["exact"].items() if k not in same}
+        if same:
+            entry["exact_same"] = same
     return entry
+
+
+def _tree_sha256(obj) -> str:
+    h = hashlib.sha256()
+    _hash_tree(h, obj, key="")
+    return h.hexdigest()
 
 
 def _from_difference(entry: dict, state: dict) -> dict:
     """The earlier model's whole state from its difference entry and this checkpoint's state."""
     return {k: entry["state_dict"][k] if k in entry["state_dict"] else state[k] for k in entry["keys"]}
+
+
+def _exact_from_difference(entry: dict, exact: dict | None) -> dict | None:
+    """The earlier model's exact tables: its own parts and those it shares with this checkpoint."""
+    if entry.get("exact") is None:
+        return None
+    return dict(entry["exact"], **{k: exact[k] for k in entry.get("exact_same", [])})
 
 
 def earlier_models(path: str | os.PathLike) -> list[dict]:
@@ -171,7 +198,10 @@ def earlier_models(path: str | os.PathLike) -> list[dict]:
     own["exact"] = blob.get("exact")
     out = [dict(own, sha256=file_sha256(path))]
     for e in blob.get("earlier", []):
-        out.append(dict(e, state_dict=_from_difference(e, blob["state_dict"])))
+        whole = dict(e, state_dict=_from_difference(e, blob["state_dict"]),
+                     exact=_exact_from_difference(e, blob.get("exact")))
+        whole.pop("exact_same", None)
+        out.append(whole)
     return out
 
 
@@ -183,10 +213,11 @@ def load_earlier(path: str | os.PathLike, sha256: str, device: str = "cpu") -> L
         if e.get("sha256") != sha256:
             continue
         state = _from_difference(e, blob["state_dict"])
-        if content_sha256(e["config"], state, e["gamma_table"], e.get("exact")) != e["content_sha256"]:
+        exact = _exact_from_difference(e, blob.get("exact"))
+        if content_sha256(e["config"], state, e["gamma_table"], exact) != e["content_sha256"]:
             raise CheckpointError(f"checkpoint {path} is damaged: its copy of model {e['model_id']} does not match its hash")
         return _with_exact(_build(path, e["config"], state, e["gamma_table"], e["model_id"], sha256, {}, device),
-                           e.get("exact"), path)
+                           exact, path)
     return None
 
 

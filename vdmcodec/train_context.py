@@ -258,6 +258,7 @@ def main(argv=None) -> int:
     save_state(out, model, opt, step, meta, start)
     for p in model.parameters():
         p.requires_grad_(False)
+    model.cfg.context_calls = calls  # the coder then gives every image the calls it was trained on
     meta = dict(meta, context_steps=step, context_note=f"context net (hidden {model.context_net.cfg.hidden}) trained "
                 f"{step} steps on {n} cached crops at {calls} call(s) at z_0, network frozen")
     save_checkpoint(out / "model.pt", model, args.model_id, meta, earlier=earlier_models(start))

@@ -45,7 +45,11 @@ def main(argv=None) -> int:
     p.add_argument("--fit-patch", type=int, nargs=2, default=adapt.FIT_PATCH, help="patch height, width")
     p.add_argument("--z0-ensemble", type=int, default=1, choices=(1, 2, 4),
                    help="network calls at z_0 for an image with its own context (StepModel.z0_ensemble)")
+    p.add_argument("--feature-lr", type=float, default=None,
+                   help="the fit's learning rate for the feature read-out (default: adapt.FEATURE_LR)")
     args = p.parse_args(argv)
+    if args.feature_lr is not None:
+        adapt.FEATURE_LR = args.feature_lr
     if args.threads:
         torch.set_num_threads(args.threads)
     table = load_checkpoint(None).gamma_table.numpy()
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
                               "fit": info.get("choice"),
                               "candidates": {k: round(v["net_bits"] / dims, 4) for k, v in info.get("candidates", {}).items()},
                               "decoder_s": round(t_plain, 2), "fit_s": round(t_fit, 2)}), flush=True)
-        print(json.dumps({"model": spec, "z0_ensemble": args.z0_ensemble, "mean_recon_bpd": round(totals[0] / totals[2], 4),
+        print(json.dumps({"model": spec, "z0_ensemble": args.z0_ensemble, "feature_lr": adapt.FEATURE_LR,
+                          "mean_recon_bpd": round(totals[0] / totals[2], 4),
                           "mean_recon_fitted_bpd": round(totals[1] / totals[2], 4)}), flush=True)
     return 0
 

@@ -281,19 +281,20 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     model = sm.model
     c = patches[0].shape[0]
     rng = np.random.default_rng(seed)
-    # the model's weights are judged at one network call at z_0, fitted ones at z0_ensemble
-    # (StepModel.z0_calls); both at the same z_0 draw
-    calls = tuple(sorted({1, sm.z0_ensemble}))
+    # the model's weights are judged at their network calls at z_0, fitted ones at
+    # z0_ensemble (StepModel.z0_calls); both at the same z_0 draw
+    n_model = sm.z0_calls(None)
+    calls = tuple(sorted({n_model, sm.z0_ensemble}))
     with torch.no_grad():
         fit_all = _decoder_inputs(sm, patches, rng, calls)
         val_all = fit_all if held_out is None else _decoder_inputs(sm, held_out, rng, calls)
     fit_in, val_in = fit_all[sm.z0_ensemble], val_all[sm.z0_ensemble]
     w0, l0 = (torch.from_numpy(a).float() for a in model_weights(sm, c))
     base_head = model_head(sm)
-    # the context network's features per input set ("fit1", "val1": the 1-call inputs)
+    # the context network's features per input set ("fit1", "val1": the model weights' inputs)
     caches: dict = {"fit": {}, "val": {}}
-    one_call = sm.z0_ensemble == 1
-    caches["fit1"], caches["val1"] = (caches["fit"], caches["val"]) if one_call else ({}, {})
+    same_calls = n_model == sm.z0_ensemble
+    caches["fit1"], caches["val1"] = (caches["fit"], caches["val"]) if same_calls else ({}, {})
 
     def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None,
              feature_head=None) -> torch.Tensor:
@@ -343,8 +344,8 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     if base_head is not None:
         kinds += ["off"] + (["head"] if budget.head else [])
     with torch.no_grad():
-        before = float(bits(fit_all[1], caches["fit1"], w0, l0))
-        val_before = before if held_out is None else float(bits(val_all[1], caches["val1"], w0, l0))
+        before = float(bits(fit_all[n_model], caches["fit1"], w0, l0))
+        val_before = before if held_out is None else float(bits(val_all[n_model], caches["val1"], w0, l0))
     margin = KEEP_IF_SAVING_OVER_COST if held_out is None else KEEP_IF_HELD_OUT_SAVING_OVER_COST
     best, best_info = None, {"patch_bpd_model": before, "held_out_bpd_model": val_before, "choice": "model",
                              "saving_bits": 0.0, "cost_bits": 0.0, "head": False, "candidates": {}}

@@ -129,9 +129,10 @@ class StepModel:
     @property
     def z0_ensemble(self) -> int:
         """Network calls at z_0 (flips averaged, like `ensemble`) for an image coded with its
-        own (fitted) pixel-context weights; with the model's weights it is always one call.
-        The averaged prediction is sharper than the single call the pixel context was trained
-        on: after the image's own fit it codes smaller, with the model's weights larger."""
+        own (fitted) pixel-context weights; with the model's weights one call, unless the
+        model's context was trained on ensembled outputs (VDMConfig.context_calls > 1).  The
+        averaged prediction is sharper than a single call: a context trained on single calls
+        codes it smaller after the image's own fit and larger without one."""
         return self._z0_ensemble
 
     @z0_ensemble.setter
@@ -140,7 +141,9 @@ class StepModel:
 
     def z0_calls(self, weights: "ContextWeights | None") -> int:
         """Network calls at z_0 for an image with these context weights (None: the model's)."""
-        return 1 if weights is None else self.z0_ensemble
+        if weights is None and getattr(self.model.cfg, "context_calls", 1) == 1:
+            return 1
+        return self.z0_ensemble
 
     def calls(self, i: int) -> int:
         return self.ensemble if i <= self.ensemble_steps else 1
@@ -661,70 +664,128 @@ def gaussian_symbol_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray)
 
 
 # ---------------------------------------------------------------- one region
+class RegionChain:
+    """One region's bits-back chain, described once; push_region and pop_region walk it.
+
+    Link 0 codes the pixels x given z_0, link i >= 1 codes z_{i-1} given z_i, and the prior
+    codes z_T.  Each link is craystack's BBANS(likelihood, posterior) without its prior: the
+    encoder pops the upper variable from posterior(i, lower) and pushes the lower one with
+    likelihood(i, upper); the decoder pops the lower one with likelihood(i, upper) and
+    pushes the upper one back with posterior(i, lower).  Both directions call the same two
+    methods with the same arguments, so they cannot drift apart.  Variables are int32
+    arrays (C, H, W): pixel levels for x, grid indices for the latents.
+
+    context: uint8 pixels of the rows below the region, known to the decoder
+    (StepModel.step_outputs); weights: the image's own pixel-context weights."""
+
+    def __init__(self, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None = None,
+                 weights: ContextWeights | None = None):
+        self.sm, self.shape, self.context, self.weights = sm, tuple(shape), context, weights
+        self.links = sm.T + 1
+
+    def posterior(self, i: int, lower: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+        """Q of link i's upper variable given its lower one, with its means and stds."""
+        if i == 0:
+            if lower.min() < 0 or lower.max() > 255:
+                raise ValueError("decoded pixel out of range")
+            return self.sm.q_z0(unit_pixels(lower))
+        return self.sm.q_forward(lower, i)
+
+    def likelihood(self, i: int, upper: np.ndarray) -> tuple["Codec | PixelCodec", dict]:
+        """P of link i's lower variable given its upper one; for the encoder's accounting
+        also the network's outputs (eps, lam) and the Gaussian's means and stds."""
+        if i == 0:
+            return self.sm.p_pixels(upper, self.context, self.weights), {}
+        eps, lam = self.sm.step_outputs(upper, i, self.context)
+        codec, mean, std = self.sm.p_reverse(upper, i, eps, lam)
+        return codec, {"eps": eps, "lam": lam, "mean": mean, "std": std}
+
+    def prior(self) -> tuple[Codec, np.ndarray, np.ndarray]:
+        return self.sm.p_prior(int(np.prod(self.shape)))
+
+
+def unit_pixels(x: np.ndarray) -> np.ndarray:
+    """Pixel levels -> x_tilde = (2x + 1)/256 - 1, float64."""
+    return (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+
+
+def push_region(stack: AnsStack, chain: RegionChain, x: np.ndarray, on_pop=None, on_push=None,
+                progress=None) -> None:
+    """Code the pixels x (C, H, W) onto the stack through the chain.  on_pop(i, upper, mean,
+    std) after each posterior pop, on_push(i, lower, upper, info, cost) after each likelihood
+    push (cost: what the push returned): the encoder's accounting."""
+    lower = np.ascontiguousarray(x, dtype=np.int32)
+    for i in range(chain.links):
+        q, mean, std = chain.posterior(i, lower)
+        upper = q.pop(stack).reshape(chain.shape)
+        if on_pop:
+            on_pop(i, upper, mean, std)
+        p, info = chain.likelihood(i, upper)
+        cost = p.push(stack, lower.ravel())
+        if on_push:
+            on_push(i, lower, upper, info, cost)
+        if progress and i:
+            progress(chain.shape[1] * chain.shape[2])
+        lower = upper
+    prior, mean, std = chain.prior()
+    prior.push(stack, lower.ravel())
+    if on_push:
+        on_push(chain.links, lower, None, {"mean": mean, "std": std}, None)
+
+
+def pop_region(stack: AnsStack, chain: RegionChain, progress=None) -> np.ndarray:
+    """The exact mirror of push_region: pops the pixels (C, H, W uint8) it pushed."""
+    prior, _, _ = chain.prior()
+    upper = prior.pop(stack).reshape(chain.shape)
+    for i in reversed(range(chain.links)):
+        p, _ = chain.likelihood(i, upper)
+        lower = np.asarray(p.pop(stack)).reshape(chain.shape).astype(np.int32)
+        q, _, _ = chain.posterior(i, lower)
+        q.push(stack, upper.ravel())
+        if progress and i:
+            progress(chain.shape[1] * chain.shape[2])
+        upper = lower
+    return upper.astype(np.uint8)
+
+
 def encode_region(stack: AnsStack, sm: StepModel, x: np.ndarray, progress=None,
                   context: np.ndarray | None = None, weights: ContextWeights | None = None) -> RegionStats:
     """Code pixels x (C, H, W uint8) onto the stack; returns the region's accounting.
     context: pixels of the rows below (see StepModel.step_outputs)."""
-    g = sm.grids
     start = stack.num_bits()
-    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-    shape = x.shape
-    implied = 0.0
+    xt = unit_pixels(x)
+    acc = {"implied": 0.0, "recon": 0.0, "diffusion": 0.0, "low": None}
 
-    q0, qm, qs = sm.q_z0(xt)
-    k_prev = q0.pop(stack).reshape(shape)
-    low = stack.num_bits()
-    implied -= gaussian_bits(k_prev, qm, qs)
-    recon = sm.p_pixels(k_prev, context, weights).push(stack, x.ravel().astype(np.int32))
-    implied += recon
-    diffusion = 0.0
-    for i in range(1, sm.T + 1):
-        qi, qm, qs = sm.q_forward(k_prev, i)
-        k = qi.pop(stack).reshape(shape)
-        low = min(low, stack.num_bits())
-        implied -= gaussian_bits(k, qm, qs)
-        eps, lam = sm.step_outputs(k, i, context)
-        diffusion += sm.step_kl_bits(xt, k, i, eps, lam)
-        pi, pm, ps = sm.p_reverse(k, i, eps, lam)
-        pi.push(stack, k_prev.ravel())
-        implied += gaussian_bits(k_prev, pm, ps)
-        k_prev = k
-        if progress:
-            progress(shape[1] * shape[2])
-    prior_codec, pm, ps = sm.p_prior(k_prev.size)
-    prior_codec.push(stack, k_prev.ravel())
-    implied += gaussian_bits(k_prev, pm, ps)
+    def on_pop(i, upper, mean, std):
+        bits = stack.num_bits()
+        acc["low"] = bits if acc["low"] is None else min(acc["low"], bits)
+        acc["implied"] -= gaussian_bits(upper, mean, std)
+
+    def on_push(i, lower, upper, info, cost):
+        if i == 0:
+            acc["recon"] = cost
+            acc["implied"] += cost
+            return
+        if upper is not None:
+            acc["diffusion"] += sm.step_kl_bits(xt, upper, i, info["eps"], info["lam"])
+        acc["implied"] += gaussian_bits(lower, info["mean"], info["std"])
+
+    push_region(stack, RegionChain(sm, x.shape, context, weights), x, on_pop, on_push, progress)
+    g = sm.grids
     a2, s2 = g.alpha[g.T] ** 2, g.sigma[g.T] ** 2
     prior = 0.5 * float((s2 + a2 * xt**2 - math.log(s2) - 1.0).sum()) * LOG2E
+    recon, diffusion = acc["recon"], acc["diffusion"]
     return RegionStats(
-        rows=(0, 0), kind="bitsback", dims=x.size, exact_bits=stack.num_bits() - start, implied_bits=implied,
-        nelbo_bits=recon + prior + diffusion, terms={"recon": recon, "prior": prior, "diffusion": diffusion},
-        low_bits=low,
+        rows=(0, 0), kind="bitsback", dims=x.size, exact_bits=stack.num_bits() - start,
+        implied_bits=acc["implied"], nelbo_bits=recon + prior + diffusion,
+        terms={"recon": recon, "prior": prior, "diffusion": diffusion}, low_bits=acc["low"],
     )
 
 
 def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], progress=None,
                   context: np.ndarray | None = None, weights: ContextWeights | None = None) -> np.ndarray:
-    """Exact mirror of encode_region: pops the pixels (C, H, W uint8) it pushed."""
-    prior_codec, _, _ = sm.p_prior(int(np.prod(shape)))
-    k = prior_codec.pop(stack).reshape(shape)
-    for i in range(sm.T, 0, -1):
-        eps, lam = sm.step_outputs(k, i, context)
-        pi, _, _ = sm.p_reverse(k, i, eps, lam)
-        k_prev = pi.pop(stack).reshape(shape)
-        qi, _, _ = sm.q_forward(k_prev, i)
-        qi.push(stack, k.ravel())
-        k = k_prev
-        if progress:
-            progress(shape[1] * shape[2])
-    x = sm.p_pixels(k, context, weights).pop(stack).reshape(shape)
-    if x.min() < 0 or x.max() > 255:
-        raise ValueError("decoded pixel out of range")
-    x = x.astype(np.uint8)
-    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-    q0, _, _ = sm.q_z0(xt)
-    q0.push(stack, k.ravel())
-    return x
+    """Pop the pixels (C, H, W uint8) that encode_region pushed with the same arguments."""
+    return pop_region(stack, RegionChain(sm, shape, context, weights), progress)
 
 
 # ---------------------------------------------------------------- whole images

@@ -109,12 +109,17 @@ class VDMConfig:
     net: NetConfig = field(default_factory=NetConfig)
     # the nonlinear refinement of the pixel context (context_net.py); None: linear only
     context_net: ContextNetConfig | None = None
+    # network calls at z_0 (flips averaged) whose outputs the pixel context was trained on:
+    # 1, or the coder's z0_ensemble for every image (coding.chain.StepModel.z0_calls)
+    context_calls: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["net"] = self.net.to_dict()
         if self.context_net is None:
             del d["context_net"]  # configs of models without it stay as they were (same hash)
+        if self.context_calls == 1:
+            del d["context_calls"]  # the same for models whose context saw one call
         else:
             d["context_net"] = self.context_net.to_dict()
         return d
