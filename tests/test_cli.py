@@ -680,12 +680,12 @@ def test_corrupted_file_exit_8(small_file, where):
 def test_unknown_format_version_exit_9(small_file):
     data = bytearray(small_file.read_bytes())
     (hlen,) = struct.unpack_from("<I", data, 10)
-    struct.pack_into("<H", data, 8, 7)
-    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v7 header
-    v7 = small_file.with_name("v7.vdmc")
-    v7.write_bytes(bytes(data))
-    assert_error(invoke("decompress", v7, "-o", small_file.parent / "out"), 9, "version 7")
-    assert_error(invoke("info", v7), 9, "version 7")
+    struct.pack_into("<H", data, 8, 8)
+    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v8 header
+    v8 = small_file.with_name("v8.vdmc")
+    v8.write_bytes(bytes(data))
+    assert_error(invoke("decompress", v8, "-o", small_file.parent / "out"), 9, "version 8")
+    assert_error(invoke("info", v8), 9, "version 8")
     assert not (small_file.parent / "out").exists()
 
 

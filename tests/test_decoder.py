@@ -299,7 +299,7 @@ def test_files_of_the_starting_model_decode_with_the_checkpoint_that_grew_from_i
     old_path.unlink()
     monkeypatch.setenv("VDMCODEC_CHECKPOINT", str(new_path))
     from vdmcodec.container import unpack_container
-    lm = find_model_for(unpack_container(data)[0])
+    lm = find_model_for(unpack_container(data)[0]["model"]["sha256"])
     assert lm.model_id == "vdmc-test-old" and lm.model.context_net is None
     assert lm.sha256 != file_sha256(new_path)
     (_, back), = decompress_bytes(data)

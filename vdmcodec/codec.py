@@ -7,7 +7,6 @@ palette images and the ICC profile go into classic sections of the container.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -20,12 +19,13 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (FitBudget, fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
                            unpack_deltas)
-from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel, check_plan,
+from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel,
                            decode_image, encode_image, encode_region, plan_from_strides)
 from .coding.classic import decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
-from .model.network import ENSEMBLE_FLIPS
 from .container import pack_container, share_image_fields, unpack_container
+from .header import (DecodeSettings, archive_pixel_sha256, decode_settings, pixel_hash_matches,
+                     short_pixel_hashes, writer_setup)
 from .errors import (
     CheckpointError,
     CorruptFileError,
@@ -194,7 +194,7 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     words = stack.words()
     header = _header(coder, entries, archive=len(images) > 1, ans_words=len(words))
     if len(images) > 1:
-        _shorten_pixel_hashes(header, [img for _, img in images])
+        short_pixel_hashes(header, [pixel_sha256(img) for _, img in images])
     data = pack_container(share_image_fields(header), [("ans", words.astype("<u4").tobytes())] + sections)
     if allow_fallback and len(images) == 1 and reports[0].method == "bitsback":
         classic = _classic_file(coder, images[0], entries[0])
@@ -358,42 +358,9 @@ def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int)
     }
 
 
-# per-image pixel hash in an archive, beside one full SHA-256 over all of them: 16 bits name
-# the image that fails (64 bits in files before format 4, which still decode; on 32x32
-# images the difference is 0.02 bpd)
-SHORT_HASH_HEX = 4
-READ_SHORT_HASH_HEX = (4, 16)
-
-
-def archive_pixel_sha256(digests: list[bytes]) -> str:
-    """One SHA-256 over every image's pixel hash, in archive order."""
-    h = hashlib.sha256(b"vdmcodec-archive-pixels-v1")
-    for d in digests:
-        h.update(d)
-    return h.hexdigest()
-
-
-def _shorten_pixel_hashes(header: dict, images: list[RasterImage]) -> None:
-    """In an archive, a full per-image hash costs 32 incompressible bytes per image (0.1 bpd
-    on 32x32 images): keep SHORT_HASH_HEX digits of each, to name the image that fails, and
-    protect the whole archive with one full SHA-256."""
-    digests = [pixel_sha256(img) for img in images]
-    header["pixels_sha256"] = archive_pixel_sha256(digests)
-    for entry, d in zip(header["images"], digests):
-        del entry["pixel_sha256"]
-        entry["pixel_sha256_short"] = d.hex()[:SHORT_HASH_HEX]
-
-
 def _check_pixel_hash(entry: dict, img: RasterImage) -> bytes:
     digest = pixel_sha256(img)
-    if "pixel_sha256" in entry:
-        ok = digest.hex() == entry["pixel_sha256"]
-    else:
-        want = entry["pixel_sha256_short"]
-        if not isinstance(want, str) or len(want) not in READ_SHORT_HASH_HEX:
-            raise CorruptFileError(f"{entry['name']}: malformed pixel hash")
-        ok = digest.hex()[: len(want)] == want
-    if not ok:
+    if not pixel_hash_matches(entry, digest):
         raise VerificationError(
             f"{entry['name']}: decoded pixels do not match the stored hash (the file is corrupt, or this "
             f"machine's compute differs from the encoder's: {_compute_diff()})"
@@ -422,11 +389,10 @@ def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> 
 
 
 # ------------------------------------------------------------------ decode
-def find_model_for(header: dict, checkpoint: str | None = None, device: str = "cpu") -> LoadedModel:
-    """The checkpoint whose SHA-256 the file names: the one asked for, the default, or any
-    shipped one with that hash."""
-    want = header.get("model", {}).get("sha256")
-    mid = header.get("model", {}).get("id", "?")
+def find_model_for(want: str, mid: str = "?", checkpoint: str | None = None, device: str = "cpu") -> LoadedModel:
+    """The checkpoint with file SHA-256 `want` (a file names its model by it; mid: the
+    model's id, for messages): the one asked for, the default, or any shipped one with that
+    hash, or a model that one of those carries."""
     tried = []
     if checkpoint is not None:
         lm = load_checkpoint(checkpoint, device)
@@ -462,30 +428,26 @@ def decompress_bytes(data: bytes, *, checkpoint: str | None = None, device: str 
         # here differ from the writer's (another CPU kernel set, thread count or library)
         raise EnvironmentMismatchError(
             "the file is intact by its checksums but does not decode here: this machine's arithmetic "
-            f"most likely gives other probabilities than the writer's ({_writer_vs_here(header)}); "
+            f"most likely gives other probabilities than the writer's ({writer_setup(header)}; here "
+            f"{_compute_diff()}); "
             "decode it on a machine like the one that wrote it") from None
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise CorruptFileError(f"file content is inconsistent ({type(exc).__name__}: {exc})") from None
 
 
-def _writer_vs_here(header: dict) -> str:
-    w = header.get("compute", {}) if isinstance(header.get("compute"), dict) else {}
-    return (f"written with torch {w.get('torch', '?')}, {w.get('cpu_capability', '?')} kernels, "
-            f"{w.get('threads', '?')} threads; here {_compute_diff()}")
-
-
 def _decode_all(header, sections, checkpoint, device, coder, progress):
     images = header["images"]
     needs_model = any(e["method"] == "bitsback" for e in images)
+    settings = decode_settings(header) if needs_model else None
     if needs_model and coder is None:
-        coder = _coder_for_file(header, checkpoint, device)
-    elif needs_model and coder.loaded.sha256 != header["model"]["sha256"]:
+        coder = _coder_for_file(settings, checkpoint, device)
+    elif needs_model and coder.loaded.sha256 != settings.model_sha256:
         raise ModelMismatchError("file was written with a different model than the one loaded")
     if coder is not None:
         if needs_model:
-            exact = _file_exact(header)
-            coder.threads = default_threads() if exact else _file_threads(header)
-            coder.use_steps(*_file_steps(header, coder.loaded), exact=exact)
+            coder.threads = default_threads() if settings.exact else settings.threads
+            coder.use_steps(settings.plan_for(len(coder.loaded.gamma_table) - 1), settings.ensemble,
+                            settings.ensemble_steps, settings.z0_ensemble, exact=settings.exact)
         coder.activate()
     words = np.frombuffer(sections.get("ans", b""), dtype="<u4").astype(np.uint32)
     if len(words) != header["ans_words"]:
@@ -493,7 +455,8 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     stack = AnsStack(words) if len(words) else AnsStack()
     decoded = [None] * len(images)
     for idx in reversed(range(len(images))):
-        decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress, header.get("coder", {}))
+        decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress,
+                                   settings.context_rows if settings else 0)
     if stack.num_bits() != 0:
         raise CorruptFileError("payload has bits left over after decoding")
     short = any("pixel_sha256" not in e for e in images)
@@ -503,68 +466,28 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     return [(e["name"], img) for e, img in zip(images, decoded)]
 
 
-def _file_exact(header: dict) -> bool:
-    """Whether the file was coded in exact arithmetic (format 6 on; earlier files: float)."""
-    arith = header["compute"].get("arith", "float")
-    if arith not in ("float", "exact1"):
-        raise CorruptFileError(f"unknown arithmetic {arith!r} in header")
-    return arith == "exact1"
-
-
-def _file_threads(header: dict) -> int:
-    threads = int(header["compute"]["threads"])
-    if not 1 <= threads <= 1024:
-        raise CorruptFileError(f"implausible thread count {threads} in header")
-    return threads
-
-
-def _file_steps(header: dict, lm: LoadedModel) -> tuple[tuple[int, ...], int, int | None, int]:
-    """The file's step plan, ensemble size, ensembled steps and calls at z_0; files before
-    these fields visited every step with one call (and one at z_0: format 4 and earlier)."""
-    T = len(lm.gamma_table) - 1
-    calls = int(header["compute"].get("ensemble", 1))
-    if calls not in ENSEMBLE_FLIPS:
-        raise CorruptFileError(f"unknown network ensemble size {calls} in header")
-    try:
-        plan = check_plan(header["coder"].get("plan", range(T + 1)), T)
-    except (ValueError, TypeError):
-        raise CorruptFileError(f"step plan in header does not fit the model's {T} steps") from None
-    if int(header["coder"].get("T", len(plan) - 1)) != len(plan) - 1:
-        raise CorruptFileError("the header's step count does not match its step plan")
-    steps = header["compute"].get("ensemble_steps")
-    if steps is not None and not 0 <= int(steps) <= len(plan) - 1:
-        raise CorruptFileError(f"implausible ensemble_steps {steps} in header")
-    z0_calls = int(header["compute"].get("z0_ensemble", 1))
-    if z0_calls not in ENSEMBLE_FLIPS:
-        raise CorruptFileError(f"unknown z0 ensemble size {z0_calls} in header")
-    return plan, calls, None if steps is None else int(steps), z0_calls
-
-
-def _coder_for_file(header, checkpoint, device) -> Coder:
-    comp = header["compute"]
-    want_dev = comp["device"]
+def _coder_for_file(settings: DecodeSettings, checkpoint, device) -> Coder:
     if device is None or device == "auto":
-        device = "cuda" if want_dev == "cuda" and torch.cuda.is_available() else "cpu"
-    if want_dev == "cuda" and not device.startswith("cuda"):
+        device = "cuda" if settings.device == "cuda" and torch.cuda.is_available() else "cpu"
+    if settings.device == "cuda" and not device.startswith("cuda"):
         raise EnvironmentMismatchError("file was encoded on a GPU; decoding needs a GPU of the same kind")
-    if want_dev == "cpu" and device.startswith("cuda"):
+    if settings.device == "cpu" and device.startswith("cuda"):
         device = "cpu"  # a CPU-made file must decode on the CPU
-    exact = _file_exact(header)
-    if exact:
+    if settings.exact:
         device = "cpu"  # exact files decode on the CPU, whatever wrote them
-    lm = find_model_for(header, checkpoint, device)
-    plan, calls, steps, z0_calls = _file_steps(header, lm)
-    return Coder(lm, device=device, threads=default_threads() if exact else _file_threads(header), ensemble=calls,
-                 plan=plan, ensemble_steps=steps, z0_ensemble=z0_calls, exact=exact)
+    lm = find_model_for(settings.model_sha256, settings.model_id, checkpoint, device)
+    return Coder(lm, device=device, threads=default_threads() if settings.exact else settings.threads,
+                 ensemble=settings.ensemble, plan=settings.plan_for(len(lm.gamma_table) - 1),
+                 ensemble_steps=settings.ensemble_steps, z0_ensemble=settings.z0_ensemble, exact=settings.exact)
 
 
-def _decode_one(stack, coder, entry, sections, progress, header_coder: dict) -> RasterImage:
+def _decode_one(stack, coder, entry, sections, progress, context_rows: int) -> RasterImage:
     h, w = int(entry["height"]), int(entry["width"])
     nplanes = int(entry["planes"])
     planes = None
     if entry["method"] == "bitsback":
         planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
-                              context_rows=int(header_coder.get("context_rows", 0)),
+                              context_rows=context_rows,
                               weights=_image_context(coder, entry, sections, nplanes))
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
