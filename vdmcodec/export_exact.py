@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from .checkpoints import earlier_models, load_checkpoint, save_checkpoint
+from .checkpoints import earlier_models, half_state_dict, load_checkpoint, save_checkpoint
 from .model.exact_context import ExactModel, calibrate_context, export_context
 from .model.exact_net import export_exact
 
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     loaded = load_checkpoint(args.source)
+    # the tables must fit the weights as this checkpoint will store them (save_checkpoint
+    # rounds the networks to float16; a source written before may hold float32 ones)
+    loaded.model.load_state_dict({k: v.float() for k, v in half_state_dict(loaded.model).items()})
     crops = [centre_crop(load_rgb(f), args.side) for f in args.calibrate]
     exact = build_exact_model(loaded, crops)
     meta = dict(loaded.meta, exact={"calibration": [os.path.basename(f) for f in args.calibrate], "side": args.side})
