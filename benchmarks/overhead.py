@@ -24,10 +24,11 @@ import torch
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding import chain
 from vdmcodec.coding.ans import PRECISION_BITS, AnsStack, Codec
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.image_io import load_image
 
 
-def instrument(sm: chain.StepModel, stats: dict) -> None:
+def instrument(sm: StepModel, stats: dict) -> None:
     """Wrap sm's Q and P codecs so that each push and pop records exact and ideal bits."""
 
     def wrap(kind: str, make, step_arg: bool):
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.checkpoint)
-    sm = chain.StepModel(loaded.model, loaded.gamma_table)
+    sm = StepModel(loaded.model, loaded.gamma_table)
     top, left, h, w = args.box
     pixels = load_image(args.image).planes
     if pixels is None:

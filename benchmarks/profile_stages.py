@@ -25,11 +25,11 @@ from pathlib import Path
 # stage -> (file suffix, function name) whose cumulative time is the stage's
 STAGES = {
     "network (EpsNet.forward)": ("model/network.py", "forward"),
-    "step model: network outputs per step": ("coding/chain.py", "_net"),
-    "pixel decoder: parameters of p(x|z0)": ("coding/chain.py", "pixel_params"),
-    "pixel decoder: context network groups": ("coding/chain.py", "group_refine"),
-    "pixel decoder: linear spatial context": ("coding/chain.py", "spatial_shift"),
-    "pixel decoder: probability tables": ("coding/chain.py", "_table"),
+    "step model: network outputs per step": ("coding/steps.py", "_net"),
+    "pixel decoder: parameters of p(x|z0)": ("coding/steps.py", "pixel_params"),
+    "pixel decoder: context network groups": ("coding/pixels.py", "group_refine"),
+    "pixel decoder: linear spatial context": ("coding/pixels.py", "spatial_shift"),
+    "pixel decoder: probability tables": ("coding/pixels.py", "_table"),
     "context fit (encoder only)": ("coding/adapt.py", "fit_image_context"),
     "ANS: Gaussian push/pop": ("coding/ans.py", "push_gaussian|pop_gaussian"),
     "ANS: categorical push/pop": ("coding/ans.py", "push_categorical|pop_categorical"),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import StepModel
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.evaluate import image_nelbo
 from vdmcodec.image_io import load_image
 

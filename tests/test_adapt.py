@@ -14,7 +14,7 @@ from test_decoder import scrambled
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
 from vdmcodec.codec import Coder, compress_images, decompress_bytes
 from vdmcodec.coding import adapt
-from vdmcodec.coding.chain import ContextWeights
+from vdmcodec.coding.pixels import ContextWeights
 from vdmcodec.container import pack_container, unpack_container
 from vdmcodec.errors import CorruptFileError
 from vdmcodec.model.vdm import discretized_logistic_logp

@@ -11,8 +11,8 @@ import torch
 from helpers import assert_roundtrip, assert_same_image, kodak_crop, noise_array, raster, tiny_config
 from vdmcodec.codec import Coder, compress_images, decompress_bytes, effort_settings
 from vdmcodec.coding.ans import AnsStack, categorical, windowed_gaussian
-from vdmcodec.coding.chain import (StepModel, check_plan, decode_region, encode_region, jump_log_var,
-                                   plan_from_strides)
+from vdmcodec.coding.chain import decode_region, encode_region
+from vdmcodec.coding.steps import StepModel, check_plan, jump_log_var, plan_from_strides
 from vdmcodec.coding.classic import encode_rows
 from vdmcodec.coding.grids import MAX_HALF_WINDOW, PARAM_SNAP, snap
 from vdmcodec.container import pack_container, unpack_container

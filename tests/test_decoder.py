@@ -10,7 +10,8 @@ import torch
 from helpers import assert_roundtrip, crop_batch, kodak_crop, raster, tiny_config, train_steps
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint
 from vdmcodec.codec import Coder
-from vdmcodec.coding.chain import PixelContext, StepModel
+from vdmcodec.coding.pixels import PixelContext
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.model.context_net import ContextNetConfig
 from vdmcodec.model.vdm import VDM, VDMConfig, alpha2, pass_map_np, sigma2, upgrade_context_passes
 from vdmcodec.train import load_grown

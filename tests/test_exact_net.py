@@ -218,7 +218,8 @@ def test_the_context_network_equals_its_numpy_reference(model, exact_model):
     scale = np.exp(rng.uniform(-1, 3, (3, h, w)))
     uq, lq, sq = ExactContextNet.input_levels(u, loc, scale)
     inp = np.concatenate([uq * (rng.random((3, h, w)) < 0.5), lq, sq])[None].astype(np.float32)
-    own = (rng.standard_normal((2, 32, 1, 1)) * 0.1, rng.standard_normal(2) * 0.1)
+    hidden = model.model.context_net.cfg.hidden
+    own = (rng.standard_normal((2, hidden, 1, 1)) * 0.1, rng.standard_normal(2) * 0.1)
     for g, head in ((0, None), (5, own), (len(ctx.groups) - 1, None)):
         p = ctx.groups[g][0]
         classes = pass_classes(ctx.state["passes"])[p]

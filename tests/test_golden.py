@@ -11,7 +11,9 @@ s8_v4_metadata.vdmc (format 4) the same crops with metadata on the RGB one, imag
 again with session 9's per-pass shifts of the colour coefficients; s10_v5_z0_ensemble.vdmc
 (format 5) the v2 settings with a 4-call flip ensemble at z_0 and the RGB crop's read-out of
 the network's features; s11_v6_exact.vdmc (format 6) the crops in exact arithmetic with the
-shipped model vdmc-rgb-t64-s11, which every later shipped checkpoint must carry.  Any change to the container, the coding chain or
+shipped model vdmc-rgb-t64-s11, and s12_v7_columns.vdmc (format 7: image_columns) the same
+with vdmc-rgb-t64-s12 (a 64-channel context network trained on 4 calls at z_0, which every
+image gets), models that every later shipped checkpoint must carry.  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def test_session_9_golden_file_sends_colour_shifts():
 
     header, sections = unpack_container((DATA / "s9_colour_shifts.vdmc").read_bytes())
     lm = load_checkpoint(DATA / "s4_tiny_four_pass.pt")
-    from vdmcodec.coding.chain import StepModel
+    from vdmcodec.coding.steps import StepModel
 
     sm = StepModel(lm.model, lm.gamma_table.numpy())
     rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
@@ -94,7 +96,7 @@ def test_version_5_golden_file_needs_its_z0_ensemble():
     header, sections = unpack_container(data)
     assert header["compute"]["z0_ensemble"] == 4 and all(e.get("pixel_context") for e in header["images"])
     from vdmcodec.coding import adapt
-    from vdmcodec.coding.chain import StepModel
+    from vdmcodec.coding.steps import StepModel
 
     lm = load_checkpoint(DATA / "s4_tiny_four_pass.pt")
     rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
@@ -173,3 +175,19 @@ def test_damaged_golden_files_give_a_documented_exit_and_no_image(golden, tmp_pa
         assert not out.exists() or not any(out.iterdir()), (case, kind)
         codes.add(r.exit_code)
     assert 8 in codes
+
+
+def test_version_7_golden_file_with_image_columns_decodes():
+    """Written by session 12's code with vdmc-rgb-t64-s12 (exact arithmetic, fast effort):
+    the archive's names, hashes and other per-image fields are image_columns in the header."""
+    import json
+    import struct
+    import zlib
+
+    data = (DATA / "s12_v7_columns.vdmc").read_bytes()
+    version, length = struct.unpack_from("<HI", data, 8)
+    raw = json.loads(zlib.decompress(data[14 : 14 + length], -15))
+    assert version == 7 and {"name", "pixel_sha256_short"} <= set(raw["image_columns"])
+    header, _ = unpack_container(data)
+    assert header["model"]["id"] == "vdmc-rgb-t64-s12" and [e["name"] for e in header["images"]] == ["s3_rgb.png", "s3_grey.png"]
+    _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DEFAULT_CHECKPOINT))))

@@ -19,8 +19,9 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (FitBudget, fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
                            unpack_deltas)
-from .coding.chain import (CONTEXT_ROWS, MAX_REGION_PIXELS, ContextWeights, RegionStats, StepModel,
-                           decode_image, encode_image, encode_region, plan_from_strides)
+from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
+from .coding.pixels import ContextWeights
+from .coding.steps import StepModel, plan_from_strides
 from .coding.classic import decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
 from .container import pack_container, share_image_fields, unpack_container
@@ -39,7 +40,7 @@ from .metadata import ImageMetadata, pack_metadata, unpack_metadata
 CODER_NAME = "vdm-bitsback-v1"
 
 # Effort presets: which of the model's T steps the chain visits ((fraction of T, stride), ...;
-# coding.chain.plan_from_strides) and how many network calls the first steps make.  The
+# coding.steps.plan_from_strides) and how many network calls the first steps make.  The
 # diffusion bits sit in the first quarter of the steps (benchmarks/experiments/ensemble_by_step):
 # larger strides later cost little, an ensemble there gains little.
 # "fit": the encoder's per-image context fit (coding.adapt.FitBudget): Adam steps, patch
@@ -398,7 +399,11 @@ def find_model_for(want: str, mid: str = "?", checkpoint: str | None = None, dev
         lm = load_checkpoint(checkpoint, device)
         if lm.sha256 == want:
             return lm
-        raise ModelMismatchError(f"file needs model {mid} ({str(want)[:12]}), but {checkpoint} is {lm.model_id} ({lm.sha256[:12]})")
+        earlier = load_earlier(lm.path, want, device)  # a model the checkpoint carries
+        if earlier is not None:
+            return earlier
+        raise ModelMismatchError(f"file needs model {mid} ({str(want)[:12]}), but {checkpoint} is {lm.model_id} "
+                                 f"({lm.sha256[:12]}) and does not carry it")
     candidates = [default_checkpoint_path()]
     for d in checkpoint_dirs():
         candidates += sorted(d.glob("*.pt")) if d.is_dir() else []

@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from .coding.chain import LOG2E, ContextWeights, StepModel
+from .coding.pixels import ContextWeights
+from .coding.steps import LOG2E, StepModel
 
 EVAL_MAX_PIXELS = 1 << 19  # larger images are evaluated in row strips of this area (memory)
 

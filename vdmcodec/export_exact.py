@@ -32,7 +32,7 @@ def centre_crop(im: np.ndarray, side: int) -> np.ndarray:
 
 def build_exact_model(loaded, calibration: list[np.ndarray], seed: int = 0) -> ExactModel:
     """Export both networks of a loaded checkpoint; calibration: uint8 (H, W, 3) crops."""
-    from .coding.chain import StepModel
+    from .coding.steps import StepModel
 
     net = export_exact(loaded.model.net, loaded.gamma_table.numpy(), calibration, seed=seed)
     ctx_net = loaded.model.context_net

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import StepModel
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.image_io import load_image
 from vdmcodec.model.vdm import discretized_logistic_logp
 

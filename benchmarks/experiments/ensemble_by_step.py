@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import StepModel, reverse_log_var_np
+from vdmcodec.coding.steps import StepModel, reverse_log_var_np
 from vdmcodec.train import list_images, load_rgb, split_holdout
 
 CALLS = (1, 2, 4, 8)

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import StepModel
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.evaluate import image_nelbo
 from vdmcodec.train import list_images, load_rgb, split_holdout
 

@@ -21,7 +21,7 @@ import torch
 from benchmarks.experiments.recon_by_pass import load_any
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding import adapt
-from vdmcodec.coding.chain import StepModel
+from vdmcodec.coding.steps import StepModel
 from vdmcodec.train import load_rgb
 
 

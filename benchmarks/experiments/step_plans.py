@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.coding.chain import LOG2E, jump_log_var, jump_ratio, plan_from_strides, reverse_log_var_np
+from vdmcodec.coding.steps import LOG2E, jump_log_var, jump_ratio, plan_from_strides, reverse_log_var_np
 from vdmcodec.coding.grids import snap
 from vdmcodec.train import list_images, load_rgb, split_holdout
 

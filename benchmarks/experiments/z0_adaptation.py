@@ -13,7 +13,7 @@ and --ensemble N averages N flipped network calls at z_0 (network.flip_ensemble)
         ../shared/data/train/lossless-misc/waterloo_sail.png
 
 A throwaway-sized diagnostic of session 10 (the read-out here acts on the network's eps,
-before the context network; the coder's, coding.chain.feature_outputs, acts after it, in
+before the context network; the coder's, coding.pixels.feature_outputs, acts after it, in
 scales), not a benchmark.
 """
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..model.vdm import discretized_logistic_logp
-from .chain import FEATURE_OUTPUTS, ContextWeights, StepModel
+from .pixels import FEATURE_OUTPUTS, ContextWeights
+from .steps import StepModel
 
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
 HEAD_DELTA_STEP = 2.0**-8  # the same for the context network's last layer

@@ -110,7 +110,7 @@ class VDMConfig:
     # the nonlinear refinement of the pixel context (context_net.py); None: linear only
     context_net: ContextNetConfig | None = None
     # network calls at z_0 (flips averaged) whose outputs the pixel context was trained on:
-    # 1, or the coder's z0_ensemble for every image (coding.chain.StepModel.z0_calls)
+    # 1, or the coder's z0_ensemble for every image (coding.steps.StepModel.z0_calls)
     context_calls: int = 1
 
     def to_dict(self) -> dict:
@@ -285,7 +285,7 @@ class VDM(nn.Module):
         the pass's own locations.  Outside the image counts as zero residual.  With a
         context_net, each (pass, channel) group's network adds a shift and a log-scale change
         from the residuals known to that group (in float32).  The coder computes the
-        same in numpy (coding.chain.PixelCodec).  weights: (passes - 1, C, C, K, K) and
+        same in numpy (coding.pixels.PixelCodec).  weights: (passes - 1, C, C, K, K) and
         (passes, C) float64 to use instead of the model's, and head: the context network's
         last layer per group (weight, bias) instead of the model's (an image's own,
         fitted by the encoder).  gains: (groups, 2) factors on each group's shift and
@@ -293,7 +293,7 @@ class VDM(nn.Module):
         colour coefficients at each pass's pixels (an image's own; None: 0).  feature_head: (9,
         F + 1), an image's own linear read-out of the network's last features at z_0
         (`features`, (B, F, H, W)): a shift in scales, a log-scale change and raw colour
-        coefficients, 3 each, added to the others (RGB only; coding.chain.feature_outputs).
+        coefficients, 3 each, added to the others (RGB only; coding.pixels.feature_outputs).
         feature_cache: a dict that keeps the
         context network's features between calls on the same pixels (they do not depend on
         what is fitted)."""
