@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.experiments.region_parity import pixel_bits
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder
 from vdmcodec.coding import adapt, chain
@@ -29,15 +30,6 @@ from vdmcodec.coding.steps import LOG2E
 from vdmcodec.train import load_rgb
 
 SEED_ROWS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
-
-def pixel_bits(pc, x: np.ndarray) -> np.ndarray:
-    """-log2 P(x) per sub-pixel under a PixelCodec's locations and scales."""
-    loc, scale = pc.params(x)
-    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
-    up = np.where(x >= 255, 1.0, sig((x + 0.5 - loc) / scale))
-    lo = np.where(x <= 0, 0.0, sig((x - 0.5 - loc) / scale))
-    return -np.log2(np.maximum(up - lo, 1e-300))
 
 
 def row_nelbo(sm, x: np.ndarray, weights, seed: int = 0) -> np.ndarray:
