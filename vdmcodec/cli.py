@@ -474,7 +474,7 @@ def info(file, as_json):
         steps = comp.get("ensemble_steps", coder.get("T"))
         click.echo(f"steps:    {coder.get('T')} of the model's {(coder.get('plan') or [coder.get('T')])[-1]}, "
                    f"ensemble {comp.get('ensemble', 1)} on the first {steps}, "
-                   f"{comp.get('z0_ensemble', 1)} at z0 with an own context")
+                   f"{comp.get('z0_ensemble', 1)} at z0 (images with their own context; every image with a model trained on them)")
         arith = comp.get("arith", "float")
         portable = "exact arithmetic: decodes on any machine" if arith == "exact1" else "float arithmetic: decodes on machines like the writer's"
         click.echo(f"compute:  {comp.get('device')}, {comp.get('threads')} threads, torch {comp.get('torch')} "
