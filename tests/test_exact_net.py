@@ -263,7 +263,10 @@ def test_an_earlier_model_shares_the_exact_tables_it_has_in_common(model, tmp_pa
 
     blob = read_checkpoint(model.path)
     old_path, new_path = model.path, tmp_path / "new.pt"  # the shipped model is the old one
-    exact_new = dict(blob["exact"], context=None)  # as if the context network had changed
+    # as if the context network's tables had changed (a scale that the weights do not bound)
+    ctx = dict(blob["exact"]["context"], feature_scale=2.0 * blob["exact"]["context"]["feature_scale"])
+    exact_new = dict(blob["exact"], context=ctx)
+    kept = model.model.context_weight.detach().clone()
     with torch.no_grad():
         model.model.context_weight.add_(2.0**-8)
     try:
@@ -271,10 +274,30 @@ def test_an_earlier_model_shares_the_exact_tables_it_has_in_common(model, tmp_pa
                         exact=exact_new)
     finally:
         with torch.no_grad():
-            model.model.context_weight.sub_(2.0**-8)
+            model.model.context_weight.copy_(kept)
     entry, = read_checkpoint(new_path)["earlier"][:1]
     assert entry["model_id"] == model.model_id and "net" in entry["exact_same"]
     assert set(entry["exact"]) == {"context"}
     back = load_earlier(new_path, file_sha256(old_path))
     assert back is not None and back.exact is not None
     assert earlier_models(new_path)[1]["exact"].keys() == blob["exact"].keys()
+
+
+def test_a_checkpoint_refuses_exact_tables_that_do_not_fit_its_weights(model, tmp_path):
+    """save_checkpoint checks the tables against the weights as stored (float16): tables
+    fitted to other weights are refused at write time, not found unloadable later."""
+    from vdmcodec.checkpoints import read_checkpoint, save_checkpoint
+    from vdmcodec.errors import CheckpointError
+
+    blob = read_checkpoint(model.path)
+    net = model.model.context_net.nets[0][0]
+    kept = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.mul_(1.5)  # as if the tables had been fitted before the weights moved
+    try:
+        with pytest.raises(CheckpointError, match="exact tables"):
+            save_checkpoint(tmp_path / "bad.pt", model.model, "vdmc-test-bad", {}, exact=blob["exact"])
+    finally:
+        with torch.no_grad():
+            net.weight.copy_(kept)
+    assert not (tmp_path / "bad.pt").exists()

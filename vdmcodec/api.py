@@ -29,7 +29,6 @@ Loading the model takes a second or two: `load_model` once and pass it to every 
 
 from __future__ import annotations
 
-import io
 import os
 from typing import TYPE_CHECKING, Union
 

@@ -121,6 +121,12 @@ def save_checkpoint(path: str | os.PathLike, model: VDM, model_id: str, meta: di
     probe = VDM(model.cfg)
     probe.load_state_dict({k: v.float() for k, v in state.items()})
     table = probe.schedule.table(model.cfg.steps)
+    if exact is not None:  # the tables must fit the weights as stored, or the file would not load
+        from .model.exact_context import ExactModel
+        try:
+            ExactModel.from_state(exact, probe)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"exact tables do not fit {model_id}'s stored weights ({exc})") from None
     config = model.cfg.to_dict()
     table = table.to(torch.float64)
     blob = {

@@ -44,14 +44,24 @@ class DecodeSettings:
 
     def plan_for(self, model_T: int) -> tuple[int, ...]:
         """The step plan checked against the model's T (its gamma table has T + 1 entries)."""
-        plan = tuple(range(model_T + 1)) if self.plan is None else self.plan
-        if plan[0] != 0 or plan[-1] != model_T or any(b <= a for a, b in zip(plan, plan[1:])):
-            raise CorruptFileError(f"step plan in header does not fit the model's {model_T} steps")
+        try:
+            plan = check_plan(range(model_T + 1) if self.plan is None else self.plan, model_T)
+        except ValueError:
+            raise CorruptFileError(f"step plan in header does not fit the model's {model_T} steps") from None
         if self.T is not None and self.T != len(plan) - 1:
             raise CorruptFileError("the header's step count does not match its step plan")
         if self.ensemble_steps is not None and self.ensemble_steps > len(plan) - 1:
             raise CorruptFileError(f"implausible ensemble_steps {self.ensemble_steps} in header")
         return plan
+
+
+def check_plan(plan, T: int) -> tuple[int, ...]:
+    """A step plan: the model's gamma-table indices the chain visits, 0 = j_0 < j_1 < ... <
+    j_n = T.  ValueError if it is not one."""
+    plan = tuple(int(j) for j in plan)
+    if len(plan) < 2 or plan[0] != 0 or plan[-1] != T or any(b <= a for a, b in zip(plan, plan[1:])):
+        raise ValueError(f"a step plan runs strictly upwards from 0 to T = {T}, not {list(plan)[:8]}...")
+    return plan
 
 
 def decode_settings(header: dict) -> DecodeSettings:

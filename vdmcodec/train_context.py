@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoints import earlier_models, load_checkpoint, save_checkpoint, save_torch_atomic
-from .model.context_net import ContextNet, ContextNetConfig
+from .model.context_net import ContextNetConfig
 from .model.network import flip_ensembles
 from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
 from .train import eval_batches, list_images, load_rgb, split_holdout

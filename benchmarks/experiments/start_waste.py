@@ -42,8 +42,7 @@ def row_nelbo(sm, x: np.ndarray, weights, seed: int = 0) -> np.ndarray:
     for i in range(1, g.T + 1):
         k = np.rint((g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)) / g.delta[i]).astype(np.int32)
         eps, lam = sm.step_outputs(k, i)
-        r = g.snr_weight(i) * (xt - sm.x_hat(k, i, eps)) ** 2
-        rows += (0.5 * (lam + np.exp(-lam) * (1.0 + r) - 1.0)).sum(axis=(0, 2)) * LOG2E
+        rows += sm.step_kl_nats(xt, k, i, eps, lam).sum(axis=(0, 2)) * LOG2E
     a2, s2 = g.alpha[g.T] ** 2, g.sigma[g.T] ** 2
     return rows + 0.5 * (s2 + a2 * xt**2 - np.log(s2) - 1.0).sum(axis=(0, 2)) * LOG2E
 

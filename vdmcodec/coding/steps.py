@@ -16,19 +16,11 @@ from ..model.network import ENSEMBLE_FLIPS, flip_ensembles
 from .ans import Codec, windowed_gaussian
 from .arith import FLOAT, Arith, EXACT
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
+from ..header import check_plan
 from .pixels import ContextWeights, PixelCodec, PixelContext
 
 LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
-
-
-def check_plan(plan, T: int) -> tuple[int, ...]:
-    """A step plan: the model's gamma-table indices the chain visits, 0 = j_0 < j_1 < ... <
-    j_n = T.  ValueError if it is not one."""
-    plan = tuple(int(j) for j in plan)
-    if len(plan) < 2 or plan[0] != 0 or plan[-1] != T or any(b <= a for a, b in zip(plan, plan[1:])):
-        raise ValueError(f"a step plan runs strictly upwards from 0 to T = {T}, not {list(plan)[:8]}...")
-    return plan
 
 
 def plan_from_strides(T: int, strides: tuple[tuple[float, int], ...]) -> tuple[int, ...]:
@@ -183,8 +175,12 @@ class StepModel:
 
     def step_kl_bits(self, xt: np.ndarray, k: np.ndarray, i: int, eps: np.ndarray, lam: np.ndarray) -> float:
         """KL(q(z_{i-1} | z_i, x) || P(z_{i-1} | z_i)) in bits, summed: step i's NELBO share."""
+        return float(self.step_kl_nats(xt, k, i, eps, lam).sum()) * LOG2E
+
+    def step_kl_nats(self, xt: np.ndarray, k: np.ndarray, i: int, eps: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """step_kl_bits per latent, in nats (for per-row accounting)."""
         r = self.grids.snr_weight(i) * (xt - self.x_hat(k, i, eps)) ** 2
-        return float((0.5 * (lam + np.exp(-lam) * (1.0 + r) - 1.0)).sum()) * LOG2E
+        return 0.5 * (lam + np.exp(-lam) * (1.0 + r) - 1.0)
 
     def x_hat(self, k: np.ndarray, i: int, eps: np.ndarray) -> np.ndarray:
         g = self.grids
