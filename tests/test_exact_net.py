@@ -301,3 +301,53 @@ def test_a_checkpoint_refuses_exact_tables_that_do_not_fit_its_weights(model, tm
         with torch.no_grad():
             net.weight.copy_(kept)
     assert not (tmp_path / "bad.pt").exists()
+
+
+# ---- compress's check in exact arithmetic reuses the encoder's network outputs
+def test_network_memo_examples_run():
+    from vdmcodec.coding import steps
+    assert doctest.testmod(steps, raise_on_error=True).attempted > 0
+
+
+def _textured(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+
+
+def test_the_verifying_decode_reuses_every_network_output_and_still_compares_pixels(model, exact_model):
+    from dataclasses import replace
+
+    from vdmcodec.codec import Coder, compress_images, verify_roundtrip
+    from vdmcodec.errors import VerificationError
+    from vdmcodec.image_io import RasterImage
+    pixels = _textured(26, 30, 4)
+    image = [("x", RasterImage("RGB", 30, 26, pixels, None, None, None))]
+    coder = Coder.for_effort(replace(model, exact=exact_model), "fast", exact=True, adapt_context=False, threads=2)
+    plain, _ = compress_images(image, coder, allow_fallback=False)
+    with coder.remembering() as memo:
+        data, _ = compress_images(image, coder, allow_fallback=False)
+        stored, misses = memo.bytes, memo.misses
+        assert stored > 0 and memo.hits == 0
+        verify_roundtrip(data, image, coder)
+        assert memo.hits > 0 and memo.misses == misses  # the check fed the network nothing new
+        other = [("x", RasterImage("RGB", 30, 26, _textured(26, 30, 5), None, None, None))]
+        with pytest.raises(VerificationError):
+            verify_roundtrip(data, other, coder)
+    assert data == plain and coder.step_model.memo is None  # the same file; nothing kept after
+
+
+def test_float_arithmetic_keeps_nothing_for_its_check(coder):
+    with coder.remembering() as memo:
+        assert memo is None and coder.step_model.memo is None
+
+
+def test_the_memo_drops_its_oldest_outputs_first():
+    from vdmcodec.coding.steps import NetworkMemo
+    memo = NetworkMemo(budget_bytes=3 * 4 * 16)  # three float32 eps of (1, 4, 4)
+    keys = [memo.key(np.full((1, 4, 4), i, np.float32), 1, 1, False) for i in range(4)]
+    for i, key in enumerate(keys):
+        memo.put(key, (np.full((1, 4, 4), float(i)), {}))
+    assert memo.get(keys[0]) is None and all(memo.get(k) is not None for k in keys[1:])
+    assert memo.bytes == 3 * 64
+    memo.put(memo.key(np.zeros((1, 4, 4), np.float32), 2, 1, False), (np.full((1, 4, 4), 0.1), {}))
+    assert memo.bytes == 3 * 64 - 64 + 128 - 64  # 0.1 is kept in float64 (not exact in float32)

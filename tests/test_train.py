@@ -185,3 +185,22 @@ def test_export_a_snapshot_with_a_fresh_heldout_eval(first_run, data_dir, tmp_pa
     expect = evaluate(shipped.model, eval_batches([load_rgb(f) for f in hold], 128), torch.device("cpu"))
     assert shipped.meta["eval"]["nelbo"] == pytest.approx(expect["nelbo"], rel=1e-9)
     assert shipped.meta["steps"] == src.meta["steps"] and shipped.meta["note"] == "made by a test"
+
+
+def test_frozen_parameters_stay_and_held_apart_files_are_only_evaluated(first_run, data_dir, tmp_path, monkeypatch):
+    """--freeze keeps a prefix's weights as resumed (a context network trained apart);
+    --holdout-match files are never sampled for training and get their own evaluation."""
+    out = tmp_path / "frozen_ctx"
+    rc = run_trainer([str(data_dir), "--out", str(out), "--resume", str(first_run / "state.pt"),
+                      "--freeze", "context_", "--holdout-match", "crop3", "--eval-first", *TINY_ARGS], monkeypatch)
+    assert rc == 0
+    start = torch.load(first_run / "state.pt", map_location="cpu", weights_only=True)["model"]
+    end = torch.load(out / "state.pt", map_location="cpu", weights_only=True)["model"]
+    frozen = [k for k in start if k.startswith("context_")]
+    assert frozen and all(torch.equal(start[k], end[k]) for k in frozen)
+    assert any(not torch.equal(start[k], end[k]) for k in start if k.startswith("net."))
+    log = read_log(out)
+    starts = [r for r in log if r["event"] == "start"]
+    assert starts[-1]["apart_files"] == 1 and starts[-1]["train_files"] == 2 and starts[-1]["holdout_files"] == 1
+    evals = [r for r in log if r["event"] == "eval"]
+    assert evals[0]["elapsed"] == 0.0 and all(math.isfinite(r["apart_nelbo"]) for r in evals)

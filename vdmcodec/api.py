@@ -75,9 +75,10 @@ def compress(image: ImageLike, *, model: "Coder | None" = None, effort: str = "d
     im = _as_pil(image)
     img = image_from_pil(im, source=name)
     img.metadata = info_metadata(im)
-    data, _ = compress_images([(name, img)], coder)
-    if verify:
-        verify_roundtrip(data, [(name, img)], coder)
+    with coder.remembering(verify):
+        data, _ = compress_images([(name, img)], coder)
+        if verify:
+            verify_roundtrip(data, [(name, img)], coder)
     return data
 
 

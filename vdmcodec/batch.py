@@ -129,13 +129,14 @@ def compress_file(inp: Path, out: Path, coder, *, force: bool = False, verify: b
         if intact_output(out, img):
             return FileResult(inp, out, "done", seconds=time.perf_counter() - t0)
         raise OutputExistsError(f"{out} exists and is not a finished file of {inp} (use -f to overwrite)")
-    coded, reports = compress_images([(inp.stem, img)], coder, progress=progress, seed_nelbo=seed_nelbo)
-    enc_s = time.perf_counter() - t0
     dec_s = None
-    if verify:
-        t1 = time.perf_counter()
-        verify_roundtrip(coded, [(inp.stem, img)], coder, progress=progress)
-        dec_s = time.perf_counter() - t1
+    with coder.remembering(verify):
+        coded, reports = compress_images([(inp.stem, img)], coder, progress=progress, seed_nelbo=seed_nelbo)
+        enc_s = time.perf_counter() - t0
+        if verify:
+            t1 = time.perf_counter()
+            verify_roundtrip(coded, [(inp.stem, img)], coder, progress=progress)
+            dec_s = time.perf_counter() - t1
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, coded, overwrite=force)
     rec = compressed_record(inp, out, img, reports[0], coded, reports[0].dims, enc_s, dec_s, archive=False)

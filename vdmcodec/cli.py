@@ -238,17 +238,18 @@ def _compress_group(group, out_path, group_inputs, coder, force, no_verify, arch
 
     T = coder.step_model.T
     work = T * sum(r.width * r.height for _, r in group if r.planes is not None)
-    with _progress(work, f"encode {out_path.name}") as bar:
-        t0 = time.perf_counter()
-        # the NELBO beside the size costs a pass over the seed rows: only --json reports it
-        data, reports = compress_images(group, coder, progress=bar.update, seed_nelbo=as_json)
-        enc_s = time.perf_counter() - t0
     dec_s = None
-    if not no_verify:
-        with _progress(work, f"verify {out_path.name}") as bar:
+    with coder.remembering(verify=not no_verify):
+        with _progress(work, f"encode {out_path.name}") as bar:
             t0 = time.perf_counter()
-            verify_roundtrip(data, group, coder, progress=bar.update)
-            dec_s = time.perf_counter() - t0
+            # the NELBO beside the size costs a pass over the seed rows: only --json reports it
+            data, reports = compress_images(group, coder, progress=bar.update, seed_nelbo=as_json)
+            enc_s = time.perf_counter() - t0
+        if not no_verify:
+            with _progress(work, f"verify {out_path.name}") as bar:
+                t0 = time.perf_counter()
+                verify_roundtrip(data, group, coder, progress=bar.update)
+                dec_s = time.perf_counter() - t0
     atomic_write_bytes(out_path, data, overwrite=force)
     total_dims = sum(r.dims for r in reports)
     for inp, (_, img), rep in zip(group_inputs, group, reports):

@@ -8,6 +8,7 @@ palette images and the ICC profile go into classic sections of the container.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,10 @@ EFFORTS = {
     "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 4,
             "fit": FitBudget(steps=150, patches=(16, 16), head=True)},
 }
+# the network outputs an encode keeps for its verifying decode (Coder.remembering): a Kodak
+# image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which
+# the decoder needs first
+VERIFY_MEMO_BYTES = 768 << 20
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
@@ -127,6 +132,15 @@ class Coder:
             self.step_model.z0_ensemble = z0_ensemble
         self.plan, self.ensemble, self.ensemble_steps = self.step_model.plan, ensemble, self.step_model.ensemble_steps
         self.z0_ensemble = z0_ensemble
+
+    def remembering(self, verify: bool = True, budget_bytes: int | None = None):
+        """Wrap an encode and its verifying decode: in exact arithmetic the check reuses the
+        encoder's network outputs wherever it feeds the network the same latents
+        (coding.steps.NetworkMemo; about half of compress's time).  verify False, or float
+        arithmetic: nothing is kept."""
+        if not verify:
+            return nullcontext()
+        return self.step_model.remembering(VERIFY_MEMO_BYTES if budget_bytes is None else budget_bytes)
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of a float-arithmetic file (see

@@ -27,7 +27,7 @@ from .checkpoints import earlier_models, load_checkpoint, save_checkpoint, save_
 from .model.context_net import ContextNetConfig
 from .model.network import flip_ensembles
 from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
-from .train import eval_batches, list_images, load_rgb, split_holdout
+from .train import HELD_APART, eval_batches, list_images, load_rgb, split_holdout
 
 LN2 = math.log(2.0)
 SMALL = 32  # side of the whole small training images (CIFAR)
@@ -154,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: the time budget only)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--holdout-every", type=int, default=20)
-    ap.add_argument("--holdout-match", nargs="*", default=["waterloo_", "icinfo_"],
+    ap.add_argument("--holdout-match", nargs="*", default=list(HELD_APART),
                     help="also hold out files whose name contains one of these (default: the never-JPEG "
                          "photographs that the shipped network was not trained on), reported apart")
     ap.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,10 @@ Step plans (which of the model's T steps the chain visits) are checked here.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -33,6 +36,74 @@ def plan_from_strides(T: int, strides: tuple[tuple[float, int], ...]) -> tuple[i
             j = min(j + stride, end)
             plan.append(j)
     return check_plan(plan, T)
+
+
+class NetworkMemo:
+    """The exact network's outputs by their exact input, kept from an encode for the decode
+    that verifies it.
+
+    Where the verifying decoder feeds the network the very latents the encoder fed it (the
+    key is a hash of the input's bytes, the step and the calls), it gets the encoder's
+    outputs back instead of computing them again; any other input is computed.  Sound only
+    for exact arithmetic, where the network is a function of its input's bits on every
+    machine (tests compare it bit for bit); the float network's outputs depend on kernels
+    and threads, so its check must compute.  The oldest entries go first when the budget is
+    full: the verifying decoder needs the encoder's last region first.
+
+    >>> memo = NetworkMemo(budget_bytes=1 << 20)
+    >>> key = memo.key(np.zeros((3, 4, 4), np.float32), step=1, calls=2, features=False)
+    >>> memo.put(key, (np.ones((3, 4, 4)), {"reverse_var": np.zeros((3, 4, 4))}))
+    >>> eps, aux = memo.get(key)
+    >>> float(eps.sum()), memo.hits, memo.get(memo.key(np.ones((3, 4, 4), np.float32), 1, 2, False))
+    (48.0, 1, None)
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[bytes, tuple[tuple[np.ndarray, dict], int]] = OrderedDict()
+
+    @staticmethod
+    def key(zk: np.ndarray, step: int, calls: int, features: bool) -> bytes:
+        h = hashlib.blake2b(np.ascontiguousarray(zk).view(np.uint8).ravel(), digest_size=20)
+        h.update(repr((zk.shape, str(zk.dtype), int(step), int(calls), bool(features))).encode())
+        return h.digest()
+
+    def get(self, key: bytes) -> tuple[np.ndarray, dict] | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        eps, aux = hit[0]
+        return _unpack(eps), {k: _unpack(v) for k, v in aux.items()}
+
+    def put(self, key: bytes, value: tuple[np.ndarray, dict]) -> None:
+        if key in self._entries:
+            return
+        eps, aux = _pack(value[0]), {k: _pack(v) for k, v in value[1].items()}
+        size = eps.nbytes + sum(v.nbytes for v in aux.values())
+        if size > self.budget:
+            return
+        while self.bytes + size > self.budget:
+            _, (_, old) = self._entries.popitem(last=False)
+            self.bytes -= old
+        self._entries[key] = ((eps, aux), size)
+        self.bytes += size
+
+
+def _pack(a: np.ndarray) -> np.ndarray:
+    """A copy in float32 where that holds every value exactly (snapped outputs mostly do)."""
+    if a.dtype == np.float64:
+        f = a.astype(np.float32)
+        if np.array_equal(f, a):
+            return f
+    return a.copy()
+
+
+def _unpack(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64) if a.dtype == np.float32 else a.copy()
 
 
 class StepModel:
@@ -66,6 +137,20 @@ class StepModel:
         self.ensemble = ensemble
         self.ensemble_steps = ensemble_steps
         self.z0_ensemble = z0_ensemble
+        self.memo: NetworkMemo | None = None  # set by remembering()
+
+    @contextmanager
+    def remembering(self, budget_bytes: int):
+        """Within the block, network outputs are kept (NetworkMemo) and reused for inputs seen
+        before: an encode and its verifying decode.  Exact arithmetic only (else a no-op)."""
+        if self.exact is None or self.memo is not None:
+            yield None
+            return
+        self.memo = NetworkMemo(budget_bytes)
+        try:
+            yield self.memo
+        finally:
+            self.memo = None
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
         """jump_ratio of every step of the plan (index 0 unused)."""
@@ -147,6 +232,20 @@ class StepModel:
         zk = k.astype(np.float32)
         if context is not None and context.shape[1]:
             zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
+        memo = self.memo
+        if memo is not None:
+            keys = {n: memo.key(zk, i, n, features) for n in calls}
+            known = {n: memo.get(key) for n, key in keys.items()}
+            if all(v is not None for v in known.values()):
+                return known
+        out = self._compute_nets(zk, h, i, calls, features)
+        if memo is not None:
+            for n, value in out.items():
+                memo.put(keys[n], value)
+        return out
+
+    def _compute_nets(self, zk: np.ndarray, h: int, i: int, calls: tuple[int, ...],
+                      features: bool) -> dict[int, tuple[np.ndarray, dict]]:
         z = torch.from_numpy(zk).to(self.device)[None] * float(self.grids.delta[i])
         z = z.contiguous(memory_format=torch.channels_last)
         gamma = torch.tensor([self.grids.gamma[i]], dtype=torch.float32, device=self.device)
