@@ -34,12 +34,12 @@ def test_deltas_pack_and_unpack_exactly(coder4):
         base_w, base_ls = adapt.model_weights(sm, channels)
         w = ContextWeights(weight=base_w + rng.integers(-127, 128, base_w.shape) * adapt.DELTA_STEP,
                            log_scale=base_ls + rng.integers(-127, 128, base_ls.shape) * adapt.DELTA_STEP)
-        blob = adapt.pack_deltas(sm, w)
+        blob = adapt.pack_deltas(sm, w, "int8")
         assert len(blob) == size
-        back = adapt.unpack_deltas(sm, blob, channels)
+        back = adapt.unpack_deltas(sm, blob, channels, "int8")
         assert np.array_equal(back.weight, w.weight) and np.array_equal(back.log_scale, w.log_scale)
         with pytest.raises(ValueError, match="bytes"):
-            adapt.unpack_deltas(sm, blob[:-1], channels)
+            adapt.unpack_deltas(sm, blob[:-1], channels, "int8")
 
 
 def test_small_images_are_not_fitted(coder4):
@@ -55,7 +55,9 @@ def test_fitted_weights_code_the_image_for_less(coder4):
     # linear weights, log-scales, the colour coefficients' shifts per pass and the read-out of
     # the network's last features (9 outputs from the tiny network's 4 features and a bias)
     assert adapt.feature_head_shape(coder4.step_model, 3) == (9, 5)
-    assert linear["cost_bits"] == 8 * (225 * 3 + 12 + 12 + 45 + adapt.HEADER_BYTES)
+    # costed as they are written (Rice codes: less than a byte each)
+    assert linear["cost_bits"] == 8 * (len(adapt.pack_deltas(coder4.step_model, weights)) + adapt.HEADER_BYTES) \
+        if weights is not None else linear["cost_bits"] < 8 * (225 * 3 + 12 + 12 + 45 + adapt.HEADER_BYTES)
     # the fit saw the whole crop, so it is kept only when its saving beats the side data twice over
     assert (weights is not None) == (linear["saving_bits"] > adapt.KEEP_IF_SAVING_OVER_COST * linear["cost_bits"])
     assert info["choice"] == ("linear" if weights is not None else "model")
@@ -74,7 +76,9 @@ def test_roundtrip_with_each_images_own_weights(coder4, always_adapt):
     data, reports, _ = assert_roundtrip(coder4, [rgb, grey])
     header, sections = unpack_container(data)
     assert [e.get("pixel_context") for e in header["images"]] == ["context0", "context1"]
-    assert len(sections["context0"]) == 225 * 3 + 12 + 12 + 45 and len(sections["context1"]) == 75 + 4
+    assert header["coder"]["context_packing"] == "rice"  # Rice codes, smaller than a byte per number
+    assert len(sections["context0"]) < 225 * 3 + 12 + 12 + 45 and len(sections["context1"]) < 75 + 4
+    assert adapt.unpack_deltas(coder4.step_model, sections["context0"], 3, "rice").feature_head is not None
     assert [r.context_bytes for r in reports] == [len(sections["context0"]), len(sections["context1"])]
     plain = Coder(coder4.loaded, threads=1, adapt_context=False)
     data_plain, _, _ = assert_roundtrip(plain, [rgb, grey])
@@ -110,17 +114,17 @@ def test_deltas_with_the_networks_last_layers_pack_and_unpack_exactly(coder_net)
                   b + rng.integers(-127, 128, b.shape) * adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
     gains = 1.0 + rng.integers(-127, 128, (11, 2)) * adapt.GAIN_STEP
     w = ContextWeights(weight=base_w, log_scale=base_ls + adapt.DELTA_STEP, head=head, gains=gains)
-    blob = adapt.pack_deltas(sm, w)
+    blob = adapt.pack_deltas(sm, w, "int8")
     net = sm.model.context_net
     assert len(blob) == 3 * 75 * 3 + 12 + 22 + 11 * 2 * (net.cfg.hidden + 1) == 687 + 22 + head_bytes(coder_net)
-    back = adapt.unpack_deltas(sm, blob, 3)
+    back = adapt.unpack_deltas(sm, blob, 3, "int8")
     assert np.array_equal(back.log_scale, w.log_scale) and np.array_equal(back.gains, gains)
     for (bw, bb), (ww, wb) in zip(back.head, head):
         assert np.array_equal(bw, ww) and np.array_equal(bb, wb)
-    short = adapt.unpack_deltas(sm, blob[: 687 + 22], 3)  # linear weights and gains only
+    short = adapt.unpack_deltas(sm, blob[: 687 + 22], 3, "int8")  # linear weights and gains only
     assert short.head is None and np.array_equal(short.gains, gains)
     with pytest.raises(ValueError, match="bytes"):
-        adapt.unpack_deltas(sm, blob[:-1], 3)
+        adapt.unpack_deltas(sm, blob[:-1], 3, "int8")
 
 
 def test_colour_coefficient_shifts_pack_and_unpack_with_or_without_the_head(coder_net):
@@ -131,13 +135,13 @@ def test_colour_coefficient_shifts_pack_and_unpack_with_or_without_the_head(code
     head = tuple((w, b + adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
     for h in (None, head):
         w = ContextWeights(weight=base_w, log_scale=base_ls, head=h, coef_shift=shifts)
-        blob = adapt.pack_deltas(sm, w)
+        blob = adapt.pack_deltas(sm, w, "int8")
         assert len(blob) == 687 + 22 + 12 + (0 if h is None else head_bytes(coder_net))
-        back = adapt.unpack_deltas(sm, blob, 3)
+        back = adapt.unpack_deltas(sm, blob, 3, "int8")
         assert np.array_equal(back.coef_shift, shifts) and (back.head is None) == (h is None)
         if h is not None:
             assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(back.head, head))
-    assert adapt.unpack_deltas(sm, blob[: 687 + 22], 3).coef_shift is None  # an older file's layout
+    assert adapt.unpack_deltas(sm, blob[: 687 + 22], 3, "int8").coef_shift is None  # an older file's layout
 
 
 def _coder_and_torch_bits(sm, weights: ContextWeights, baseline: ContextWeights | None, torch_kwargs):
@@ -182,9 +186,9 @@ def test_feature_read_out_packs_and_unpacks_with_the_other_parts(coder_net):
     head = tuple((w, b + adapt.HEAD_DELTA_STEP) for w, b in adapt.model_head(sm))
     for h in (None, head):
         w = ContextWeights(weight=base_w, log_scale=base_ls, head=h, coef_shift=shifts, feature_head=feat)
-        blob = adapt.pack_deltas(sm, w)
+        blob = adapt.pack_deltas(sm, w, "int8")
         assert len(blob) == 687 + 22 + 12 + (0 if h is None else head_bytes(coder_net)) + feat.size
-        back = adapt.unpack_deltas(sm, blob, 3)
+        back = adapt.unpack_deltas(sm, blob, 3, "int8")
         assert np.array_equal(back.feature_head, feat) and np.array_equal(back.coef_shift, shifts)
         assert (back.head is None) == (h is None)
     assert adapt.feature_head_shape(sm, 1) is None  # one-channel images have none
@@ -224,7 +228,8 @@ def test_roundtrip_with_each_images_own_network_layers(coder_net, monkeypatch, a
     rgb, grey = raster(kodak_crop(30, 26, index=4)), raster(kodak_crop(17, 21, index=6), mode="L")
     data, _, _ = assert_roundtrip(coder_net, [rgb, grey])
     sections = unpack_container(data)[1]
-    assert len(sections["context0"]) == 225 * 3 + 12 + 22 + head_bytes(coder_net)
+    back = adapt.unpack_deltas(coder_net.step_model, sections["context0"], 3, "rice")
+    assert back.head is not None and back.gains is not None
 
 
 def test_archive_of_small_images_shares_one_context(coder4, always_adapt):
@@ -309,7 +314,7 @@ def test_groups_turned_off_skip_the_network_and_decode_exactly(coder_net, monkey
                         lambda g, *a, **k: calls.append(g) or features(g, *a, **k))
     data, _, _ = assert_roundtrip(coder_net, [raster(kodak_crop(30, 26, index=5))])
     assert calls and all(g % 2 == 1 for g in calls)
-    gains = adapt.unpack_deltas(coder_net.step_model, unpack_container(data)[1]["context0"], 3).gains
+    gains = adapt.unpack_deltas(coder_net.step_model, unpack_container(data)[1]["context0"], 3, "rice").gains
     assert not gains[::2].any() and (gains[1::2] == 1.0).all()
 
 
@@ -349,3 +354,55 @@ def test_model_trained_on_ensembled_calls_gives_them_to_every_image(tmp_path, mo
                                   [rgb], checkpoint=str(path))
     assert seen and all(calls == (4,) for calls in seen)  # encode and decode alike
     assert "pixel_context" not in unpack_container(data)[0]["images"][0]
+
+
+def _same_weights(a: ContextWeights, b: ContextWeights) -> bool:
+    def same(x, y):
+        if x is None or y is None:
+            return x is None and y is None
+        if isinstance(x, tuple):
+            return all(same(p, q) for p, q in zip(x, y))
+        return np.array_equal(x, y)
+    return all(same(getattr(a, f), getattr(b, f)) for f in ("weight", "log_scale", "head", "gains", "coef_shift",
+                                                           "feature_head"))
+
+
+def test_rice_packing_gives_back_every_layout_and_is_smaller_on_small_steps(coder_net):
+    """Each layout of parts (shifts, last layers, read-out) through the Rice packing gives the
+    int8 packing's weights back; small steps cost a few bits, large ones about a byte."""
+    sm = coder_net.step_model
+    rng = np.random.default_rng(7)
+    base_w, base_ls = adapt.model_weights(sm, 3)
+    for spread in (2, 127):
+        steps = lambda shape: np.clip(np.rint(rng.laplace(0, spread / 3, shape)), -127, 127)  # noqa: E731
+        head = tuple((w + steps(w.shape) * adapt.HEAD_DELTA_STEP, b + steps(b.shape) * adapt.HEAD_DELTA_STEP)
+                     for w, b in adapt.model_head(sm))
+        shifts = steps((4, 3)) * adapt.COEF_STEP
+        feat = steps(adapt.feature_head_shape(sm, 3)) * adapt.FEATURE_STEP
+        for cs, h, fh in ((None, None, None), (shifts, None, None), (shifts, head, None), (shifts, head, feat),
+                          (None, head, None), (shifts, None, feat)):
+            w = ContextWeights(weight=base_w + steps(base_w.shape) * adapt.DELTA_STEP, log_scale=base_ls, head=h,
+                               gains=1.0 + steps((11, 2)) * adapt.GAIN_STEP, coef_shift=cs, feature_head=fh)
+            raw, rice = adapt.pack_deltas(sm, w, "int8"), adapt.pack_deltas(sm, w, "rice")
+            back = adapt.unpack_deltas(sm, rice, 3, "rice")
+            assert _same_weights(back, adapt.unpack_deltas(sm, raw, 3, "int8")) and _same_weights(back, w)
+            assert len(rice) < (0.5 if spread == 2 else 1.05) * len(raw)
+    with pytest.raises(ValueError, match="layout"):
+        adapt.unpack_deltas(sm, bytes([4]) + rice[1:], 3, "rice")  # a read-out without the shifts
+    with pytest.raises(ValueError, match="layout"):
+        adapt.unpack_deltas(sm, bytes([1]) + rice[1:], 1, "rice")  # shifts for one plane
+    with pytest.raises(ValueError, match="Rice"):
+        adapt.unpack_deltas(sm, rice[:-3], 3, "rice")
+
+
+def test_rice_parts_refuse_streams_that_do_not_fit():
+    from vdmcodec.coding import rice
+    import doctest
+    assert doctest.testmod(rice, raise_on_error=True).attempted > 0
+    blob = rice.pack_parts([np.arange(-20, 20)])
+    with pytest.raises(ValueError, match="early"):
+        rice.unpack_parts(blob[:-2], [40])
+    with pytest.raises(ValueError, match="left over"):
+        rice.unpack_parts(blob + b"\x00", [40])
+    with pytest.raises(ValueError, match="int8"):
+        rice.pack_parts([np.array([128])])

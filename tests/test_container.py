@@ -73,7 +73,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 7
+    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 8
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -153,7 +153,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 8, 65535])
+@pytest.mark.parametrize("version", [0, 9, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -174,7 +174,7 @@ def test_earlier_version_files_still_read(packed, version):
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 8), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 9), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -241,7 +241,7 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 8)
+    struct.pack_into("<H", damaged, len(MAGIC), 9)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)

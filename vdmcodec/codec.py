@@ -18,8 +18,8 @@ from . import __version__
 from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
                           load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.adapt import (FitBudget, fit_image_context, fit_shared_context, pack_deltas, too_small_for_own_context,
-                           unpack_deltas)
+from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
+                           too_small_for_own_context, unpack_deltas)
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
 from .coding.steps import StepModel, plan_from_strides
@@ -366,6 +366,7 @@ def _header(coder: Coder, entries: list[dict], *, archive: bool, ans_words: int)
             "param_snap": PARAM_SNAP,
             "max_region_pixels": MAX_REGION_PIXELS,
             "context_rows": CONTEXT_ROWS,
+            "context_packing": WRITE_PACKING,
         },
         "compute": coder.compute(),
         "ans_words": ans_words,
@@ -475,7 +476,8 @@ def _decode_all(header, sections, checkpoint, device, coder, progress):
     decoded = [None] * len(images)
     for idx in reversed(range(len(images))):
         decoded[idx] = _decode_one(stack, coder, images[idx], sections, progress,
-                                   settings.context_rows if settings else 0)
+                                   settings.context_rows if settings else 0,
+                                   settings.context_packing if settings else "int8")
     if stack.num_bits() != 0:
         raise CorruptFileError("payload has bits left over after decoding")
     short = any("pixel_sha256" not in e for e in images)
@@ -500,14 +502,14 @@ def _coder_for_file(settings: DecodeSettings, checkpoint, device) -> Coder:
                  ensemble_steps=settings.ensemble_steps, z0_ensemble=settings.z0_ensemble, exact=settings.exact)
 
 
-def _decode_one(stack, coder, entry, sections, progress, context_rows: int) -> RasterImage:
+def _decode_one(stack, coder, entry, sections, progress, context_rows: int, packing: str) -> RasterImage:
     h, w = int(entry["height"]), int(entry["width"])
     nplanes = int(entry["planes"])
     planes = None
     if entry["method"] == "bitsback":
         planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
                               context_rows=context_rows,
-                              weights=_image_context(coder, entry, sections, nplanes))
+                              weights=_image_context(coder, entry, sections, nplanes, packing))
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
     alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None
@@ -530,14 +532,17 @@ def _image_metadata(entry: dict, sections: dict) -> ImageMetadata:
         raise CorruptFileError(f"{entry['name']}: {exc}") from None
 
 
-def _image_context(coder: Coder, entry: dict, sections: dict, nplanes: int) -> ContextWeights | None:
-    """The image's own pixel-context weights, if the encoder sent them."""
+def _image_context(coder: Coder, entry: dict, sections: dict, nplanes: int, packing: str) -> ContextWeights | None:
+    """The image's own pixel-context weights, if the encoder sent them (packed as the header says)."""
     if not entry.get("pixel_context"):
         return None
     cfg = coder.loaded.model.cfg
     if not cfg.pixel_context:
         raise CorruptFileError(f"{entry['name']}: pixel-context weights for a model without a pixel context")
-    return unpack_deltas(coder.step_model, sections[entry["pixel_context"]], nplanes)
+    try:
+        return unpack_deltas(coder.step_model, sections[entry["pixel_context"]], nplanes, packing)
+    except ValueError as exc:
+        raise CorruptFileError(f"{entry['name']}: {exc}") from None
 
 
 def _compute_diff() -> str:

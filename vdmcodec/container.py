@@ -34,8 +34,8 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # a reader of 4 would ignore and decode wrongly; 6 added compute.arith ("exact1": the model's
 # exact-arithmetic tables, any thread count; absent: "float"); 7 added image_columns (the
 # per-image fields of an archive written column by column), which a reader of 6 would miss
-FORMAT_VERSION = 7
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # earlier files mean the same in the later versions
+FORMAT_VERSION = 8
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section"}
 

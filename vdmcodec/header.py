@@ -41,6 +41,7 @@ class DecodeSettings:
     ensemble_steps: int | None  # None: every step
     z0_ensemble: int
     context_rows: int
+    context_packing: str = "int8"  # how the images' context sections are written (coding.adapt)
 
     def plan_for(self, model_T: int) -> tuple[int, ...]:
         """The step plan checked against the model's T (its gamma table has T + 1 entries)."""
@@ -77,7 +78,8 @@ def decode_settings(header: dict) -> DecodeSettings:
             ensemble=_ensemble(comp.get("ensemble", 1), "network"),
             ensemble_steps=None if comp.get("ensemble_steps") is None else int(comp["ensemble_steps"]),
             z0_ensemble=_ensemble(comp.get("z0_ensemble", 1), "z0"),
-            context_rows=int(coder.get("context_rows", 0)))
+            context_rows=int(coder.get("context_rows", 0)),
+            context_packing=str(coder.get("context_packing", "int8")))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptFileError(f"header fields are inconsistent ({type(exc).__name__}: {exc})") from None
     if settings.device not in ("cpu", "cuda"):
@@ -90,7 +92,12 @@ def decode_settings(header: dict) -> DecodeSettings:
         raise CorruptFileError(f"implausible ensemble_steps {settings.ensemble_steps} in header")
     if not 0 <= settings.context_rows <= 64:
         raise CorruptFileError(f"implausible context_rows {settings.context_rows} in header")
+    if settings.context_packing not in CONTEXT_PACKINGS:
+        raise CorruptFileError(f"unknown context packing {settings.context_packing!r} in header")
     return settings
+
+
+CONTEXT_PACKINGS = ("int8", "rice")  # coding.adapt.CONTEXT_PACKINGS (this module imports no torch)
 
 
 def _arith(value) -> str:

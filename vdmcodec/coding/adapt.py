@@ -19,6 +19,7 @@ import torch
 
 from ..model.vdm import discretized_logistic_logp
 from .pixels import FEATURE_OUTPUTS, ContextWeights
+from .rice import pack_parts, unpack_parts
 from .steps import StepModel
 
 DELTA_STEP = 2.0**-8  # the sent change of each weight and log-scale: int8 multiples of this
@@ -99,12 +100,19 @@ def feature_head_shape(sm: StepModel, channels: int) -> tuple[int, int] | None:
     return (FEATURE_OUTPUTS, sm.model.net.cfg.channels[0] + 1)
 
 
-def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
+# how an image's context section is written: "int8", a byte per number (files of format 7 and
+# before); "rice", a Golomb-Rice code per part (coding.rice; 30% smaller on photographs)
+CONTEXT_PACKINGS = ("int8", "rice")
+WRITE_PACKING = "rice"
+
+
+def pack_deltas(sm: StepModel, w: ContextWeights, packing: str = WRITE_PACKING) -> bytes:
     """w as int8 steps away from the model's weights (w must be on that grid): the linear
     weights and log-scales; with a context network, the gains on its outputs (steps from 1);
     the colour-coefficient shifts when w has them; then its last layers when w has its own;
-    then the feature read-out when w has one.  (The blob's size says which parts are there:
-    files from before the shifts and the read-out decode.)"""
+    then the feature read-out when w has one.  "int8": a byte each (the blob's size says
+    which parts are there); "rice": a byte of flags (bit 0 shifts, 1 last layers, 2
+    read-out), then each part Rice-coded."""
     base_w, base_ls = model_weights(sm, w.log_scale.shape[1])
     q = [_flat([w.weight - base_w, w.log_scale - base_ls]) / DELTA_STEP]
     if n_gains(sm):
@@ -116,12 +124,18 @@ def pack_deltas(sm: StepModel, w: ContextWeights) -> bytes:
         q.append((_flat(_head_parts(w.head)) - _flat(_head_parts(model_head(sm)))) / HEAD_DELTA_STEP)
     if w.feature_head is not None:
         q.append(w.feature_head.ravel() / FEATURE_STEP)
-    return np.rint(np.concatenate(q)).astype(np.int8).tobytes()
+    steps = [np.rint(part).astype(np.int8) for part in q]
+    if packing == "int8":
+        return np.concatenate(steps).tobytes()
+    if packing != "rice":
+        raise ValueError(f"unknown context packing {packing!r}")
+    flags = (w.coef_shift is not None) | (w.head is not None) << 1 | (w.feature_head is not None) << 2
+    return bytes([flags]) + pack_parts([s.astype(np.int64) for s in steps])
 
 
-def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
+def unpack_deltas(sm: StepModel, blob: bytes, channels: int, packing: str = "int8") -> ContextWeights:
     """The model's weights plus the deltas of pack_deltas; ValueError if the blob has the
-    wrong size for this model and number of planes."""
+    wrong size or layout for this model and number of planes."""
     base_w, base_ls = model_weights(sm, channels)
     n_lin, n_gain = base_w.size + base_ls.size, n_gains(sm)
     base_head = model_head(sm)
@@ -129,13 +143,24 @@ def unpack_deltas(sm: StepModel, blob: bytes, channels: int) -> ContextWeights:
     n_coef = n_coef_shifts(sm, channels)
     fh_shape = feature_head_shape(sm, channels)
     n_feat = 0 if fh_shape is None else fh_shape[0] * fh_shape[1]
-    # the read-out comes only with the colour shifts (both are RGB-only, written since session 10)
-    layouts = {n_lin + n_gain + cs + hd + fh: (cs, hd, fh) for cs in {0, n_coef} for hd in {0, n_head}
-               for fh in ({0, n_feat} if cs else {0})}
-    if len(blob) not in layouts:
-        raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(layouts)}")
-    n_cs, n_hd, n_fh = layouts[len(blob)]
-    q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
+    if packing == "rice":
+        flags = blob[0] if blob else 255
+        has_cs, has_hd, has_fh = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+        if flags > 7 or has_cs and not n_coef or has_hd and not n_head or has_fh and not (n_feat and has_cs):
+            raise ValueError(f"pixel-context layout byte {flags} does not fit this model and {channels} planes")
+        n_cs, n_hd, n_fh = n_coef * has_cs, n_head * has_hd, n_feat * has_fh
+        sizes = [n for n in (n_lin, n_gain, n_cs, n_hd, n_fh) if n]
+        q = np.concatenate(unpack_parts(blob[1:], sizes)).astype(np.float64)
+    elif packing == "int8":
+        # the read-out comes only with the colour shifts (both are RGB-only, written since session 10)
+        layouts = {n_lin + n_gain + cs + hd + fh: (cs, hd, fh) for cs in {0, n_coef} for hd in {0, n_head}
+                   for fh in ({0, n_feat} if cs else {0})}
+        if len(blob) not in layouts:
+            raise ValueError(f"pixel-context section has {len(blob)} bytes, expected one of {sorted(layouts)}")
+        n_cs, n_hd, n_fh = layouts[len(blob)]
+        q = np.frombuffer(blob, dtype=np.int8).astype(np.float64)
+    else:
+        raise ValueError(f"unknown context packing {packing!r}")
     gains = head = coef_shift = feature_head = None
     i = n_lin + n_gain
     if n_gain:
