@@ -191,3 +191,23 @@ def test_version_7_golden_file_with_image_columns_decodes():
     header, _ = unpack_container(data)
     assert header["model"]["id"] == "vdmc-rgb-t64-s12" and [e["name"] for e in header["images"]] == ["s3_rgb.png", "s3_grey.png"]
     _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DEFAULT_CHECKPOINT))))
+
+
+def test_version_8_golden_file_with_rice_coded_context_sections_decodes():
+    """Written by session 13's code with the tiny four-pass model (make_golden.py v5): each
+    image's own context section in Golomb-Rice codes (coder.context_packing = rice)."""
+    import struct
+
+    from vdmcodec.coding import adapt
+    from vdmcodec.coding.steps import StepModel
+
+    data = (DATA / "s13_v8_rice.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 8
+    header, sections = unpack_container(data)
+    assert header["coder"]["context_packing"] == "rice"
+    lm = load_checkpoint(DATA / "s4_tiny_four_pass.pt")
+    sm = StepModel(lm.model, lm.gamma_table.numpy())
+    rgb = next(e for e in header["images"] if e["name"] == "s3_rgb.png")
+    weights = adapt.unpack_deltas(sm, sections[rgb["pixel_context"]], 3, "rice")
+    assert weights.feature_head is not None and len(sections[rgb["pixel_context"]]) < 744  # the int8 size
+    _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DATA / "s4_tiny_four_pass.pt"))))

@@ -7,6 +7,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s10_v5_z0_ensemble.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s11_v6_exact.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s12_v7_columns.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s13_v8_rice.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -22,7 +23,8 @@ compute.arith = exact1) at the fast effort, each image's own context forced: lat
 checkpoints must carry that model and its exact tables for the file to keep decoding.
 Run again with session 12's code and model (vdmc-rgb-t64-s12: a context network of 64
 hidden channels in float16, trained on 4 flipped calls at z_0, which every image then gets),
-"v6" writes format 7: the archive's names and hashes as image_columns.
+"v6" writes format 7: the archive's names and hashes as image_columns.  "v5" run with session
+13's code writes format 8: the images' context sections as Golomb-Rice codes.
 """
 
 import sys
