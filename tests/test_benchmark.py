@@ -104,6 +104,7 @@ def test_compare_all_codecs_end_to_end(bench_inputs, tmp_path, capsys):
             assert _close(r["encode_s_per_mp"], r["encode_s"] / im["megapixels"])
 
         v = im["results"]["vdmc"]
+        assert v["verify_s"] > 0 and _close(v["compress_with_verify_s"], v["encode_s"] + v["verify_s"])
         assert v["method"] in ("bitsback", "classic")
         assert (v["regions"] >= 1) == (v["method"] == "bitsback") and v["report_dims"] == im["dims"]
         assert v["nelbo_bits"] > 0 and _close(v["nelbo_bpd"], v["nelbo_bits"] / im["dims"])
