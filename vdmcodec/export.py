@@ -49,13 +49,11 @@ def load_source(path: str) -> tuple[VDM, dict, list[dict]]:
 def heldout_eval(model: VDM, data: list[str], holdout_every: int) -> dict:
     """The trainer's held-out evaluation (same files, crops and seed) of the weights as shipped
     (rounded to float16 as save_checkpoint stores them)."""
-    from .train import HELD_APART, eval_batches, evaluate, list_images, load_rgb, split_holdout
+    from .train import eval_batches, evaluate, list_images, load_rgb, split_data
 
     rounded = VDM(model.cfg)
     rounded.load_state_dict({k: v.float() for k, v in half_state_dict(model).items()})
-    files = list_images(data)
-    apart = [f for f in files if any(m in f.name for m in HELD_APART)]  # as the trainer splits them
-    _, hold = split_holdout([f for f in files if f not in apart], holdout_every)
+    _, hold, apart = split_data(list_images(data), holdout_every)  # as the trainer splits them
     result = evaluate(rounded, eval_batches([load_rgb(f) for f in hold], 128), torch.device("cpu"))
     if apart:
         result["apart_nelbo"] = evaluate(rounded, eval_batches([load_rgb(f) for f in apart], 128),

@@ -86,6 +86,15 @@ class CropSampler:
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
 
 
+def split_data(files: list[Path], every: int, apart_match=HELD_APART) -> tuple[list[Path], list[Path], list[Path]]:
+    """(train, held out, apart): files whose names contain one of `apart_match` are held
+    apart (never trained on, judged on their own), and every `every`-th of the rest is held
+    out; every trainer and diagnostic splits this one way."""
+    apart = [f for f in files if any(m in f.name for m in apart_match)]
+    train, hold = split_holdout([f for f in files if f not in apart], every)
+    return train, hold, apart
+
+
 def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
     """Every `every`-th file (in sorted order) is held out for evaluation."""
     hold = [f for i, f in enumerate(files) if i % every == every // 2]
@@ -290,8 +299,7 @@ def main(argv=None) -> int:
     if not files:
         print(f"no images under {args.data}", file=sys.stderr)
         return 2
-    apart = [f for f in files if any(m in f.name for m in args.holdout_match)]
-    train_files, hold_files = split_holdout([f for f in files if f not in apart], args.holdout_every)
+    train_files, hold_files, apart = split_data(files, args.holdout_every, args.holdout_match)
     train_imgs = [load_rgb(f) for f in train_files]
     hold_imgs = [load_rgb(f) for f in hold_files]
     sampler = CropSampler(train_imgs, args.crop, rng, args.p_small, args.p_grey)

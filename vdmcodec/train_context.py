@@ -27,7 +27,7 @@ from .checkpoints import earlier_models, load_checkpoint, save_checkpoint, save_
 from .model.context_net import ContextNetConfig
 from .model.network import flip_ensembles
 from .model.vdm import VDM, VDMConfig, alpha2, discretized_logistic_logp, pixels_to_unit, sigma2
-from .train import HELD_APART, eval_batches, list_images, load_rgb, split_holdout
+from .train import HELD_APART, eval_batches, list_images, load_rgb, split_data
 
 LN2 = math.log(2.0)
 SMALL = 32  # side of the whole small training images (CIFAR)
@@ -188,8 +188,7 @@ def main(argv=None) -> int:
     model.eval()
 
     files = list_images(args.data)
-    apart = [f for f in files if any(m in f.name for m in args.holdout_match)]
-    train_files, hold_files = split_holdout([f for f in files if f not in apart], args.holdout_every)
+    train_files, hold_files, apart = split_data(files, args.holdout_every, args.holdout_match)
     t0 = time.time()
     train_imgs = [load_rgb(f) for f in train_files]
     large = [im for im in train_imgs if min(im.shape[:2]) >= args.crop]

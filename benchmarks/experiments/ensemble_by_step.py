@@ -20,7 +20,7 @@ import torch
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding.steps import StepModel, reverse_log_var_np
-from vdmcodec.train import list_images, load_rgb, split_holdout
+from vdmcodec.train import list_images, load_rgb, split_data
 
 CALLS = (1, 2, 4, 8)
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     lm = load_checkpoint(args.checkpoint)
     sm = StepModel(lm.model, lm.gamma_table.numpy())
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     s = args.size
     crops, names = [], []
     for f in hold:

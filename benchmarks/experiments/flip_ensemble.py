@@ -19,7 +19,7 @@ import torch
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.model.network import flip_ensemble
-from vdmcodec.train import eval_batches, evaluate, list_images, load_rgb, split_holdout
+from vdmcodec.train import eval_batches, evaluate, list_images, load_rgb, split_data
 
 SETS = {"none": 1, "h": 2, "hv": 4}  # network calls (network.ENSEMBLE_FLIPS)
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     large = [im for im in (load_rgb(f) for f in hold) if min(im.shape[:2]) >= 128]
     batch = eval_batches(large, 128)[0]
     model = load_checkpoint(args.checkpoint).model.eval()

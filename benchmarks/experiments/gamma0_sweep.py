@@ -19,7 +19,7 @@ import torch
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding.steps import StepModel
 from vdmcodec.evaluate import image_nelbo
-from vdmcodec.train import list_images, load_rgb, split_holdout
+from vdmcodec.train import list_images, load_rgb, split_data
 
 
 def centre_crop(im, side: int):
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="append one JSON line per gamma0 here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     images = [(f, centre_crop(im, args.max_side)) for f in hold for im in [load_rgb(f)] if min(im.shape[:2]) >= 128]
     model = load_checkpoint(args.checkpoint).model.eval()
     learned = float(model.schedule.gamma0)

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.train import eval_batches, list_images, load_rgb, split_holdout
+from vdmcodec.train import eval_batches, list_images, load_rgb, split_data
 
 
 def main(argv=None) -> int:
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     large = [(f, im) for f in hold for im in [load_rgb(f)] if min(im.shape[:2]) >= 128]
     batch = eval_batches([im for _, im in large], 128)[0]
     sources = [f.parent.name for f, im in large for _ in range(4 if min(im.shape[:2]) >= 256 else 1)]

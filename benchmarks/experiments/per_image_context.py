@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.model.vdm import (CONTEXT_KERNEL, CONTEXT_RESIDUAL_CLIP, DECODER_LOG_SCALE_RANGE, alpha2,
                                 channel_coefficients, discretized_logistic_logp, pass_map, pixels_to_unit, sigma2)
-from vdmcodec.train import list_images, load_rgb, split_holdout
+from vdmcodec.train import list_images, load_rgb, split_data
 
 
 def context(xt, loc, scale, coef, weight, log_scale):
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     s = args.size
     crops = []
     for f in hold:

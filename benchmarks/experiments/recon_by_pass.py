@@ -18,7 +18,7 @@ import torch
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.model.vdm import VDM, VDMConfig, discretized_logistic_logp, pass_map, pixels_to_unit
-from vdmcodec.train import eval_batches, list_images, load_rgb, split_holdout
+from vdmcodec.train import eval_batches, list_images, load_rgb, split_data
 from vdmcodec.train_context import decoder_cache
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, hold = split_holdout(list_images(args.data), 20)
+    _, hold, _ = split_data(list_images(args.data), 20)  # the trainers' held-out files
     crops = eval_batches([load_rgb(f) for f in hold], 128, max_large=args.max_images)[0]
     for spec in args.models:
         model = load_any(spec)

@@ -26,7 +26,7 @@ import torch
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding.steps import LOG2E, jump_log_var, jump_ratio, plan_from_strides, reverse_log_var_np
 from vdmcodec.coding.grids import snap
-from vdmcodec.train import list_images, load_rgb, split_holdout
+from vdmcodec.train import list_images, load_rgb, split_data
 
 
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     gam = snap(lm.gamma_table.numpy())
     T = len(gam) - 1
     plans = {spec: plan_from_spec(spec, T) for spec in args.plans}
-    _, hold = split_holdout(list_images([args.data]), 20)
+    _, hold, _ = split_data(list_images([args.data]), 20)  # the trainers' held-out files
     s = args.size
     crops = [im[(im.shape[0] - s) // 2 : (im.shape[0] + s) // 2, (im.shape[1] - s) // 2 : (im.shape[1] + s) // 2]
              for im in (load_rgb(f) for f in hold) if min(im.shape[:2]) >= s][: args.images]
