@@ -285,31 +285,13 @@ def lr_at(args, step: int, frac_time: float) -> float:
     return args.lr * warm * decay
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    rank, world, device = setup_distributed()
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    torch.manual_seed(args.seed + rank)
-    rng = np.random.default_rng(args.seed + 1000 * rank + int(time.time()) % 100000)
-    out = Path(args.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-
-    files = list_images(args.data)
-    if not files:
-        print(f"no images under {args.data}", file=sys.stderr)
-        return 2
-    train_files, hold_files, apart = split_data(files, args.holdout_every, args.holdout_match)
-    train_imgs = [load_rgb(f) for f in train_files]
-    hold_imgs = [load_rgb(f) for f in hold_files]
-    sampler = CropSampler(train_imgs, args.crop, rng, args.p_small, args.p_grey)
-    eval_sets = eval_batches(hold_imgs, 128 if args.crop >= 64 else args.crop)
-    apart_sets = eval_batches([load_rgb(f) for f in apart], 128 if args.crop >= 64 else args.crop) if apart else []
-
+def resume_config(args) -> tuple[dict | None, VDMConfig, dict]:
+    """(the resumed state or None, the model config with this run's upgrades, the resumed
+    run's step counts): a run's own state.pt (trusted: written by this program) or a shipped
+    checkpoint (weights only)."""
     state = None
     prior_meta = {"steps": 0, "images_seen": 0, "wall_seconds": 0.0}
     if args.resume:
-        # a run's own state.pt (trusted: written by this program) or a shipped checkpoint
         state = torch.load(args.resume, map_location="cpu", weights_only=False)
         if state.get("format") == "vdmcodec-checkpoint":
             blob = read_checkpoint(args.resume)
@@ -332,7 +314,14 @@ def main(argv=None) -> int:
     if args.context_passes is not None:
         cfg.context_passes = args.context_passes
     cfg.validate()
+    return state, cfg, prior_meta
 
+
+def build_training(args, cfg: VDMConfig, state: dict | None, device):
+    """(model, EMA, optimiser, state, frozen parameter names): the resumed weights loaded
+    (grown where the model grew), the --freeze prefixes frozen, the optimiser's moments
+    restored only on an exact resume with the same trainable parameters (else state loses
+    its "optimizer", so the step count restarts the warm-up)."""
     model = VDM(cfg).to(device)
     exact_resume = True
     if state is not None:
@@ -355,6 +344,32 @@ def main(argv=None) -> int:
             g["lr_mult"] = fresh["lr_mult"]  # this run's factors, not the saved run's
     else:  # a weights-only resume, a grown model, other frozen parameters or an older layout: fresh moments
         state = {k: v for k, v in (state or {}).items() if k != "optimizer"} or None
+    return model, ema, opt, state, frozen
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.manual_seed(args.seed + rank)
+    rng = np.random.default_rng(args.seed + 1000 * rank + int(time.time()) % 100000)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    files = list_images(args.data)
+    if not files:
+        print(f"no images under {args.data}", file=sys.stderr)
+        return 2
+    train_files, hold_files, apart = split_data(files, args.holdout_every, args.holdout_match)
+    train_imgs = [load_rgb(f) for f in train_files]
+    hold_imgs = [load_rgb(f) for f in hold_files]
+    sampler = CropSampler(train_imgs, args.crop, rng, args.p_small, args.p_grey)
+    eval_sets = eval_batches(hold_imgs, 128 if args.crop >= 64 else args.crop)
+    apart_sets = eval_batches([load_rgb(f) for f in apart], 128 if args.crop >= 64 else args.crop) if apart else []
+
+    state, cfg, prior_meta = resume_config(args)
+    model, ema, opt, state, frozen = build_training(args, cfg, state, device)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
