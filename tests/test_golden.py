@@ -13,7 +13,8 @@ again with session 9's per-pass shifts of the colour coefficients; s10_v5_z0_ens
 the network's features; s11_v6_exact.vdmc (format 6) the crops in exact arithmetic with the
 shipped model vdmc-rgb-t64-s11, and s12_v7_columns.vdmc (format 7: image_columns) the same
 with vdmc-rgb-t64-s12 (a 64-channel context network trained on 4 calls at z_0, which every
-image gets), models that every later shipped checkpoint must carry.  Any change to the container, the coding chain or
+image gets), models that every later release must ship (s13 retrained the big network, so
+checkpoints/vdmc-rgb-t64-s12.pt carries them and the decoder finds them by hash).  Any change to the container, the coding chain or
 the pixel decoder's arithmetic that would strand such files fails here."""
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from vdmcodec.codec import decompress_bytes
 from vdmcodec.container import unpack_container
 
 DATA = Path(__file__).resolve().parent / "data"
-DEFAULT_CHECKPOINT = DATA.parents[1] / "checkpoints" / "default.pt"
 
 
 @pytest.mark.parametrize("archive,checkpoint,passes", [("s3_two_pass.vdmc", "s3_tiny_two_pass.pt", 2),
@@ -125,7 +125,7 @@ def test_version_6_exact_golden_file_decodes_with_any_thread_count(threads, monk
     assert header["compute"]["arith"] == "exact1" and header["compute"]["threads"] == 2
     assert header["model"]["id"] == "vdmc-rgb-t64-s11"
     monkeypatch.setenv("VDMCODEC_THREADS", threads)
-    _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DEFAULT_CHECKPOINT))))
+    _assert_golden_crops(dict(decompress_bytes(data)))  # its model found by hash among the shipped ones
 
 
 def test_version_6_golden_file_needs_its_arithmetic():
@@ -137,7 +137,7 @@ def test_version_6_golden_file_needs_its_arithmetic():
     header["compute"]["arith"] = "float"
     edited = pack_container(header, [(s["name"], sections[s["name"]]) for s in header["sections"]])
     with pytest.raises(VdmcError):
-        decompress_bytes(edited, checkpoint=str(DEFAULT_CHECKPOINT))
+        decompress_bytes(edited)
 
 
 FUZZ_CASES = 36  # seeded: the same damaged files every run, a few seconds in all
@@ -190,7 +190,7 @@ def test_version_7_golden_file_with_image_columns_decodes():
     assert version == 7 and {"name", "pixel_sha256_short"} <= set(raw["image_columns"])
     header, _ = unpack_container(data)
     assert header["model"]["id"] == "vdmc-rgb-t64-s12" and [e["name"] for e in header["images"]] == ["s3_rgb.png", "s3_grey.png"]
-    _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DEFAULT_CHECKPOINT))))
+    _assert_golden_crops(dict(decompress_bytes(data)))
 
 
 def test_version_8_golden_file_with_rice_coded_context_sections_decodes():
