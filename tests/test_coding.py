@@ -464,9 +464,11 @@ def test_plans_from_strides_and_their_checks():
     for bad in ((0, 2, 1, 8), (1, 8), (0, 4), (0, 4, 4, 8), (0,)):
         with pytest.raises(ValueError):
             check_plan(bad, 8)
-    assert len(effort_settings("default", 64)["plan"]) - 1 == 32
+    # default: the first quarter one by one, then strides 2, 4 and 8 (27 steps, as fast's)
+    assert effort_settings("default", 64)["plan"] == tuple(range(17)) + (18, 20, 22, 24, 28, 32, 36, 40, 48, 56, 64)
     assert effort_settings("default", 64)["ensemble_steps"] == 16
-    assert [StepModel(*_tiny_tables(), **effort_settings(e, 64)).network_calls() for e in ("fast", "default", "max")] == [29, 52, 116]
+    # at z_0 (2, 4, 4 calls) + every step (twice on the ensembled first quarter)
+    assert [StepModel(*_tiny_tables(), **effort_settings(e, 64)).network_calls() for e in ("fast", "default", "max")] == [29, 47, 116]
 
 
 def _tiny_tables():
