@@ -66,9 +66,19 @@ class NetworkMemo:
 
     @staticmethod
     def key(zk: np.ndarray, step: int, calls: int, features: bool) -> bytes:
+        return NetworkMemo.keys(zk, step, (calls,), features)[calls]
+
+    @staticmethod
+    def keys(zk: np.ndarray, step: int, calls: tuple[int, ...], features: bool) -> dict[int, bytes]:
+        """One key per number of calls, the input's bytes hashed once."""
         h = hashlib.blake2b(np.ascontiguousarray(zk).view(np.uint8).ravel(), digest_size=20)
-        h.update(repr((zk.shape, str(zk.dtype), int(step), int(calls), bool(features))).encode())
-        return h.digest()
+        h.update(repr((zk.shape, str(zk.dtype), int(step), bool(features))).encode())
+        out = {}
+        for n in calls:
+            hn = h.copy()
+            hn.update(int(n).to_bytes(2, "little"))
+            out[n] = hn.digest()
+        return out
 
     def get(self, key: bytes) -> tuple[np.ndarray, dict] | None:
         hit = self._entries.get(key)
@@ -234,7 +244,7 @@ class StepModel:
             zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
         memo = self.memo
         if memo is not None:
-            keys = {n: memo.key(zk, i, n, features) for n in calls}
+            keys = memo.keys(zk, i, calls, features)
             known = {n: memo.get(key) for n, key in keys.items()}
             if all(v is not None for v in known.values()):
                 return known
