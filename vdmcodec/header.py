@@ -97,7 +97,7 @@ def decode_settings(header: dict) -> DecodeSettings:
     return settings
 
 
-CONTEXT_PACKINGS = ("int8", "rice")  # coding.adapt.CONTEXT_PACKINGS (this module imports no torch)
+CONTEXT_PACKINGS = ("int8", "rice")  # how images' context sections are written (coding.adapt.pack_deltas)
 
 
 def _arith(value) -> str:

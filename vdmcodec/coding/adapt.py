@@ -100,9 +100,9 @@ def feature_head_shape(sm: StepModel, channels: int) -> tuple[int, int] | None:
     return (FEATURE_OUTPUTS, sm.model.net.cfg.channels[0] + 1)
 
 
-# how an image's context section is written: "int8", a byte per number (files of format 7 and
-# before); "rice", a Golomb-Rice code per part (coding.rice; 30% smaller on photographs)
-CONTEXT_PACKINGS = ("int8", "rice")
+# how an image's context section is written (header.CONTEXT_PACKINGS): "int8", a byte per
+# number (files of format 7 and before); "rice", a Golomb-Rice code per part (coding.rice;
+# 30% smaller on photographs)
 WRITE_PACKING = "rice"
 
 
