@@ -399,6 +399,7 @@ class VdmcRunner:
             "seed_bytes": int(rep.seed_bytes),
             "side_bytes": int(rep.side_bytes),
             "context_bytes": int(getattr(rep, "context_bytes", 0)),
+            "film_bytes": int(getattr(rep, "film_bytes", 0)),
             "terms_bpd": {k: float(v) / dims for k, v in rep.terms.items()},
             "report_dims": int(rep.dims),
         }

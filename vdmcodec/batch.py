@@ -246,7 +246,7 @@ def compressed_record(inp, out_path, img, rep, data: bytes, total_dims: int, enc
     from .image_io import LOSSY_FORMATS
 
     share = rep.dims / total_dims if total_dims else 1.0
-    nbytes = (rep.exact_bits / 8 + rep.side_bytes + rep.context_bytes) if archive else len(data)
+    nbytes = (rep.exact_bits / 8 + rep.side_bytes + rep.context_bytes + rep.film_bytes) if archive else len(data)
     rec = {
         "input": str(inp),
         "output": str(out_path),
@@ -263,6 +263,7 @@ def compressed_record(inp, out_path, img, rep, data: bytes, total_dims: int, enc
         "seed_bytes": rep.seed_bytes,
         "side_bytes": rep.side_bytes,
         "context_bytes": rep.context_bytes,
+        "film_bytes": rep.film_bytes,
         "coder_overhead_bits": rep.exact_bits - rep.implied_bits if rep.method == "bitsback" else None,
         "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" and rep.nelbo_bits else None,
         "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},

@@ -20,6 +20,7 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
                            too_small_for_own_context, unpack_deltas)
+from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
 from .coding.steps import StepModel, plan_from_strides
@@ -51,13 +52,13 @@ CODER_NAME = "vdm-bitsback-v1"
 # 2.0816 for 38-55 s of fitting; docs/RESULTS.md, session 8).
 EFFORTS = {
     "fast": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 1, "z0_ensemble": 2,
-             "fit": FitBudget(steps=40, patches=(3, 3), head=False)},
+             "fit": FitBudget(steps=40, patches=(3, 3), head=False), "film": FilmBudget(steps=0)},
     # the steps after the first quarter at strides 2, 4 and 8 (27 steps): +0.0002 bpd of diffusion
     # against strides 2 and 4 (32 steps) for 5 fewer calls (session 13, benchmarks/experiments/step_plans)
     "default": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 2, "z0_ensemble": 4,
-                "fit": FitBudget(steps=60, patches=(4, 4), head=True)},
+                "fit": FitBudget(steps=60, patches=(4, 4), head=True), "film": FilmBudget(steps=60)},
     "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 4,
-            "fit": FitBudget(steps=150, patches=(16, 16), head=True)},
+            "fit": FitBudget(steps=150, patches=(16, 16), head=True), "film": FilmBudget(steps=200)},
 }
 # the network outputs an encode keeps for its verifying decode (Coder.remembering): a Kodak
 # image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which
@@ -90,6 +91,7 @@ class Coder:
     ensemble_steps: int | None = None  # None: every step
     z0_ensemble: int = 1  # network calls at z_0 for images with their own context (StepModel.z0_ensemble)
     fit: FitBudget = field(default_factory=FitBudget)  # the per-image context fit's budget
+    film: FilmBudget = field(default_factory=FilmBudget)  # the per-image FiLM fit's (coding.film; none by default)
     # exact arithmetic (the model's exact tables: files that open on any machine); None: when
     # the model carries the tables
     exact: bool | None = None
@@ -117,6 +119,7 @@ class Coder:
         """A coder with an EFFORTS preset's steps (what the command line uses); the bare
         constructor visits every step with one call."""
         kw.setdefault("fit", EFFORTS[effort]["fit"])
+        kw.setdefault("film", EFFORTS[effort]["film"])
         return cls(loaded, **kw, **effort_settings(effort, len(loaded.gamma_table) - 1, ensemble))
 
     def use_steps(self, plan, ensemble: int, ensemble_steps: int | None, z0_ensemble: int = 1,
@@ -190,6 +193,7 @@ class ImageReport:
     seed_bytes: int = 0
     side_bytes: int = 0
     context_bytes: int = 0  # the image's own pixel-context weights (0: the model's)
+    film_bytes: int = 0  # the image's own FiLM deltas of the network (0: the model's)
     regions: int = 0
     terms: dict = field(default_factory=dict)
 
@@ -248,6 +252,20 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
     if img.planes is None:
         entry["method"] = "classic"
         return entry, report
+    film = fit_film(coder.step_model, img.planes, coder.film)
+    if film is not None:
+        blob = pack_film(film)
+        entry["film"] = f"film{idx}"
+        sections.append((f"film{idx}", blob))
+        report.film_bytes = len(blob)
+    with coder.step_model.adapted(film):
+        _encode_planes(stack, coder, idx, name, img, entry, report, sections, progress, shared, seed_nelbo)
+    return entry, report
+
+
+def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, report: ImageReport, sections, progress,
+                   shared: ContextWeights | None, seed_nelbo: bool) -> None:
+    """The pixel-context fit and the chain of one image's planes, with the network it codes with."""
     weights = None
     if coder.adapt_context:
         weights, _ = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
@@ -273,7 +291,6 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
     report.method = "bitsback"
     report.regions = len(regions)
     _fill_accounting(report, regions, coder, img, weights, seed_nelbo)
-    return entry, report
 
 
 def _channels(img: RasterImage) -> int:
@@ -390,7 +407,7 @@ def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> 
     """The same image with its planes in a classic section instead of on the stack."""
     name, img = image
     codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))
-    entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context")}
+    entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context", "film")}
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"
     sections = [("planes0", blob)]
@@ -509,9 +526,10 @@ def _decode_one(stack, coder, entry, sections, progress, context_rows: int, pack
     nplanes = int(entry["planes"])
     planes = None
     if entry["method"] == "bitsback":
-        planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
-                              context_rows=context_rows,
-                              weights=_image_context(coder, entry, sections, nplanes, packing))
+        with coder.step_model.adapted(_image_film(coder, entry, sections)):
+            planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
+                                  context_rows=context_rows,
+                                  weights=_image_context(coder, entry, sections, nplanes, packing))
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
     alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None
@@ -545,6 +563,16 @@ def _image_context(coder: Coder, entry: dict, sections: dict, nplanes: int, pack
         return unpack_deltas(coder.step_model, sections[entry["pixel_context"]], nplanes, packing)
     except ValueError as exc:
         raise CorruptFileError(f"{entry['name']}: {exc}") from None
+
+
+def _image_film(coder: Coder, entry: dict, sections: dict) -> FilmDeltas | None:
+    """The image's own FiLM deltas of the network, if the encoder sent them."""
+    if not entry.get("film"):
+        return None
+    try:
+        return unpack_film(sections[entry["film"]], film_sizes(coder.loaded.model.net))
+    except (ValueError, AttributeError) as exc:
+        raise CorruptFileError(f"{entry['name']}: FiLM deltas do not fit the model ({exc})") from None
 
 
 def _compute_diff() -> str:

@@ -33,11 +33,13 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # shorter per-image hashes in archives; 5 added compute.z0_ensemble (docs/FORMAT.md), which
 # a reader of 4 would ignore and decode wrongly; 6 added compute.arith ("exact1": the model's
 # exact-arithmetic tables, any thread count; absent: "float"); 7 added image_columns (the
-# per-image fields of an archive written column by column), which a reader of 6 would miss
-FORMAT_VERSION = 8
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # earlier files mean the same in the later versions
+# per-image fields of an archive written column by column), which a reader of 6 would miss;
+# 8 added coder.context_packing (Golomb-Rice context sections); 9 added images[].film (the
+# section of an image's own FiLM deltas of the network), which a reader of 8 would ignore
+FORMAT_VERSION = 9
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
-_OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section"}
+_OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section", "film"}
 
 _FIXED = struct.Struct("<HI")  # version, header length; follows the magic
 _PREFIX_SIZE = len(MAGIC) + _FIXED.size

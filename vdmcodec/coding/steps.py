@@ -20,6 +20,7 @@ from .ans import Codec, windowed_gaussian
 from .arith import FLOAT, Arith, EXACT
 from .grids import PARAM_SNAP, ChainGrids, build_grids, snap
 from ..header import check_plan
+from .film import FilmDeltas, adapted_exact_net, adapted_float_net
 from .pixels import ContextWeights, PixelCodec, PixelContext
 
 LN2 = math.log(2.0)
@@ -52,6 +53,8 @@ class NetworkMemo:
 
     >>> memo = NetworkMemo(budget_bytes=1 << 20)
     >>> key = memo.key(np.zeros((3, 4, 4), np.float32), step=1, calls=2, features=False)
+    >>> key == memo.key(np.zeros((3, 4, 4), np.float32), 1, 2, False, tag=b"another network")
+    False
     >>> memo.put(key, (np.ones((3, 4, 4)), {"reverse_var": np.zeros((3, 4, 4))}))
     >>> eps, aux = memo.get(key)
     >>> float(eps.sum()), memo.hits, memo.get(memo.key(np.ones((3, 4, 4), np.float32), 1, 2, False))
@@ -65,14 +68,16 @@ class NetworkMemo:
         self._entries: OrderedDict[bytes, tuple[tuple[np.ndarray, dict], int]] = OrderedDict()
 
     @staticmethod
-    def key(zk: np.ndarray, step: int, calls: int, features: bool) -> bytes:
-        return NetworkMemo.keys(zk, step, (calls,), features)[calls]
+    def key(zk: np.ndarray, step: int, calls: int, features: bool, tag: bytes = b"") -> bytes:
+        return NetworkMemo.keys(zk, step, (calls,), features, tag)[calls]
 
     @staticmethod
-    def keys(zk: np.ndarray, step: int, calls: tuple[int, ...], features: bool) -> dict[int, bytes]:
-        """One key per number of calls, the input's bytes hashed once."""
+    def keys(zk: np.ndarray, step: int, calls: tuple[int, ...], features: bool,
+             tag: bytes = b"") -> dict[int, bytes]:
+        """One key per number of calls, the input's bytes hashed once; tag names the
+        network (an image's own FiLM deltas, StepModel.adapted)."""
         h = hashlib.blake2b(np.ascontiguousarray(zk).view(np.uint8).ravel(), digest_size=20)
-        h.update(repr((zk.shape, str(zk.dtype), int(step), bool(features))).encode())
+        h.update(repr((zk.shape, str(zk.dtype), int(step), bool(features), bytes(tag))).encode())
         out = {}
         for n in calls:
             hn = h.copy()
@@ -126,11 +131,14 @@ class StepModel:
         self.model = model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         table = snap(np.asarray(gamma_table, dtype=np.float64))
+        self.gamma_table = table  # all T + 1 of the model's (the FiLM fit samples them)
         self.plan = check_plan(range(len(table)) if plan is None else plan, len(table) - 1)
         # exact: an ExactModel (its eps and context networks in exact arithmetic, detmath's
         # transcendentals): the same bits on every machine.  None: float32 networks, numpy.
         self.exact = exact
         self.exact_net = None if exact is None else exact.net
+        self.float_net = model.net  # these two and net_tag change for an image with FiLM deltas (adapted)
+        self.net_tag = b""
         self.arith: Arith = FLOAT if exact is None else EXACT
         if exact is None:
             with torch.no_grad():
@@ -161,6 +169,24 @@ class StepModel:
             yield self.memo
         finally:
             self.memo = None
+
+    @contextmanager
+    def adapted(self, film: FilmDeltas | None):
+        """Within the block the network carries an image's own FiLM deltas (coding.film);
+        None: the model's network."""
+        if film is None:
+            yield
+            return
+        saved = self.exact_net, self.float_net, self.net_tag
+        if self.exact is not None:
+            self.exact_net = adapted_exact_net(self.exact.net, self.model.net, film)
+        else:
+            self.float_net = adapted_float_net(self.model.net, film)
+        self.net_tag = film.tag()
+        try:
+            yield
+        finally:
+            self.exact_net, self.float_net, self.net_tag = saved
 
     def _jump_ratios(self, table: np.ndarray) -> np.ndarray:
         """jump_ratio of every step of the plan (index 0 unused)."""
@@ -244,7 +270,7 @@ class StepModel:
             zk = np.concatenate([zk, self._context_latents(context, i, h)], axis=1)
         memo = self.memo
         if memo is not None:
-            keys = memo.keys(zk, i, calls, features)
+            keys = memo.keys(zk, i, calls, features, self.net_tag)
             known = {n: memo.get(key) for n, key in keys.items()}
             if all(v is not None for v in known.values()):
                 return known
@@ -263,7 +289,7 @@ class StepModel:
             if self.exact_net is not None:
                 outs = flip_ensembles(self.exact_net, z, int(self.plan[i]), calls, with_features=features)
             else:
-                outs = flip_ensembles(self.model.net, z, gamma, calls, with_features=features)
+                outs = flip_ensembles(self.float_net, z, gamma, calls, with_features=features)
 
         def crop(t: torch.Tensor) -> np.ndarray:
             return snap(t[0, :, :h].to("cpu", torch.float64).numpy(), PARAM_SNAP)
