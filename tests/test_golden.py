@@ -211,3 +211,22 @@ def test_version_8_golden_file_with_rice_coded_context_sections_decodes():
     weights = adapt.unpack_deltas(sm, sections[rgb["pixel_context"]], 3, "rice")
     assert weights.feature_head is not None and len(sections[rgb["pixel_context"]]) < 744  # the int8 size
     _assert_golden_crops(dict(decompress_bytes(data, checkpoint=str(DATA / "s4_tiny_four_pass.pt"))))
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_version_9_golden_file_with_film_deltas_decodes(threads, monkeypatch):
+    """Written by session 14's code with vdmc-rgb-t64-s13 in exact arithmetic (make_golden.py
+    v9): each image carries its own FiLM deltas of the network, which the decoder folds into
+    the exact tables; any thread count gives the same bits."""
+    import struct
+
+    from vdmcodec.coding.film import unpack_film
+
+    monkeypatch.setenv("VDMCODEC_THREADS", threads)
+    data = (DATA / "s14_v9_film.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 9
+    header, sections = unpack_container(data)
+    assert header["model"]["id"] == "vdmc-rgb-t64-s13" and header["compute"]["arith"] == "exact1"
+    films = [sections[e["film"]] for e in header["images"]]
+    assert len(films) == 2 and all(any(s.any() for s in unpack_film(f, [128, 256, 256, 256, 128]).steps) for f in films)
+    _assert_golden_crops(dict(decompress_bytes(data)))

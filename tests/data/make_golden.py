@@ -8,6 +8,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s11_v6_exact.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s12_v7_columns.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s13_v8_rice.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s14_v9_film.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -24,7 +25,10 @@ checkpoints must carry that model and its exact tables for the file to keep deco
 Run again with session 12's code and model (vdmc-rgb-t64-s12: a context network of 64
 hidden channels in float16, trained on 4 flipped calls at z_0, which every image then gets),
 "v6" writes format 7: the archive's names and hashes as image_columns.  "v5" run with session
-13's code writes format 8: the images' context sections as Golomb-Rice codes.
+13's code writes format 8: the images' context sections as Golomb-Rice codes.  "v9" is "v6"
+with the shipped model of session 13 (vdmc-rgb-t64-s13) and each image's own FiLM deltas of
+the network forced (random steps in -4..4; the crops are too small for the encoder's fit):
+format 9's images[].film sections, folded into the exact tables by the decoder.
 """
 
 import sys
@@ -72,6 +76,22 @@ def main_v6(ckpt_name: str, archive_name: str) -> None:
     (HERE / archive_name).write_bytes(data)
 
 
+def main_v9(ckpt_name: str, archive_name: str) -> None:
+    import numpy as np
+
+    from vdmcodec import codec
+    from vdmcodec.coding import adapt
+    from vdmcodec.coding.film import FilmDeltas, film_sizes
+
+    torch.set_num_threads(2)
+    adapt.KEEP_IF_SAVING_OVER_COST = -1e9
+    lm = load_checkpoint(HERE / ckpt_name)
+    rng = np.random.default_rng(9)
+    codec.fit_film = lambda sm, planes, budget: FilmDeltas(tuple(rng.integers(-4, 5, n) for n in film_sizes(sm.model.net)))
+    data, _ = compress_images(crops(), Coder.for_effort(lm, "fast", threads=2, exact=True))
+    (HERE / archive_name).write_bytes(data)
+
+
 def main_v4(ckpt_name: str, archive_name: str) -> None:
     from vdmcodec.metadata import ImageMetadata
 
@@ -110,6 +130,8 @@ if __name__ == "__main__":
         main_v2(sys.argv[2], sys.argv[3], z0_ensemble=4)
     elif sys.argv[1] == "v6":
         main_v6(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "v9":
+        main_v9(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:
