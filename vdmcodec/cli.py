@@ -453,21 +453,23 @@ def decompress(file, output, force, checkpoint, device, recursive, as_json):
 def info(file, as_json):
     """Show a .vdmc file's header: model, coder settings, images, size and bpd."""
     from .container import read_header
+    from .header import file_rate
 
     if not file.exists():
         raise InputNotFoundError(f"{file}: no such file")
     header, size = read_header(file)
     images = header.get("images", [])
-    dims = sum(_entry_dims(e) for e in images)
+    rate = file_rate(header, size)
     metadata = _metadata_labels(file, images)  # before any output: a damaged section is an error alone
     if as_json:
-        click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": 8 * size / dims if dims else None,
+        click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": rate["bpd"],
                                "metadata": [metadata.get(i, []) for i in range(len(images))], "header": header}))
         return
     model = header.get("model", {})
     coder = header.get("coder", {})
     comp = header.get("compute", {})
-    click.echo(f"file:     {file} ({size} bytes, {8 * size / dims:.4f} bpd over {dims} dims)" if dims else f"file: {file}")
+    click.echo(f"file:     {file} ({size} bytes, {rate['bpd']:.4f} bpd over {rate['dims']} dims)" if rate["dims"]
+               else f"file: {file}")
     click.echo(f"written:  {header.get('generator')}, {'archive' if header.get('archive') else 'single image'}")
     if model:
         click.echo(f"model:    {model.get('id')} sha256 {model.get('sha256')}")
@@ -487,7 +489,8 @@ def info(file, as_json):
         regions = len(e.get("layout", []))
         click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
                    f"{e.get('method')}" + (f", {regions} regions" if regions else "")
-                   + (", own pixel context" if e.get("pixel_context") else ""))
+                   + (", own pixel context" if e.get("pixel_context") else "")
+                   + (", own FiLM deltas" if e.get("film") else ""))
         kept = ([f"icc profile ({sizes.get(e['icc'], 0):,} bytes)"] if e.get("icc") else []) + metadata.get(i, [])
         if kept:
             click.echo(f"metadata: {'; '.join(kept)}")
@@ -506,11 +509,6 @@ def _metadata_labels(file, images: list[dict]) -> dict[int, list[str]]:
         except ValueError as exc:
             raise CorruptFileError(f"{file}: {exc}") from None
     return out
-
-
-def _entry_dims(e: dict) -> int:
-    per_pixel = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1}.get(e.get("mode"), 1)
-    return int(e.get("width", 0)) * int(e.get("height", 0)) * per_pixel
 
 
 # ------------------------------------------------------------------ eval
@@ -545,44 +543,30 @@ def eval_cmd(inputs, checkpoint, device, threads, seed, effort, ensemble, image_
 
     With an image's own pixel-context weights (as compress would send them), the NELBO is
     under those weights, and total_bpd adds the bits that sending them costs."""
-    from .coding.adapt import fit_image_context
-    from .evaluate import image_nelbo
+    from .evaluate import evaluate_image, mean_bpd
     from .image_io import load_image
 
     files = _expand_inputs(inputs)
     coder = _load_coder(checkpoint, device, threads, effort, ensemble, image_context)
     coder.activate()
-    total_bits = total_dims = 0.0
+    records = []
     for f in files:
         img = load_image(f)
         if img.planes is None:
             click.echo(f"vdmcodec: skipping {f}: mode {img.mode} is coded classically", err=True)
             continue
-        t0 = time.perf_counter()
-        weights, side_bits = None, 0
-        if coder.adapt_context:
-            weights, fit = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
-            side_bits = fit["cost_bits"] if weights is not None else 0
         with _progress(coder.step_model.T * img.width * img.height, f"eval {f.name}") as bar:
-            res = image_nelbo(coder.step_model, img.planes, seed=seed, progress=bar.update, weights=weights)
-        dims = res["dims"]
-        rec = {"input": str(f), "dims": dims, "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
-               "image_context": weights is not None, "side_bpd": side_bits / dims,
-               "total_bpd": (res["nelbo_bits"] + side_bits) / dims,
-               "T": coder.plan[-1], "steps": coder.step_model.T, "effort": effort, "ensemble": coder.ensemble,
-               "ensemble_steps": coder.ensemble_steps, "z0_ensemble": coder.z0_ensemble, "network_calls": coder.step_model.network_calls(),
-               "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
-        total_bits += res["nelbo_bits"] + side_bits
-        total_dims += dims
+            rec = {"input": str(f), **evaluate_image(coder, img.planes, seed=seed, progress=bar.update), "effort": effort}
+        records.append(rec)
         if as_json:
             click.echo(json.dumps(rec))
         else:
-            t = res["terms"]
-            own = f", own pixel context {side_bits / dims:.4f}" if weights is not None else ""
+            t = rec["terms"]
+            own = f", own side data {rec['side_bpd']:.4f}" if rec["side_bpd"] else ""
             click.echo(f"{f}: {rec['total_bpd']:.4f} bpd (recon {t['recon']:.4f}, prior {t['prior']:.4f}, "
                        f"diffusion {t['diffusion']:.4f}{own})")
-    if total_dims and not as_json:
-        click.echo(f"mean over {len(files)} images: {total_bits / total_dims:.4f} bpd "
+    if records and not as_json:
+        click.echo(f"mean over {len(records)} images: {mean_bpd(records):.4f} bpd "
                    f"({coder.step_model.T} of T={coder.plan[-1]} steps, {coder.step_model.network_calls()} network calls)")
 
 

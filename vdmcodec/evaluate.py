@@ -8,13 +8,49 @@ an unbiased estimate of every term of the discrete-time NELBO.
 from __future__ import annotations
 
 import math
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .coding.adapt import fit_image_context
+from .coding.film import HEADER_BYTES as FILM_HEADER_BYTES
+from .coding.film import fit_film, pack_film
 from .coding.pixels import ContextWeights
 from .coding.steps import LOG2E, StepModel
 
+if TYPE_CHECKING:
+    from .codec import Coder
+
 EVAL_MAX_PIXELS = 1 << 19  # larger images are evaluated in row strips of this area (memory)
+
+
+def evaluate_image(coder: "Coder", planes: np.ndarray, seed: int = 0, progress=None) -> dict:
+    """One image's rate as compress would code it, without coding: its own FiLM deltas and
+    pixel-context weights fitted as the coder's budgets say, the NELBO under them, and what
+    sending them costs (side_bpd); total_bpd = nelbo_bpd + side_bpd."""
+    t0 = time.perf_counter()
+    sm = coder.step_model
+    film = fit_film(sm, planes, coder.film)
+    side_bits = 8.0 * (len(pack_film(film)) + FILM_HEADER_BYTES) if film is not None else 0.0
+    with sm.adapted(film):
+        weights = None
+        if coder.adapt_context:
+            weights, fit = fit_image_context(sm, planes, budget=coder.fit)
+            side_bits += fit["cost_bits"] if weights is not None else 0.0
+        res = image_nelbo(sm, planes, seed=seed, progress=progress, weights=weights)
+    dims = res["dims"]
+    return {"dims": dims, "nelbo_bpd": res["nelbo_bpd"], "terms": res["terms"],
+            "image_context": weights is not None, "film": film is not None, "side_bpd": side_bits / dims,
+            "total_bits": res["nelbo_bits"] + side_bits, "total_bpd": (res["nelbo_bits"] + side_bits) / dims,
+            "T": coder.plan[-1], "steps": sm.T, "ensemble": coder.ensemble, "ensemble_steps": coder.ensemble_steps,
+            "z0_ensemble": coder.z0_ensemble, "network_calls": sm.network_calls(),
+            "model_id": coder.loaded.model_id, "seconds": time.perf_counter() - t0}
+
+
+def mean_bpd(records: list[dict]) -> float:
+    """The rate of a set of images as one: total bits over total dimensions."""
+    return sum(r["total_bits"] for r in records) / sum(r["dims"] for r in records)
 
 
 def image_nelbo(sm: StepModel, planes: np.ndarray, seed: int = 0, progress=None,

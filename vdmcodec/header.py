@@ -112,6 +112,25 @@ def _ensemble(value, what: str) -> int:
     return int(value)
 
 
+# samples per pixel of each image mode a file stores (P and 1 as one plane of indices)
+SAMPLES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1}
+
+
+def entry_dims(entry: dict) -> int:
+    """An image entry's dimensions (pixels x samples per pixel): the bpd denominator."""
+    return int(entry.get("width", 0)) * int(entry.get("height", 0)) * SAMPLES_PER_PIXEL.get(entry.get("mode"), 1)
+
+
+def file_rate(header: dict, size: int) -> dict:
+    """A file's size as a rate over all its images (`vdmcodec info`).
+
+    >>> file_rate({"images": [{"width": 4, "height": 2, "mode": "RGB"}]}, 12)
+    {'bytes': 12, 'dims': 24, 'bpd': 4.0}
+    """
+    dims = sum(entry_dims(e) for e in header.get("images", []))
+    return {"bytes": size, "dims": dims, "bpd": 8 * size / dims if dims else None}
+
+
 def writer_setup(header: dict) -> str:
     """The writer's compute setup in words (for the message when a file does not decode)."""
     w = header.get("compute", {}) if isinstance(header.get("compute"), dict) else {}
