@@ -681,14 +681,16 @@ def test_corrupted_file_exit_8(small_file, where):
 
 
 def test_unknown_format_version_exit_9(small_file):
+    from vdmcodec.container import FORMAT_VERSION
     data = bytearray(small_file.read_bytes())
     (hlen,) = struct.unpack_from("<I", data, 10)
-    struct.pack_into("<H", data, 8, 9)
-    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed v9 header
-    v9 = small_file.with_name("v9.vdmc")
+    newer = FORMAT_VERSION + 1
+    struct.pack_into("<H", data, 8, newer)
+    struct.pack_into("<I", data, 14 + hlen, zlib.crc32(bytes(data[8 : 14 + hlen])))  # a well-formed header of a newer version
+    v9 = small_file.with_name("newer.vdmc")
     v9.write_bytes(bytes(data))
-    assert_error(invoke("decompress", v9, "-o", small_file.parent / "out"), 9, "version 9")
-    assert_error(invoke("info", v9), 9, "version 9")
+    assert_error(invoke("decompress", v9, "-o", small_file.parent / "out"), 9, f"version {newer}")
+    assert_error(invoke("info", v9), 9, f"version {newer}")
     assert not (small_file.parent / "out").exists()
 
 

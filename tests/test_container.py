@@ -153,7 +153,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 9, 65535])
+@pytest.mark.parametrize("version", [0, 10, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -174,7 +174,7 @@ def test_earlier_version_files_still_read(packed, version):
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 9), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 10), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -241,7 +241,7 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 9)
+    struct.pack_into("<H", damaged, len(MAGIC), 10)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)

@@ -41,6 +41,7 @@ def random_patches(im: np.ndarray, gen: np.random.Generator, n: int, size: int) 
 
 def step_bits(net, table, x: torch.Tensor, i: int, eps: torch.Tensor) -> torch.Tensor:
     """Bits of p(z_{i-1} | z_i) against q for images x at step i with noise eps (summed)."""
+    CURRENT_STEP[0] = i
     g_t, g_s = table[i].float(), table[i - 1].float()
     a, s = torch.sqrt(torch.sigmoid(-g_t)), torch.sqrt(torch.sigmoid(g_t))
     z = a * pixels_to_unit(x) + s * eps
@@ -49,12 +50,23 @@ def step_bits(net, table, x: torch.Tensor, i: int, eps: torch.Tensor) -> torch.T
     return step_kl(r, reverse_log_var(aux["reverse_var"])).sum() / math.log(2)
 
 
+CURRENT_STEP = [0]  # the step of the network call under way (film2's deltas depend on it)
+SPLIT_STEP = 8  # film2: one set of deltas for steps 1..8, another for the later ones
+
+
 class Adapters:
     """Zero-initialised deltas attached to a network by forward hooks."""
 
     def __init__(self, net, group: str):
         self.params, self.handles = [], []
-        if group.startswith("film"):
+        if group == "film2":
+            for blk in [*net.blocks1, *net.blocks2, *net.ublocks1]:
+                lo = torch.zeros(blk.film.out_features, requires_grad=True)
+                hi = torch.zeros(blk.film.out_features, requires_grad=True)
+                self.params += [lo, hi]
+                self.handles.append(blk.film.register_forward_hook(
+                    lambda m, i, o, lo=lo, hi=hi: o + (lo if CURRENT_STEP[0] <= SPLIT_STEP else hi)))
+        elif group.startswith("film"):
             blocks = {"film": [*net.blocks1, *net.blocks2, *net.ublocks1], "film_b2": [*net.blocks2],
                       "film_b1u": [*net.blocks1, *net.ublocks1]}[group]
             for blk in blocks:
