@@ -1,0 +1,98 @@
+"""Time and peak memory of one large photograph through the command line (issue 16).
+
+No photograph of 12 or 24 MP ships with the project, so this builds one: a mosaic of the
+largest training photographs (train/photos, each cropped to 1280x800, in name order, reused
+when there are too few), of about the megapixels asked.  Then `vdmcodec compress` (with its
+verifying decode) and `vdmcodec decompress` run as child processes, each timed, with its
+peak resident memory read from the OS, and the decoded pixels are compared:
+
+    python -m benchmarks.large_image --megapixels 12 --effort fast --json results/large_12mp.json
+
+Writes a JSON record with the settings, seconds, peak memory and sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TILE = (1280, 800)  # width, height
+
+
+def mosaic(photos: Path, megapixels: float) -> np.ndarray:
+    files = sorted(p for p in photos.glob("*.png"))
+    tiles = []
+    for p in files:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.width >= TILE[0] and im.height >= TILE[1]:
+                x, y = (im.width - TILE[0]) // 2, (im.height - TILE[1]) // 2
+                tiles.append(np.asarray(im.crop((x, y, x + TILE[0], y + TILE[1]))))
+    if not tiles:
+        raise SystemExit(f"no photograph of at least {TILE[0]}x{TILE[1]} in {photos}")
+    n = max(1, round(megapixels * 1e6 / (TILE[0] * TILE[1])))
+    cols = max(1, round(np.sqrt(n * TILE[1] / TILE[0] * 4 / 3)))  # about 4:3
+    rows = -(-n // cols)
+    grid = [tiles[k % len(tiles)] for k in range(rows * cols)]
+    return np.concatenate([np.concatenate(grid[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
+
+
+def run_child(args: list[str]) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of a child process: the first this process starts (ru_maxrss
+    of children is the largest of any child so far)."""
+    t = time.perf_counter()
+    subprocess.run(args, check=True)
+    return time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--effort", default="default")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--photos", default=os.environ.get("VDMCODEC_DATA", "../shared/data") + "/train/photos")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+    pixels = mosaic(Path(args.photos), args.megapixels)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, vdmc, back = Path(tmp, "mosaic.png"), Path(tmp, "mosaic.vdmc"), Path(tmp, "back.png")
+        Image.fromarray(pixels).save(src)
+        cli = [sys.executable, "-m", "vdmcodec"]
+        enc_s, enc_mb = run_child(cli + ["compress", str(src), "-o", str(vdmc), "--effort", args.effort,
+                                         "--threads", str(args.threads)])
+        # a second child for the decode: ru_maxrss of children is a maximum over all of them,
+        # so the decode's own peak is read in a fresh process
+        code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                "subprocess.run(sys.argv[1:], check=True); "
+                "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code, *cli, "decompress", str(vdmc), "-o", str(back)],
+                             check=True, capture_output=True, text=True).stdout.split()
+        dec_s, dec_mb = float(out[-2]), float(out[-1]) / 1024.0
+        with Image.open(back) as im:
+            exact = bool(np.array_equal(np.asarray(im.convert("RGB")), pixels))
+        nbytes = vdmc.stat().st_size
+    h, w = pixels.shape[:2]
+    rec = {"command": "python -m benchmarks.large_image " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "width": w, "height": h, "megapixels": w * h / 1e6, "effort": args.effort, "threads": args.threads,
+           "bytes": nbytes, "bpd": 8 * nbytes / (w * h * 3), "exact": exact,
+           "compress_with_check_s": enc_s, "compress_peak_rss_mb": enc_mb,
+           "decompress_s": dec_s, "decompress_peak_rss_mb": dec_mb,
+           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    Path(args.json).write_text(json.dumps(rec, indent=1) + "\n")
+    print(json.dumps(rec))
+    if not exact:
+        raise SystemExit("decoded pixels differ")
+
+
+if __name__ == "__main__":
+    main()
