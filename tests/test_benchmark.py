@@ -254,3 +254,17 @@ def test_every_coder_call_costs_its_ideal_bits(tiny_checkpoint, tmp_path, capsys
         assert c["overhead_bits"] + c["beyond_precision_excess_bits"] > -1e-3 * c["count"], (kind, c)
     assert calls["q_pop"]["beyond_precision"] == 0  # Q's own draws are never that improbable
     assert out["region_overhead_bits"] < 1e-3 * out["dims"] * 8
+
+
+def test_large_image_mosaic_tiles_the_photographs_to_about_the_size_asked(tmp_path):
+    from benchmarks.large_image import TILE, mosaic
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (TILE[1] + 10, TILE[0] + 20, 3), dtype=np.uint8) for _ in range(2)]
+    for k, t in enumerate(tiles):
+        Image.fromarray(t).save(tmp_path / f"p{k}.png")
+    Image.fromarray(tiles[0][:100, :100]).save(tmp_path / "small.png")  # too small: left out
+    m = mosaic(tmp_path, 12)
+    n = (m.shape[0] // TILE[1]) * (m.shape[1] // TILE[0])
+    assert m.shape[0] % TILE[1] == 0 and m.shape[1] % TILE[0] == 0 and abs(n * TILE[0] * TILE[1] / 12e6 - 1) < 0.15
+    assert np.array_equal(m[:TILE[1], :TILE[0]], tiles[0][5:5 + TILE[1], 10:10 + TILE[0]])  # centre crops, in name order
+    assert np.array_equal(m[:TILE[1], TILE[0]:2 * TILE[0]], tiles[1][5:5 + TILE[1], 10:10 + TILE[0]])
