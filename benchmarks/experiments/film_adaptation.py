@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -22,15 +21,8 @@ import torch
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.coding.rice import pack_parts
-from vdmcodec.model.vdm import pixels_to_unit, reverse_log_var, step_kl
+from vdmcodec.coding import film
 from vdmcodec.train import load_rgb
-
-
-def grid_patches(im: np.ndarray, n: int = 3, ph: int = 64, pw: int = 96) -> torch.Tensor:
-    h, w = im.shape[:2]
-    ys = np.linspace(0, h - ph, n).astype(int)
-    xs = np.linspace(0, w - pw, n).astype(int)
-    return torch.from_numpy(np.stack([im[y:y + ph, x:x + pw] for y in ys for x in xs]).astype(np.int64)).permute(0, 3, 1, 2)
 
 
 def random_patches(im: np.ndarray, gen: np.random.Generator, n: int, size: int) -> torch.Tensor:
@@ -40,14 +32,9 @@ def random_patches(im: np.ndarray, gen: np.random.Generator, n: int, size: int) 
 
 
 def step_bits(net, table, x: torch.Tensor, i: int, eps: torch.Tensor) -> torch.Tensor:
-    """Bits of p(z_{i-1} | z_i) against q for images x at step i with noise eps (summed)."""
+    """The coder's fit loss (coding.film.step_bits), noting the step for film2's hooks."""
     CURRENT_STEP[0] = i
-    g_t, g_s = table[i].float(), table[i - 1].float()
-    a, s = torch.sqrt(torch.sigmoid(-g_t)), torch.sqrt(torch.sigmoid(g_t))
-    z = a * pixels_to_unit(x) + s * eps
-    eps_hat, aux = net(z, g_t.reshape(1), with_aux=True)
-    r = torch.expm1(g_t - g_s) * (eps - eps_hat) ** 2
-    return step_kl(r, reverse_log_var(aux["reverse_var"])).sum() / math.log(2)
+    return film.step_bits(net, table, x, i, eps)
 
 
 CURRENT_STEP = [0]  # the step of the network call under way (film2's deltas depend on it)
@@ -60,14 +47,14 @@ class Adapters:
     def __init__(self, net, group: str):
         self.params, self.handles = [], []
         if group == "film2":
-            for blk in [*net.blocks1, *net.blocks2, *net.ublocks1]:
+            for _, blk in film.film_blocks(net):
                 lo = torch.zeros(blk.film.out_features, requires_grad=True)
                 hi = torch.zeros(blk.film.out_features, requires_grad=True)
                 self.params += [lo, hi]
                 self.handles.append(blk.film.register_forward_hook(
                     lambda m, i, o, lo=lo, hi=hi: o + (lo if CURRENT_STEP[0] <= SPLIT_STEP else hi)))
         elif group.startswith("film"):
-            blocks = {"film": [*net.blocks1, *net.blocks2, *net.ublocks1], "film_b2": [*net.blocks2],
+            blocks = {"film": [b for _, b in film.film_blocks(net)], "film_b2": [*net.blocks2],
                       "film_b1u": [*net.blocks1, *net.ublocks1]}[group]
             for blk in blocks:
                 d = torch.zeros(blk.film.out_features, requires_grad=True)
@@ -120,7 +107,7 @@ def main(argv=None):
     steps = list(range(1, 17))
     for path in args.images:
         im = load_rgb(path)
-        x_eval = grid_patches(im)
+        x_eval = film.grid_patches(torch.from_numpy(im.transpose(2, 0, 1).astype(np.int64)))
         base = evaluate(net, table, x_eval, steps, seed=2)
         res = {"image": path.split("/")[-1], "steps1_16_bpd": round(base, 4)}
         for group in args.groups.split(","):

@@ -167,7 +167,7 @@ def fit_deltas(sm: "StepModel", planes: np.ndarray, budget: FilmBudget,
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        eval_x = _grid_patches(x)
+        eval_x = grid_patches(x)
         with torch.no_grad():
             before = _eval_bits(net, table, eval_x, steps, seed)
         _adam(net, table, x, deltas, steps, budget.steps, seed)
@@ -186,7 +186,7 @@ def fit_deltas(sm: "StepModel", planes: np.ndarray, budget: FilmBudget,
     return film, saving_bits, 8.0 * (len(pack_film(film)) + HEADER_BYTES)
 
 
-def _step_bits(net, table: torch.Tensor, x: torch.Tensor, i: int, eps: torch.Tensor) -> torch.Tensor:
+def step_bits(net, table: torch.Tensor, x: torch.Tensor, i: int, eps: torch.Tensor) -> torch.Tensor:
     """Bits of step i's KL for pixels x (B, C, H, W int64) at noise eps, summed (the training loss)."""
     g_t, g_s = table[i], table[i - 1]
     z = torch.sqrt(torch.sigmoid(-g_t)) * pixels_to_unit(x) + torch.sqrt(torch.sigmoid(g_t)) * eps
@@ -205,13 +205,13 @@ def _adam(net, table, x, deltas, steps, iters: int, seed: int) -> None:
         xs = rng.integers(0, w - FILM_PATCH + 1, FILM_BATCH)
         batch = torch.stack([x[:, y:y + FILM_PATCH, x0:x0 + FILM_PATCH] for y, x0 in zip(ys, xs)])
         i = int(rng.integers(steps.start, steps.stop))
-        loss = _step_bits(net, table, batch, i, torch.randn(batch.shape, generator=gen)) / batch.numel()
+        loss = step_bits(net, table, batch, i, torch.randn(batch.shape, generator=gen)) / batch.numel()
         opt.zero_grad()
         loss.backward()
         opt.step()
 
 
-def _grid_patches(x: torch.Tensor) -> torch.Tensor:
+def grid_patches(x: torch.Tensor) -> torch.Tensor:
     _, h, w = x.shape
     ph, pw = FILM_PATCH, min(w, FILM_PATCH * 3 // 2)
     ys = np.linspace(0, h - ph, EVAL_GRID[0]).astype(int)
@@ -227,5 +227,5 @@ def _eval_bits(net, table, x: torch.Tensor, steps: range, seed: int) -> float:
     for i in steps:
         eps = torch.randn(x.shape, generator=gen)
         if i % 2:
-            total += 2.0 * float(_step_bits(net, table, x, i, eps))
+            total += 2.0 * float(step_bits(net, table, x, i, eps))
     return total
