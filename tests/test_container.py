@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
@@ -10,6 +11,7 @@ import pytest
 
 from vdmcodec.container import FORMAT_VERSION, MAGIC, pack_container, read_header, share_image_fields, unpack_container
 from vdmcodec.errors import CorruptFileError, InputNotFoundError, UnsupportedVersionError
+from vdmcodec.header_zdict import HEADER_ZDICT_V10
 
 HEADER = {"model": {"id": "vdm-test", "sha256": "ab" * 32}, "coder": {"precision": 24}, "note": "größe ✓"}
 SECTIONS = [("image0", b"\x00\x01\x02" * 7), ("alpha0", b"\xff" * 5), ("empty", b""), ("tail", b"xyz")]
@@ -41,19 +43,23 @@ def expect_error(data: bytes, cls: type[Exception], words: tuple[str, ...] = ())
     return message
 
 
-def deflate(raw: bytes) -> bytes:
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+def deflate(raw: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """The header as FORMAT.md says a file of this version deflates it (from version 10
+    with the preset dictionary)."""
+    zdict = {"zdict": HEADER_ZDICT_V10} if version >= 10 else {}
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, **zdict)
     return comp.compress(raw) + comp.flush()
 
 
 def inflate(blob: bytes) -> bytes:
-    return zlib.decompress(blob, -15)
+    dec = zlib.decompressobj(-15, zdict=HEADER_ZDICT_V10)
+    return dec.decompress(blob) + dec.flush()
 
 
 def rebuild(header_text: bytes, tail: bytes = b"", version: int = FORMAT_VERSION, *, raw: bool = False) -> bytes:
     """A container with an arbitrary header text but a valid header CRC: what a buggy or
     hostile writer could produce.  The text is deflated as the format says unless raw."""
-    header_bytes = header_text if raw else deflate(header_text)
+    header_bytes = header_text if raw else deflate(header_text, version)
     body = struct.pack("<HI", version, len(header_bytes)) + header_bytes
     return MAGIC + body + struct.pack("<I", zlib.crc32(body)) + tail
 
@@ -73,7 +79,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 9
+    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 10
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -153,7 +159,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 10, 65535])
+@pytest.mark.parametrize("version", [0, 11, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -161,20 +167,59 @@ def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     assert "newer" in message or version == 0
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 9])
 def test_earlier_version_files_still_read(packed, version):
-    """Versions 2 to 5 only added optional header fields and section contents, so earlier
-    files read as before."""
+    """Versions 2 to 9 only added optional header fields and section contents, and version 10
+    the header's preset dictionary, so earlier files (their header deflated without it) read
+    as before."""
     assert struct.unpack_from("<H", packed, len(MAGIC))[0] == FORMAT_VERSION
+    start = len(MAGIC) + 6
+    text = inflate(packed[start : start + header_length(packed)])
+    old = rebuild(text, packed[start + header_length(packed) + 4 :], version)
+    assert unpack_container(old) == unpack_container(packed)
+
+
+def test_header_dictionary_is_frozen():
+    """Files of version 10 inflate only with exactly these bytes: changing them needs a new
+    format version (and keeping these for reading)."""
+    assert hashlib.sha256(HEADER_ZDICT_V10).hexdigest() == "be87aefddfd540f5ab629c1d3b9418d8a4f9e22c06896f320721493ff6df5f32"
+
+
+def test_header_deflated_with_dictionary_is_corrupt_as_an_older_version(packed):
+    """A version-10 header read as version 9 (without the dictionary) does not inflate: the
+    version field decides, and the damage is reported, not misread."""
     old = bytearray(packed)
-    struct.pack_into("<H", old, len(MAGIC), version)
+    struct.pack_into("<H", old, len(MAGIC), 9)
     end = len(MAGIC) + 6 + header_length(packed)
     struct.pack_into("<I", old, end, zlib.crc32(bytes(old[len(MAGIC):end])))
-    assert unpack_container(bytes(old)) == unpack_container(packed)
+    expect_error(bytes(old), CorruptFileError, ("inflate",))
+
+
+def test_header_dictionary_shrinks_a_photographs_header():
+    """A single photograph's header (the fields the codec writes for a 768x512 image at the
+    default effort, with another pixel hash, layout and sizes than the dictionary's): the
+    dictionary takes most of what raw DEFLATE spends."""
+    header = {"ans_words": 98210, "archive": False, "coder": {
+        "T": 27, "ans": "constriction 0.5.0", "context_packing": "rice", "context_rows": 4, "max_region_pixels": 524288,
+        "name": "vdm-bitsback-v1", "param_snap": 2.0 ** -16, "precision_bits": 24,
+        "plan": list(range(17)) + [18, 20, 22, 24, 28, 32, 36, 40, 48, 56, 64]},
+        "compute": {"arith": "exact1", "cpu_capability": "AVX2", "device": "cpu", "ensemble": 2, "ensemble_steps": 16,
+                    "numpy": "2.4.6", "threads": 2, "torch": "2.13.0+cpu", "z0_ensemble": 4},
+        "generator": "vdmcodec 0.1.0", "model": {"id": "vdmc-rgb-t64-s13", "sha256": hashlib.sha256(b"m").hexdigest()},
+        "images": [{"bit_depth": 8, "height": 512, "width": 768, "method": "bitsback", "mode": "RGB", "name": "kodim23",
+                    "pixel_context": "context0", "film": "film0", "planes": 3,
+                    "pixel_sha256": hashlib.sha256(b"pixels").hexdigest(),
+                    "layout": [{"bytes": 13119, "codec": "webp", "kind": "classic", "rows": [0, 18]}]
+                    + [{"kind": "bitsback", "rows": [a, b]} for a, b in zip(range(18, 500, 30), range(48, 530, 30))]}]}
+    sections = [("ans", b"a" * 300), ("film0", b"f" * 20), ("context0", b"c" * 50)]
+    packed = pack_container(header, sections)
+    text = inflate(packed[14 : 14 + header_length(packed)])
+    assert header_length(packed) < 0.45 * len(deflate(text, 9))
+    assert unpack_container(packed)[0]["images"] == header["images"]
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 10), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", 11), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -241,7 +286,7 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 10)
+    struct.pack_into("<H", damaged, len(MAGIC), 11)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)

@@ -230,3 +230,20 @@ def test_version_9_golden_file_with_film_deltas_decodes(threads, monkeypatch):
     films = [sections[e["film"]] for e in header["images"]]
     assert len(films) == 2 and all(any(s.any() for s in unpack_film(f, [128, 256, 256, 256, 128]).steps) for f in films)
     _assert_golden_crops(dict(decompress_bytes(data)))
+
+
+def test_version_10_golden_file_with_the_header_dictionary_decodes():
+    """Written by session 15's code (make_golden.py v9, as s14_v9_film.vdmc): the header is
+    deflated from the preset dictionary of format 10, and inflates only with it."""
+    import struct
+    import zlib
+
+    data = (DATA / "s15_v10_zdict.vdmc").read_bytes()
+    version, length = struct.unpack_from("<HI", data, 8)
+    assert version == 10
+    with pytest.raises(zlib.error):
+        zlib.decompress(data[14 : 14 + length], -15)
+    header, _ = unpack_container(data)
+    assert header["model"]["id"] == "vdmc-rgb-t64-s13" and all("film" in e for e in header["images"])
+    assert length < struct.unpack_from("<I", (DATA / "s14_v9_film.vdmc").read_bytes(), 10)[0] - 300
+    _assert_golden_crops(dict(decompress_bytes(data)))

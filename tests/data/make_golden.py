@@ -9,6 +9,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s12_v7_columns.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s13_v8_rice.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s14_v9_film.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s15_v10_zdict.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -28,7 +29,8 @@ hidden channels in float16, trained on 4 flipped calls at z_0, which every image
 13's code writes format 8: the images' context sections as Golomb-Rice codes.  "v9" is "v6"
 with the shipped model of session 13 (vdmc-rgb-t64-s13) and each image's own FiLM deltas of
 the network forced (random steps in -4..4; the crops are too small for the encoder's fit):
-format 9's images[].film sections, folded into the exact tables by the decoder.
+format 9's images[].film sections, folded into the exact tables by the decoder.  Run with
+session 15's code, "v9" writes format 10: the header deflated from the preset dictionary.
 """
 
 import sys
