@@ -615,3 +615,22 @@ def test_a_damaged_classic_strip_is_a_value_error(damage):
     _, data = encode_rows(x)
     with pytest.raises(ValueError):
         decode_rows(damage(data), 3, 2, 64)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_classic_strips_take_the_smallest_code_and_round_trip(channels):
+    """A photograph's seed strip (18 rows of 768): every tag decodes to the same pixels and
+    the smallest is kept; on a photograph that is JPEG XL (format 10), below WebP's size."""
+    from vdmcodec.coding import classic
+
+    x = np.ascontiguousarray(kodak_crop(18, 768, index=5, top=0, left=0).transpose(2, 0, 1))[:channels]
+    codec, data = classic.encode_rows(x)
+    assert np.array_equal(classic.decode_rows(data, channels, 18, 768), x)
+    jxl = bytes([classic.TAG_JXL]) + classic.imagecodecs.jpegxl_encode(
+        x[0] if channels == 1 else np.ascontiguousarray(x.transpose(1, 2, 0)), lossless=True, effort=9)
+    assert np.array_equal(classic.decode_rows(jxl, channels, 18, 768), x)
+    assert len(data) <= len(jxl)
+    if channels == 3:
+        assert codec == "jxl"
+    with pytest.raises(ValueError, match="wrong size"):  # a strip of another size or channel count
+        classic.decode_rows(jxl, 4 - channels, 18, 768)

@@ -1,6 +1,9 @@
 """Classic lossless codes for row strips: the seed of an image's first rows, and the fallback.
 
-The smallest of zlib on raw bytes, PNG and WebP lossless, behind a one-byte tag.
+The smallest of zlib on raw bytes, PNG, WebP lossless and (format 10) JPEG XL lossless,
+behind a one-byte tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
+at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
+a second; its lossless decode is exact by the standard, whatever libjxl decodes it.
 """
 
 from __future__ import annotations
@@ -8,13 +11,17 @@ from __future__ import annotations
 import io
 import zlib
 
+import imagecodecs
 import numpy as np
 from PIL import Image
 
-TAG_ZLIB, TAG_PNG, TAG_WEBP = 0, 1, 2
-NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp"}
+TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL = 0, 1, 2, 3
+NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl"}
 WEBP_MAX_SIDE = 16383
 WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only for small strips
+# JPEG XL's effort 9 takes about 0.2 s on a 768 x 64 strip; larger images (the fallback of a
+# whole photograph) take effort 7 (under a second per megapixel)
+JXL_EFFORT_9_MAX_PIXELS = 1 << 18
 
 
 def _to_pil(x: np.ndarray) -> Image.Image:
@@ -34,6 +41,9 @@ def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS) -> tuple[
         buf = io.BytesIO()
         im.save(buf, "WEBP", lossless=True, quality=100, method=6, exact=True)
         cands.append(bytes([TAG_WEBP]) + buf.getvalue())
+    pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
+    effort = 9 if h * w <= JXL_EFFORT_9_MAX_PIXELS else 7
+    cands.append(bytes([TAG_JXL]) + imagecodecs.jpegxl_encode(pixels, lossless=True, effort=effort))
     best = min(cands, key=len)
     return NAMES[best[0]], best
 
@@ -46,11 +56,15 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
     try:
         if data[0] == TAG_ZLIB:
             return np.frombuffer(zlib.decompress(body), dtype=np.uint8).reshape(channels, height, width)
-        with Image.open(io.BytesIO(body)) as im:
-            im.load()
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (OSError, zlib.error, ValueError, SyntaxError) as exc:  # PIL's errors on damaged data
+        if data[0] == TAG_JXL:
+            arr = imagecodecs.jpegxl_decode(body)
+        else:
+            with Image.open(io.BytesIO(body)) as im:
+                im.load()
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    # PIL's and libjxl's errors on damaged data (imagecodecs.JpegxlError is a RuntimeError)
+    except (OSError, zlib.error, ValueError, SyntaxError, RuntimeError) as exc:
         raise ValueError(f"classic strip does not decode ({type(exc).__name__})") from None
-    if arr.shape[:2] != (height, width):
+    if arr.dtype != np.uint8 or arr.shape != ((height, width) if channels == 1 else (height, width, 3)):
         raise ValueError("classic strip has the wrong size")
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
