@@ -329,6 +329,29 @@ def test_a_network_that_hurts_everywhere_is_turned_off(coder_net, monkeypatch):
     assert info["candidates"]["off"]["held_out_bpd"] < info["held_out_bpd_model"], info
 
 
+def test_a_batched_fit_steps_on_patches_drawn_afresh_and_still_fits(coder_net, monkeypatch):
+    """FitBudget.batch: every Adam step sees `batch` of the patches (a different draw each
+    step), and the fit still finds what the held-out pixels want (here: a network whose
+    outputs are far too large turned down)."""
+    model = coder_net.loaded.model
+    sizes, firsts = [], []
+    context_params = model.context_params
+
+    def recording(xt, *a, **k):
+        sizes.append(xt.shape[0])
+        firsts.append(float(xt[:, :, 0, 0].sum()))
+        return context_params(xt, *a, **k)
+
+    monkeypatch.setattr(model, "context_params", recording)
+    budget = adapt.FitBudget(steps=30, patches=(4, 4), head=False, batch=4)
+    with heads_scaled(coder_net, 30.0):
+        weights, info = adapt.fit_image_context(coder_net.step_model, kodak_crop(200, 300, index=3), budget=budget)
+    steps = [f for n, f in zip(sizes, firsts) if n == 4]
+    assert len(steps) == 2 * 30 and sizes.count(16) >= 1  # two candidates (linear, off); the rest see all 16
+    assert len(set(steps)) > 10  # the draws differ from step to step
+    assert weights is not None and info["held_out_bpd_fitted"] < info["held_out_bpd_model"] - 0.05, info
+
+
 def test_model_trained_on_ensembled_calls_gives_them_to_every_image(tmp_path, monkeypatch):
     """A model whose context saw z0_ensemble calls at z_0 (VDMConfig.context_calls) codes an
     image with the model's own weights at those calls too; the decoder, loading the model

@@ -55,10 +55,13 @@ EFFORTS = {
              "fit": FitBudget(steps=40, patches=(3, 3), head=False), "film": FilmBudget(steps=0)},
     # the steps after the first quarter at strides 2, 4 and 8 (27 steps): +0.0002 bpd of diffusion
     # against strides 2 and 4 (32 steps) for 5 fewer calls (session 13, benchmarks/experiments/step_plans)
+    # the context fit on 16 of 64 patches per step, 100 steps, and 200 FiLM steps: -0.006 and
+    # -0.006 bpd for about 4 s each on held-apart photographs, at no cost to the decoder
+    # (session 15, benchmarks/experiments/fit_budget and effort_ablation)
     "default": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 2, "z0_ensemble": 4,
-                "fit": FitBudget(steps=60, patches=(4, 4), head=True), "film": FilmBudget(steps=60)},
+                "fit": FitBudget(steps=100, patches=(8, 8), head=True, batch=16), "film": FilmBudget(steps=200)},
     "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 4,
-            "fit": FitBudget(steps=150, patches=(16, 16), head=True), "film": FilmBudget(steps=200)},
+            "fit": FitBudget(steps=150, patches=(16, 16), head=True, batch=16), "film": FilmBudget(steps=200)},
 }
 # the network outputs an encode keeps for its verifying decode (Coder.remembering): a Kodak
 # image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which

@@ -3,10 +3,11 @@
     python -m benchmarks.experiments.effort_ablation IMAGES... --crop 768x512 --variants default ens4 ...
 
 Each image (a centre crop) is compressed (no verifying decode) with the default preset and
-with each variant, which changes one setting to max's: `ens4` 4 calls on the first quarter of
-steps, `allsteps` every step of T, `fitmax` max's context fit, `film200` max's FiLM fit.  Prints
-and writes (--json) bytes, bpd and encode seconds per image and variant.  Choose on training
-images, never on the benchmark sets.
+with each variant, which changes settings of it, joined by `+`: `ens4` 4 calls on the first
+quarter of steps, `allsteps` every step of T, `fitmax` max's context fit, `film200` max's FiLM
+fit (session 14's max), `film=N` N FiLM steps, `fit=RxC:STEPS[:BATCH]` a context-fit budget
+(benchmarks.experiments.fit_budget).  Prints and writes (--json) bytes, bpd and encode seconds
+per image and variant.  Choose on training images, never on the benchmark sets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import EFFORTS, Coder, compress_images, effort_settings
+from vdmcodec.coding.film import FilmBudget
 from vdmcodec.coding.steps import plan_from_strides
 from vdmcodec.image_io import RasterImage, load_image
 
@@ -32,20 +34,27 @@ def centre_crop(path: Path, width: int, height: int) -> RasterImage:
     return RasterImage("RGB" if c == 3 else "L", crop.shape[1], crop.shape[0], crop, None, None)
 
 
-def variant_kwargs(name: str, T: int) -> dict:
-    """Coder keywords: the default preset with one of max's settings."""
+def variant_kwargs(variant: str, T: int) -> dict:
+    """Coder keywords: the default preset with the variant's changes."""
+    from benchmarks.experiments.fit_budget import parse_budget
+
     kw = effort_settings("default", T)
     kw["fit"], kw["film"] = EFFORTS["default"]["fit"], EFFORTS["default"]["film"]
-    if name == "ens4":
-        kw["ensemble"] = 4
-    elif name == "allsteps":
-        kw["plan"] = plan_from_strides(T, EFFORTS["max"]["strides"])
-    elif name == "fitmax":
-        kw["fit"] = EFFORTS["max"]["fit"]
-    elif name == "film200":
-        kw["film"] = EFFORTS["max"]["film"]
-    elif name != "default":
-        raise SystemExit(f"unknown variant {name}")
+    for name in variant.split("+"):
+        if name == "ens4":
+            kw["ensemble"] = 4
+        elif name == "allsteps":
+            kw["plan"] = plan_from_strides(T, EFFORTS["max"]["strides"])
+        elif name == "fitmax":
+            kw["fit"] = EFFORTS["max"]["fit"]
+        elif name == "film200":
+            kw["film"] = FilmBudget(steps=200)
+        elif name.startswith("film="):
+            kw["film"] = FilmBudget(steps=int(name[5:]))
+        elif name.startswith("fit="):
+            kw["fit"] = parse_budget(name[4:])
+        elif name != "default":
+            raise SystemExit(f"unknown variant {name}")
     return kw
 
 

@@ -57,6 +57,9 @@ class FitBudget:
     patches: tuple[int, int] = (4, 4)  # rows x columns of patches the fit sees
     patch: tuple[int, int] = FIT_PATCH  # each patch's height, width
     head: bool = True  # also try fitting the context network's last layers
+    # patches per Adam step, drawn afresh from all of them each step (None: all): more
+    # patches at the cost of fewer (session 15, benchmarks/experiments/fit_budget)
+    batch: int | None = None
 
 
 def model_weights(sm: StepModel, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -357,9 +360,26 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         with torch.enable_grad():
             for _ in range(budget.steps):
                 opt.zero_grad()
-                bits(fit_in, caches["fit"], params[0], params[1], head, gains, coef_shift, feature_head).backward()
+                inputs, cache = minibatch()
+                bits(inputs, cache, params[0], params[1], head, gains, coef_shift, feature_head).backward()
                 opt.step()
         return quantise(sm, params[0], params[1], head, gains, coef_shift, feature_head)
+
+    n_fit = fit_in[0].shape[0]
+    batch_gen = torch.Generator().manual_seed(seed)
+
+    def minibatch():
+        """The fit's inputs and cached features for one Adam step: budget.batch patches
+        drawn afresh, or all of them."""
+        if not budget.batch or budget.batch >= n_fit:
+            return fit_in, caches["fit"]
+        idx = torch.randperm(n_fit, generator=batch_gen)[: budget.batch]
+        return (tuple(t[idx] for t in fit_in),
+                {g: [None if f is None else f[idx] for f in feats] for g, feats in caches["fit"].items()})
+
+    if budget.batch and budget.batch < n_fit and model.context_net is not None:
+        with torch.no_grad():  # the context network's features of every patch, once
+            bits(fit_in, caches["fit"], w0, l0)
 
     def as_torch(w: ContextWeights):
         head = None if w.head is None else [tuple(torch.from_numpy(a).float() for a in wb) for wb in w.head]
