@@ -409,13 +409,13 @@ def test_ensemble_option_is_recorded_and_decoded(tmp_path):
     ens = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "4")))[0]
     one = json_lines(ok(invoke("eval", srcs[0], "--json", "--ensemble", "1")))[0]
     assert (ens["ensemble"], one["ensemble"]) == (4, 1)  # (these untrained models are flip-equivariant)
-    # plan 0, 1, 2, 4: one step ensembled; 4 calls at z_0 (default effort) for an own context
-    assert (ens["network_calls"], one["network_calls"]) == (4 + 4 + 2, 4 + 1 + 2)
+    # plan 0, 1, 2, 4: one step ensembled; 8 calls at z_0 (default effort) for an own context
+    assert (ens["network_calls"], one["network_calls"]) == (8 + 4 + 2, 8 + 1 + 2)
     assert invoke("compress", srcs[0], "-o", tmp_path / "x.vdmc", "--ensemble", "3").exit_code == 2
 
 
-@pytest.mark.parametrize("effort,plan,calls", [("fast", [0, 1, 2, 4], 2 + 3), ("default", [0, 1, 2, 4], 4 + 4),
-                                               ("max", [0, 1, 2, 3, 4], 4 + 7)])
+@pytest.mark.parametrize("effort,plan,calls", [("fast", [0, 1, 2, 4], 2 + 3), ("default", [0, 1, 2, 4], 8 + 4),
+                                               ("max", [0, 1, 2, 3, 4], 8 + 7)])
 def test_effort_sets_the_plan_and_ensemble(tmp_path, effort, plan, calls):
     src = write_image(tmp_path / "a.png", "RGB", 17, 12, seed=4)
     other = write_image(tmp_path / "b.png", "L", 9, 8, seed=5)
@@ -427,7 +427,7 @@ def test_effort_sets_the_plan_and_ensemble(tmp_path, effort, plan, calls):
     assert_same_content(src, tmp_path / "back" / src.name)
     rec = json_lines(ok(invoke("eval", src, "--json", "--effort", effort)))[0]
     assert rec["network_calls"] == calls and rec["steps"] == len(plan) - 1  # at z_0 (own context) + steps
-    assert hdr["compute"]["z0_ensemble"] == {"fast": 2, "default": 4, "max": 4}[effort]
+    assert hdr["compute"]["z0_ensemble"] == {"fast": 2, "default": 8, "max": 8}[effort]
     assert invoke("compress", src, "-o", tmp_path / "x.vdmc", "--effort", "slow").exit_code == 2
 
 

@@ -233,8 +233,9 @@ def test_version_9_golden_file_with_film_deltas_decodes(threads, monkeypatch):
 
 
 def test_version_10_golden_file_with_the_header_dictionary_decodes():
-    """Written by session 15's code (make_golden.py v9, as s14_v9_film.vdmc): the header is
-    deflated from the preset dictionary of format 10, and inflates only with it."""
+    """Written by session 15's code (make_golden.py v10: s14_v9_film.vdmc's recipe with 8
+    calls at z_0, the flips of z_0 and of its transpose): the header is deflated from the
+    preset dictionary of format 10, and inflates only with it; the seed is JPEG XL."""
     import struct
     import zlib
 
@@ -245,5 +246,7 @@ def test_version_10_golden_file_with_the_header_dictionary_decodes():
         zlib.decompress(data[14 : 14 + length], -15)
     header, _ = unpack_container(data)
     assert header["model"]["id"] == "vdmc-rgb-t64-s13" and all("film" in e for e in header["images"])
+    assert header["compute"]["z0_ensemble"] == 8
+    assert [r["codec"] for e in header["images"] for r in e["layout"] if r["kind"] == "classic"] == ["jxl"]
     assert length < struct.unpack_from("<I", (DATA / "s14_v9_film.vdmc").read_bytes(), 10)[0] - 300
     _assert_golden_crops(dict(decompress_bytes(data)))

@@ -388,10 +388,33 @@ def test_flip_ensembles_of_several_sizes_equal_each_size_alone():
     z = torch.randn(1, 3, 12, 10)
     gamma = torch.tensor([-5.0])
     with torch.no_grad():
-        together = flip_ensembles(model.net, z, gamma, (1, 2, 4), with_features=True)
+        together = flip_ensembles(model.net, z, gamma, (1, 2, 4, 8), with_features=True)
         assert not torch.equal(together[1][0], together[4][0])
-        for n in (1, 2, 4):
+        for n in (1, 2, 4, 8):
             eps, aux = flip_ensemble(model.net, z, gamma, n, with_features=True)
             assert torch.equal(eps, together[n][0])
             assert aux.keys() == together[n][1].keys() and "features" in aux
             assert all(torch.equal(v, together[n][1][k]) for k, v in aux.items())
+
+
+def test_the_eight_call_ensemble_adds_the_transposed_image_mapped_back():
+    """Ensemble 8 (format 10): the four flips of z, then the four flips of z transposed,
+    each output mapped back to z's layout (a transposed call's outputs transposed back)."""
+    from vdmcodec.model.network import flip_ensemble
+
+    torch.manual_seed(4)
+    model = VDM(tiny_config(steps=8, decoder="xhat", pixel_context=True))
+    with torch.no_grad():
+        for name, p in model.net.named_parameters():
+            if name.endswith("conv2.weight") or name.startswith("out."):
+                p.normal_(0.0, 0.05)
+    z = torch.randn(1, 3, 12, 10)
+    zt = z.transpose(2, 3).contiguous()
+    gamma = torch.tensor([-5.0])
+    with torch.no_grad():
+        four, _ = flip_ensemble(model.net, z, gamma, 4)
+        four_t, _ = flip_ensemble(model.net, zt, gamma, 4)
+        eight, aux = flip_ensemble(model.net, z, gamma, 8)
+    assert eight.shape == z.shape and aux["decoder_log_scale"].shape == z.shape
+    assert torch.allclose(eight, (four + four_t.transpose(2, 3)) / 2, atol=1e-6)
+    assert not torch.allclose(eight, four, atol=1e-4)

@@ -24,7 +24,7 @@ from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
 from .coding.steps import StepModel, plan_from_strides
-from .coding.classic import decode_rows, encode_rows
+from .coding.classic import JXL_IMAGE_EFFORTS, decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
 from .container import pack_container, share_image_fields, unpack_container
 from .header import (DecodeSettings, archive_pixel_sha256, decode_settings, pixel_hash_matches,
@@ -56,11 +56,12 @@ EFFORTS = {
     # the steps after the first quarter at strides 2, 4 and 8 (27 steps): +0.0002 bpd of diffusion
     # against strides 2 and 4 (32 steps) for 5 fewer calls (session 13, benchmarks/experiments/step_plans)
     # the context fit on 16 of 64 patches per step, 100 steps, and 200 FiLM steps: -0.006 and
-    # -0.006 bpd for about 4 s each on held-apart photographs, at no cost to the decoder
-    # (session 15, benchmarks/experiments/fit_budget and effort_ablation)
-    "default": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 2, "z0_ensemble": 4,
+    # -0.006 bpd for about 4 s each on held-apart photographs, at no cost to the decoder; 8
+    # calls at z_0 (the flips of z_0 and of its transpose) instead of 4: -0.006 bpd for 4
+    # calls more per region (session 15, benchmarks/experiments/fit_budget and effort_ablation)
+    "default": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 2, "z0_ensemble": 8,
                 "fit": FitBudget(steps=100, patches=(8, 8), head=True, batch=16), "film": FilmBudget(steps=200)},
-    "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 4,
+    "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 8,
             "fit": FitBudget(steps=150, patches=(16, 16), head=True, batch=16), "film": FilmBudget(steps=200)},
 }
 # the network outputs an encode keeps for its verifying decode (Coder.remembering): a Kodak
@@ -199,6 +200,7 @@ class ImageReport:
     film_bytes: int = 0  # the image's own FiLM deltas of the network (0: the model's)
     regions: int = 0
     terms: dict = field(default_factory=dict)
+    bitsback_bytes: int = 0  # a single image's bits-back file, also where a classic file replaced it
 
 
 # ------------------------------------------------------------------ encode
@@ -220,6 +222,8 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     if len(images) > 1:
         short_pixel_hashes(header, [pixel_sha256(img) for _, img in images])
     data = pack_container(share_image_fields(header), [("ans", words.astype("<u4").tobytes())] + sections)
+    if len(images) == 1 and reports[0].method == "bitsback":
+        reports[0].bitsback_bytes = len(data)
     if allow_fallback and len(images) == 1 and reports[0].method == "bitsback":
         classic = _classic_file(coder, images[0], entries[0])
         if len(classic) < len(data):
@@ -409,7 +413,7 @@ def _check_pixel_hash(entry: dict, img: RasterImage) -> bytes:
 def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> bytes:
     """The same image with its planes in a classic section instead of on the stack."""
     name, img = image
-    codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))
+    codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)), jxl_efforts=JXL_IMAGE_EFFORTS)
     entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context", "film")}
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"

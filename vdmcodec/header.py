@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .errors import CorruptFileError
 
-ENSEMBLE_SIZES = (1, 2, 4)  # network calls averaged over flips (model.network.ENSEMBLE_FLIPS)
+ENSEMBLE_SIZES = (1, 2, 4, 8)  # network calls averaged over flips (model.network.ENSEMBLE_FLIPS; 8 from format 10)
 ARITHMETICS = ("float", "exact1")
 SHORT_HASH_HEX = 4  # an archive's per-image pixel hash: 16 bits name the image that fails
 READ_SHORT_HASH_HEX = (4, 16)  # 64 bits in files before format 4, which still decode

@@ -39,11 +39,14 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", nargs="+", default=["4x4:60", "4x4:150", "8x8:60", "16x16:150"])
     p.add_argument("--checkpoint")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--z0-ensemble", type=int, default=None, help="network calls at z_0 (default: the preset's)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, height = map(int, args.crop.split("x"))
     coder = Coder.for_effort(load_checkpoint(args.checkpoint), "default", threads=args.threads)
+    if args.z0_ensemble:
+        coder.use_steps(coder.plan, coder.ensemble, coder.ensemble_steps, args.z0_ensemble)
     rows = []
     for path in args.images:
         planes = centre_crop(path, width, height).planes
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
     if args.json_out:
         settings = {"images": [str(p) for p in args.images], "crop": args.crop, "checkpoint": args.checkpoint,
-                    "threads": args.threads}
+                    "threads": args.threads, "z0_ensemble": coder.step_model.z0_ensemble}
         Path(args.json_out).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     return 0
 

@@ -9,7 +9,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v6 ../../checkpoints/default.pt s12_v7_columns.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s13_v8_rice.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s14_v9_film.vdmc
-    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s15_v10_zdict.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v10 ../../checkpoints/default.pt s15_v10_zdict.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -30,7 +30,8 @@ hidden channels in float16, trained on 4 flipped calls at z_0, which every image
 with the shipped model of session 13 (vdmc-rgb-t64-s13) and each image's own FiLM deltas of
 the network forced (random steps in -4..4; the crops are too small for the encoder's fit):
 format 9's images[].film sections, folded into the exact tables by the decoder.  Run with
-session 15's code, "v9" writes format 10: the header deflated from the preset dictionary.
+session 15's code, "v10" is "v9" with 8 network calls at z_0 (the flips of z_0 and of its
+transpose) in format 10: the header deflated from the preset dictionary, JPEG XL seeds.
 """
 
 import sys
@@ -78,7 +79,7 @@ def main_v6(ckpt_name: str, archive_name: str) -> None:
     (HERE / archive_name).write_bytes(data)
 
 
-def main_v9(ckpt_name: str, archive_name: str) -> None:
+def main_v9(ckpt_name: str, archive_name: str, z0_ensemble: int | None = None) -> None:
     import numpy as np
 
     from vdmcodec import codec
@@ -90,7 +91,10 @@ def main_v9(ckpt_name: str, archive_name: str) -> None:
     lm = load_checkpoint(HERE / ckpt_name)
     rng = np.random.default_rng(9)
     codec.fit_film = lambda sm, planes, budget: FilmDeltas(tuple(rng.integers(-4, 5, n) for n in film_sizes(sm.model.net)))
-    data, _ = compress_images(crops(), Coder.for_effort(lm, "fast", threads=2, exact=True))
+    coder = Coder.for_effort(lm, "fast", threads=2, exact=True)
+    if z0_ensemble:
+        coder.use_steps(coder.plan, coder.ensemble, coder.ensemble_steps, z0_ensemble)
+    data, _ = compress_images(crops(), coder)
     (HERE / archive_name).write_bytes(data)
 
 
@@ -134,6 +138,8 @@ if __name__ == "__main__":
         main_v6(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v9":
         main_v9(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "v10":
+        main_v9(sys.argv[2], sys.argv[3], z0_ensemble=8)
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

@@ -185,10 +185,25 @@ class EpsNet(nn.Module):
         return eps, aux
 
 
-# Flip sets of an ensemble of n network calls, as dims of a (B, C, H, W) tensor: the identity,
-# then the horizontal, vertical and both flips.  Training flips its crops, so the network is
-# nearly equivariant to them and the mean of its flipped outputs is a better prediction.
-ENSEMBLE_FLIPS = {1: ((),), 2: ((), (3,)), 4: ((), (3,), (2,), (2, 3))}
+# Views of an ensemble of n network calls, as (transpose H and W first?, flipped dims of a
+# (B, C, H, W) tensor): the identity, then the horizontal, vertical and both flips, then (8,
+# format 10) the same four of the transposed image.  Training flips its crops, so the network
+# is nearly equivariant to them and the mean of its outputs on the views is a better prediction.
+_FLIPS = ((), (3,), (2,), (2, 3))
+ENSEMBLE_FLIPS = {1: ((False, ()),), 2: ((False, ()), (False, (3,))), 4: tuple((False, d) for d in _FLIPS),
+                  8: tuple((t, d) for t in (False, True) for d in _FLIPS)}
+
+
+def _view(z: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    if transpose:
+        z = z.transpose(2, 3)
+    return torch.flip(z, dims) if dims else z.contiguous() if transpose else z
+
+
+def _unview(y: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    if dims:
+        y = torch.flip(y, dims)
+    return y.transpose(2, 3).contiguous() if transpose else y
 
 
 def flip_ensemble(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: int,
@@ -207,10 +222,10 @@ def flip_ensembles(net: EpsNet, z: torch.Tensor, gamma: torch.Tensor, calls: tup
     so each result is bit for bit what flip_ensemble of that size gives alone."""
     out = {}
     eps_sum, aux_sum = None, None
-    for n, dims in enumerate(ENSEMBLE_FLIPS[max(calls)], start=1):
-        eps, aux = net(torch.flip(z, dims) if dims else z, gamma, with_aux=True, with_features=with_features)
-        if dims:
-            eps, aux = torch.flip(eps, dims), {k: torch.flip(v, dims) for k, v in aux.items()}
+    for n, (transpose, dims) in enumerate(ENSEMBLE_FLIPS[max(calls)], start=1):
+        eps, aux = net(_view(z, transpose, dims), gamma, with_aux=True, with_features=with_features)
+        if transpose or dims:
+            eps, aux = _unview(eps, transpose, dims), {k: _unview(v, transpose, dims) for k, v in aux.items()}
         eps_sum = eps if eps_sum is None else eps_sum + eps
         aux_sum = aux if aux_sum is None else {k: aux_sum[k] + v for k, v in aux.items()}
         if n in calls:
