@@ -646,3 +646,11 @@ def test_classic_strips_take_the_smallest_code_and_round_trip(channels):
         assert codec == "jxl"
     with pytest.raises(ValueError, match="wrong size"):  # a strip of another size or channel count
         classic.decode_rows(jxl, 4 - channels, 18, 768)
+
+
+def test_classic_docstring_examples_run():
+    import doctest
+
+    from vdmcodec.coding import classic
+
+    assert doctest.testmod(classic, raise_on_error=True).attempted > 0

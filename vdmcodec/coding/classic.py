@@ -29,6 +29,11 @@ JXL_IMAGE_EFFORTS = ((1 << 20, 10), (1 << 22, 9), (None, 7))
 
 
 def jxl_effort(pixels: int, efforts: tuple = JXL_STRIP_EFFORTS) -> int:
+    """JPEG XL's encoder effort for an image of this many pixels.
+
+    >>> jxl_effort(768 * 64), jxl_effort(768 * 512, JXL_IMAGE_EFFORTS), jxl_effort(12_000_000, JXL_IMAGE_EFFORTS)
+    (9, 10, 7)
+    """
     return next(e for most, e in efforts if most is None or pixels <= most)
 
 
