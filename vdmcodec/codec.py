@@ -224,9 +224,8 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     data = pack_container(share_image_fields(header), [("ans", words.astype("<u4").tobytes())] + sections)
     if len(images) == 1 and reports[0].method == "bitsback":
         reports[0].bitsback_bytes = len(data)
-    if allow_fallback and len(images) == 1 and reports[0].method == "bitsback":
-        classic = _classic_file(coder, images[0], entries[0])
-        if len(classic) < len(data):
+        classic = _classic_file(coder, images[0], entries[0]) if allow_fallback else None
+        if classic is not None and len(classic) < len(data):
             rep = reports[0]
             rep.method = "classic"
             rep.regions = rep.seed_bytes = rep.exact_bits = 0
