@@ -256,7 +256,7 @@ class VdmcRunner:
     """The neural codec through the library API.  Importing torch happens here, only."""
 
     def __init__(self, checkpoint: str | None, device: str, threads: int, show_progress: bool = True,
-                 allow_fallback: bool = True, effort: str = "default"):
+                 allow_fallback: bool = True, effort: str = "default", skip_margin: str | None = None):
         import torch
 
         from vdmcodec import codec as vcodec
@@ -268,6 +268,10 @@ class VdmcRunner:
         self.image_io = image_io
         self.container = container
         self.allow_fallback = allow_fallback
+        # the chain's skip when the classic file is estimated to win (codec.CLASSIC_SKIP_MARGIN);
+        # "none": always code bits-back; "inf": estimate, never skip
+        self.skip_margin = vcodec.CLASSIC_SKIP_MARGIN if skip_margin is None else (
+            None if skip_margin == "none" else float(skip_margin))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -305,6 +309,7 @@ class VdmcRunner:
             "T": int(self.coder.plan[-1]),
             "steps": self.T,
             "effort": self.effort,
+            "skip_margin": self.skip_margin,
             "plan": list(self.coder.plan),
             "ensemble": self.coder.ensemble,
             "ensemble_steps": self.coder.ensemble_steps,
@@ -336,7 +341,8 @@ class VdmcRunner:
             with self.coder.remembering():
                 t0 = time.perf_counter()
                 data, reports = self.vcodec.compress_images(items, self.coder, progress=cb,
-                                                            allow_fallback=self.allow_fallback)
+                                                            allow_fallback=self.allow_fallback,
+                                                            skip_margin=self.skip_margin)
                 t1 = time.perf_counter()
                 self.vcodec.verify_roundtrip(data, items, self.coder)
                 verify_s = time.perf_counter() - t1
@@ -403,6 +409,11 @@ class VdmcRunner:
             # the bits-back file, also where the classic one (smaller) replaced it
             "bitsback_bytes": int(getattr(rep, "bitsback_bytes", 0)),
             "bitsback_bpd": 8.0 * int(getattr(rep, "bitsback_bytes", 0)) / dims,
+            # the bits-back file's size estimated before the chain (0: none), and whether the
+            # chain was skipped on it (then bitsback_bytes is 0)
+            "estimated_bytes": int(getattr(rep, "estimated_bytes", 0)),
+            "estimate_s": float(getattr(rep, "estimate_s", 0.0)),
+            "skipped_chain": bool(getattr(rep, "skipped_chain", False)),
             "terms_bpd": {k: float(v) / dims for k, v in rep.terms.items()},
             "report_dims": int(rep.dims),
         }
@@ -508,6 +519,13 @@ def summarize(images: list[dict], codec: str) -> dict:
             s[key + "_mean"] = float(np.mean([r[key] for _, r in ok]))
         if all(r.get("bitsback_bytes") for _, r in ok):  # single-image files, every one coded bits-back first
             s["bitsback_bpd_mean"] = float(np.mean([r["bitsback_bpd"] for _, r in ok]))
+        s["skipped_chain"] = sum(1 for _, r in ok if r.get("skipped_chain"))
+        both = [(r["estimated_bytes"], r["bitsback_bytes"]) for _, r in ok
+                if r.get("estimated_bytes") and r.get("bitsback_bytes")]
+        if both:  # how far the estimate that decides the skip was from the file it estimated
+            err = [e / b - 1.0 for e, b in both]
+            s["estimate_error_mean"], s["estimate_error_min"], s["estimate_error_max"] = \
+                float(np.mean(err)), float(min(err)), float(max(err))
         s["nelbo_bpd_total"] = sum(r["nelbo_bits"] for _, r in ok) / dims
         if all("compress_with_verify_s" in r for _, r in ok):
             s["compress_with_verify_s_mean"] = float(np.mean([r["compress_with_verify_s"] for _, r in ok]))
@@ -820,6 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: vdmcodec's default (VDMCODEC_THREADS or min(cores, 8))")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.add_argument("--effort", default="default", choices=["fast", "default", "max"], help="vdmcodec's --effort")
+    p.add_argument("--skip-margin", default=None,
+                   help="skip the bits-back chain when its file is estimated this share above the classic one "
+                        "(default: vdmcodec's; 'none': always code bits-back; 'inf': estimate, never skip)")
     return p
 
 
@@ -845,7 +866,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     vdmc = None
     if VDMC in codecs:
         vdmc = VdmcRunner(args.checkpoint, args.device, threads, show_progress=show,
-                          allow_fallback=not args.no_fallback, effort=args.effort)
+                          allow_fallback=not args.no_fallback, effort=args.effort, skip_margin=args.skip_margin)
         codec_info[VDMC] = {"label": VDMC_LABEL, "library": "vdmcodec", "available": True, "reason": None}
 
     settings = {

@@ -8,6 +8,7 @@ palette images and the ICC profile go into classic sections of the container.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ from . import __version__
 from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
                           load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
-                           too_small_for_own_context, unpack_deltas)
+from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, held_out_tiles,
+                           pack_deltas, too_small_for_own_context, unpack_deltas)
+from .coding.estimate import estimate_diffusion
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
@@ -68,6 +70,15 @@ EFFORTS = {
 # image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which
 # the decoder needs first
 VERIFY_MEMO_BYTES = 768 << 20
+# A single image whose bits-back file is estimated (after the per-image fits, before the
+# chain: coding.estimate) to come out larger than its classic file by more than this share
+# is stored classic without running the chain.  On 12 training photos (768x512 crops) the
+# estimate was 0.967-1.007 times the real file, mean 0.992 (session 16,
+# benchmarks/experiments/skip_estimate): a skip loses rate only where the estimate is over
+# by more than the margin, and then only the excess.
+CLASSIC_SKIP_MARGIN = 0.01
+SKIP_MIN_PIXELS = 1 << 16  # smaller images: their chain is cheap, the sizes themselves decide
+BITSBACK_HEADER_BYTES = 200  # about what a bits-back file's header and seed framing add to the estimate
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
@@ -201,20 +212,40 @@ class ImageReport:
     regions: int = 0
     terms: dict = field(default_factory=dict)
     bitsback_bytes: int = 0  # a single image's bits-back file, also where a classic file replaced it
+    estimated_bytes: int = 0  # its size as estimated before the chain (0: no estimate was made)
+    estimate_s: float = 0.0  # the seconds that estimate took
+    skipped_chain: bool = False  # stored classic on the estimate alone: no bits-back file was made
+
+
+class _ClassicWins(Exception):
+    """The estimate says the classic file wins: the chain is not run."""
 
 
 # ------------------------------------------------------------------ encode
 def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, progress=None,
-                    allow_fallback: bool = True, seed_nelbo: bool = True) -> tuple[bytes, list[ImageReport]]:
+                    allow_fallback: bool = True, seed_nelbo: bool = True,
+                    skip_margin: float | None = CLASSIC_SKIP_MARGIN) -> tuple[bytes, list[ImageReport]]:
     """All images into one .vdmc file (an archive when there are several).  seed_nelbo=False
     skips running the classic seed rows through the chain only to report the image's NELBO
-    (about 5% of a Kodak compress); the reports then carry no NELBO."""
+    (about 5% of a Kodak compress); the reports then carry no NELBO.
+
+    A single image is also coded classically (allow_fallback) and the smaller file is kept;
+    with skip_margin, the chain is not run when the bits-back file is estimated to be larger
+    than the classic one by more than that share (inf: estimate, never skip; None: no estimate)."""
     coder.activate()
     stack = AnsStack()
     entries, sections, reports = [], [], []
+    classic = _classic_of_single(coder, images) if allow_fallback else None
+    give_up = None
+    if classic is not None and skip_margin is not None and images[0][1].width * images[0][1].height >= SKIP_MIN_PIXELS:
+        give_up = 8.0 * len(classic) * (1.0 + skip_margin)
     shared = _shared_context(coder, images)
     for idx, (name, img) in enumerate(images):
-        entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared, seed_nelbo)
+        try:
+            entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared, seed_nelbo, give_up)
+        except _ClassicWins as won:
+            won.args[0].method, won.args[0].skipped_chain = "classic", True
+            return classic, [won.args[0]]
         entries.append(entry)
         reports.append(report)
     words = stack.words()
@@ -222,16 +253,26 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     if len(images) > 1:
         short_pixel_hashes(header, [pixel_sha256(img) for _, img in images])
     data = pack_container(share_image_fields(header), [("ans", words.astype("<u4").tobytes())] + sections)
-    if len(images) == 1 and reports[0].method == "bitsback":
+    if classic is not None:
         reports[0].bitsback_bytes = len(data)
-        classic = _classic_file(coder, images[0], entries[0]) if allow_fallback else None
-        if classic is not None and len(classic) < len(data):
+        if len(classic) < len(data):
             rep = reports[0]
             rep.method = "classic"
             rep.regions = rep.seed_bytes = rep.exact_bits = 0
             rep.implied_bits = 0.0
             return classic, reports
     return data, reports
+
+
+def _classic_of_single(coder: Coder, images: list[tuple[str, RasterImage]]) -> bytes | None:
+    """The classic file of a single image the model codes (None for an archive, or an image
+    whose planes are not the model's)."""
+    if len(images) != 1 or images[0][1].planes is None:
+        return None
+    name, img = images[0]
+    entry = _image_entry(name, img)
+    _add_side_sections(0, img, entry, [], ImageReport(name, img.width, img.height, img.mode, 0, "classic"))
+    return _classic_file(coder, images[0], entry)
 
 
 SHARED_CONTEXT = "context_shared"
@@ -250,7 +291,8 @@ def _shared_context(coder: Coder, images: list[tuple[str, RasterImage]]) -> Cont
 
 
 def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
-                shared: ContextWeights | None = None, seed_nelbo: bool = True) -> tuple[dict, ImageReport]:
+                shared: ContextWeights | None = None, seed_nelbo: bool = True,
+                give_up_bits: float | None = None) -> tuple[dict, ImageReport]:
     entry = _image_entry(name, img)
     report = ImageReport(name=name, width=img.width, height=img.height, mode=img.mode,
                          dims=img.width * img.height * _channels(img), method="classic")
@@ -265,16 +307,19 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
         sections.append((f"film{idx}", blob))
         report.film_bytes = len(blob)
     with coder.step_model.adapted(film):
-        _encode_planes(stack, coder, idx, name, img, entry, report, sections, progress, shared, seed_nelbo)
+        _encode_planes(stack, coder, idx, name, img, entry, report, sections, progress, shared, seed_nelbo,
+                       give_up_bits, film)
     return entry, report
 
 
 def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, report: ImageReport, sections, progress,
-                   shared: ContextWeights | None, seed_nelbo: bool) -> None:
-    """The pixel-context fit and the chain of one image's planes, with the network it codes with."""
-    weights = None
+                   shared: ContextWeights | None, seed_nelbo: bool, give_up_bits: float | None = None,
+                   film: FilmDeltas | None = None) -> None:
+    """The pixel-context fit and the chain of one image's planes, with the network it codes
+    with; _ClassicWins instead of the chain when its file is estimated above give_up_bits."""
+    weights, fit_info = None, {}
     if coder.adapt_context:
-        weights, _ = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
+        weights, fit_info = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
     if weights is not None:
         blob = pack_deltas(coder.step_model, weights)
         entry["pixel_context"] = f"context{idx}"
@@ -288,6 +333,10 @@ def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, repor
             blob = pack_deltas(coder.step_model, shared)
             sections.append((SHARED_CONTEXT, blob))
             report.context_bytes = len(blob)
+    if give_up_bits is not None:
+        _estimate_file(coder, img, weights, fit_info, film, report)
+        if 8.0 * report.estimated_bytes > give_up_bits:
+            raise _ClassicWins(report)
     try:
         regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights)
     except CoderInputError as exc:  # a latent fell outside its window: astronomically rare
@@ -333,6 +382,40 @@ def _add_side_sections(idx: int, img: RasterImage, entry: dict, sections: list, 
         report.side_bytes += len(blob)
 
 
+def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | None, fit_info: dict,
+                   film: FilmDeltas | None, report: ImageReport) -> None:
+    """The bits-back file's size before the chain (report.estimated_bytes): reconstruction
+    as the context fit measured it (the whole image at one z_0 draw, or a grid of tiles of a
+    large one), the diffusion term on patches (coding.estimate), the side data."""
+    t0 = time.perf_counter()
+    sm, planes = coder.step_model, img.planes
+    recon_bpd = fit_info.get("held_out_bpd_fitted" if weights is not None else "held_out_bpd_model")
+    if recon_bpd is None:  # no fit ran: the model's context at one z_0 draw
+        recon_bpd = image_recon_bits(sm, planes, weights) / planes.size
+    diffusion = estimate_diffusion(sm, planes, film).bits
+    side = report.side_bytes + report.context_bytes + report.film_bytes + BITSBACK_HEADER_BYTES
+    report.estimated_bytes = int(round((recon_bpd * planes.size + diffusion) / 8.0)) + side
+    # the NELBO columns of a report whose chain is skipped: these estimates
+    report.terms = {"recon": recon_bpd * planes.size, "prior": 0.0, "diffusion": diffusion}
+    report.nelbo_bits = sum(report.terms.values())
+    report.estimate_s = time.perf_counter() - t0
+
+
+def image_recon_bits(sm: StepModel, planes: np.ndarray, weights: ContextWeights | None, seed: int = 0) -> float:
+    """Bits of p(x | z_0) for (H, W, C) planes at one z_0 draw: the whole image, or for a
+    large one a grid of tiles (coding.adapt.held_out_tiles) scaled up."""
+    whole = np.ascontiguousarray(planes.transpose(2, 0, 1))
+    rng = np.random.default_rng(seed)
+    g = sm.grids
+    bits, size = 0.0, 0
+    for x in held_out_tiles(whole):
+        xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+        k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
+        bits += float(sm.p_pixels(k0, weights=weights).bits(x))
+        size += x.size
+    return bits * whole.size / size
+
+
 def _layout_item(r: RegionStats) -> dict:
     item = {"rows": list(r.rows), "kind": r.kind}
     if r.kind == "classic":
@@ -349,6 +432,7 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
         report.exact_bits += r.exact_bits
         report.implied_bits += r.implied_bits
         report.seed_bytes += r.classic_bytes if r.kind == "classic" else 0
+    report.nelbo_bits, report.terms = 0.0, {}  # the chain's, not the estimate's
     if report.seed_bytes and not seed_nelbo:
         return  # no NELBO: the seed rows were not run through the chain
     terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}

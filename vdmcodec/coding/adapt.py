@@ -280,6 +280,12 @@ def _held_out(x: np.ndarray, patches: list[np.ndarray]) -> list[np.ndarray] | No
     return _patches(x, (side, side), HELD_OUT_TILE)
 
 
+def held_out_tiles(x: np.ndarray) -> list[np.ndarray]:
+    """x (C, H, W) itself, or for an image larger than HELD_OUT_PIXELS a grid of tiles of
+    about that many pixels."""
+    return _held_out(x, []) or [x]
+
+
 def fit_shared_context(sm: StepModel, planes: list[np.ndarray], seed: int = 0,
                        budget: FitBudget = FitBudget()) -> tuple[ContextWeights | None, dict]:
     """One set of context weights for many images that are each too small for their own

@@ -1,0 +1,78 @@
+"""The estimate before the chain, and the skip of the chain when the classic file wins by it."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from helpers import kodak_crop, raster
+from vdmcodec import codec
+from vdmcodec.checkpoints import load_checkpoint
+from vdmcodec.codec import Coder, compress_images, decompress_bytes
+from vdmcodec.coding import estimate
+from vdmcodec.coding.estimate import estimate_diffusion, patch_mosaic
+from vdmcodec.container import unpack_container
+from vdmcodec.image_io import pixel_sha256
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(estimate, raise_on_error=True).attempted > 0
+
+
+def test_patch_mosaic_counts_only_patch_centres_and_takes_small_images_whole():
+    x = np.arange(3 * 300 * 400, dtype=np.int64).reshape(3, 300, 400).astype(np.uint8)
+    tiles, mask = patch_mosaic(x, grid=(2, 3), patch=40, margin=10)
+    assert tiles.shape == (3, 6 * 60, 60) and mask.shape == (360, 60) and int(mask.sum()) == 6 * 40 * 40
+    assert np.array_equal(tiles[:, :60], x[:, :60, :60])  # the first tile: the top left corner, margin and all
+    small = x[:, :50, :50]
+    whole, all_counted = patch_mosaic(small, grid=(2, 3), patch=40, margin=10)
+    assert whole is small and all_counted.all()
+
+
+def test_small_image_estimate_is_the_whole_image_sum(coder):
+    """Where the mosaic would not be a sample, the whole image is summed: the estimate then
+    equals the NELBO's diffusion term at the same noise draw."""
+    planes = kodak_crop(24, 32, index=3)
+    est = estimate_diffusion(coder.step_model, planes, seed=5)
+    again = estimate_diffusion(coder.step_model, planes, seed=5)
+    assert est.bits == again.bits > 0 and est.counted_dims == planes.size
+
+
+def test_a_skipped_chain_stores_the_classic_file_which_decodes(coder):
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    data, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)  # any estimate is "too large"
+    assert rep.method == "classic" and rep.skipped_chain and rep.bitsback_bytes == 0
+    assert rep.estimated_bytes > 0 and rep.nelbo_bits > 0 and set(rep.terms) == {"recon", "prior", "diffusion"}
+    header, _ = unpack_container(data)
+    assert header["images"][0]["method"] == "classic-planes"
+    ((_, back),) = decompress_bytes(data, coder=coder)
+    assert pixel_sha256(back) == pixel_sha256(img)
+
+
+def test_small_images_and_no_margin_always_run_the_chain(coder):
+    small = raster(kodak_crop(64, 96, index=4))
+    _, (rep,) = compress_images([("img0", small)], coder, skip_margin=-1.0)
+    assert not rep.skipped_chain and rep.bitsback_bytes > 0 and rep.estimated_bytes == 0
+    big = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    _, (rep,) = compress_images([("img0", big)], coder, skip_margin=None)
+    assert not rep.skipped_chain and rep.bitsback_bytes > 0 and rep.estimated_bytes == 0
+
+
+def test_an_estimate_that_never_skips_still_keeps_the_smaller_file(coder):
+    img = raster(kodak_crop(256, 256, index=7, top=0, left=0))
+    data, (rep,) = compress_images([("img0", img)], coder, skip_margin=float("inf"))
+    classic = codec._classic_of_single(coder, [("img0", img)])
+    assert not rep.skipped_chain and rep.estimated_bytes > 0 and rep.bitsback_bytes > 0
+    assert len(data) == min(len(classic), rep.bitsback_bytes)
+
+
+def test_estimate_is_within_two_percent_of_the_shipped_models_file(default_checkpoint):
+    """The estimate that decides the skip, against the bits-back file it predicts (a photo
+    crop, the shipped model at the fast effort: no FiLM fit)."""
+    coder = Coder.for_effort(load_checkpoint(default_checkpoint), "fast", threads=2)
+    img = raster(kodak_crop(256, 384, index=5, top=100, left=200))
+    _, (rep,) = compress_images([("img0", img)], coder, skip_margin=float("inf"), seed_nelbo=False)
+    assert rep.bitsback_bytes > 0 and not rep.skipped_chain
+    assert abs(rep.estimated_bytes / rep.bitsback_bytes - 1.0) < 0.02, (rep.estimated_bytes, rep.bitsback_bytes)
