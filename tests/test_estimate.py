@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
-import pytest
 
 from helpers import kodak_crop, raster
 from vdmcodec import codec
