@@ -6,8 +6,12 @@ Each image (a centre crop) is compressed (no verifying decode) with the default 
 with each variant, which changes settings of it, joined by `+`: `ens4` 4 calls on the first
 quarter of steps, `allsteps` every step of T, `fitmax` max's context fit, `film200` max's FiLM
 fit (session 14's max), `film=N` N FiLM steps, `fit=RxC:STEPS[:BATCH]` a context-fit budget
-(benchmarks.experiments.fit_budget).  Prints and writes (--json) bytes, bpd and encode seconds
-per image and variant.  Choose on training images, never on the benchmark sets.
+(benchmarks.experiments.fit_budget), `enssteps=N` the ensemble on the first N steps only,
+`z0=N` N calls at z_0, `plan=END:STRIDE,...` the steps visited (as in
+benchmarks.experiments.step_plans: `16:1,24:2,40:4,64:8` is the default's).  Prints and
+writes (--json) the bits-back file's bytes and bpd (no classic fallback), encode seconds
+and, with --decode, decode seconds per image and variant.  Choose on training images,
+never on the benchmark sets.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.codec import EFFORTS, Coder, compress_images, effort_settings
+from vdmcodec.codec import EFFORTS, Coder, compress_images, decompress_bytes, effort_settings
 from vdmcodec.coding.film import FilmBudget
 from vdmcodec.coding.steps import plan_from_strides
 from vdmcodec.image_io import RasterImage, load_image
@@ -53,6 +57,15 @@ def variant_kwargs(variant: str, T: int) -> dict:
             kw["film"] = FilmBudget(steps=int(name[5:]))
         elif name.startswith("fit="):
             kw["fit"] = parse_budget(name[4:])
+        elif name.startswith("enssteps="):
+            kw["ensemble_steps"] = int(name[9:])
+        elif name.startswith("z0="):
+            kw["z0_ensemble"] = int(name[3:])
+        elif name.startswith("plan="):
+            from benchmarks.experiments.step_plans import plan_from_spec
+
+            kw["plan"] = plan_from_spec(name[5:], T)
+            kw["ensemble_steps"] = min(kw["ensemble_steps"], sum(1 for j in kw["plan"][1:] if j <= T // 4))
         elif name != "default":
             raise SystemExit(f"unknown variant {name}")
     return kw
@@ -65,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["default", "ens4", "allsteps", "fitmax", "film200"])
     p.add_argument("--checkpoint")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decode", action="store_true", help="also time a decode of each file")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     width, height = map(int, args.crop.split("x"))
@@ -76,9 +90,14 @@ def main(argv=None) -> int:
         for name in args.variants:
             coder = Coder(lm, threads=args.threads, **variant_kwargs(name, T))
             t0 = time.perf_counter()
-            data, reports = compress_images([(path.stem, img)], coder, seed_nelbo=False)
+            data, reports = compress_images([(path.stem, img)], coder, seed_nelbo=False, allow_fallback=False)
             row = {"image": path.name, "variant": name, "bytes": len(data), "encode_s": time.perf_counter() - t0,
-                   "bpd": 8 * len(data) / img.planes.size, "film_bytes": reports[0].film_bytes}
+                   "bpd": 8 * len(data) / img.planes.size, "film_bytes": reports[0].film_bytes,
+                   "network_calls": coder.step_model.network_calls()}
+            if args.decode:
+                t0 = time.perf_counter()
+                decompress_bytes(data, coder=coder)
+                row["decode_s"] = time.perf_counter() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json_out:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .adapt import held_out_tiles
 from .film import FilmDeltas
 from .steps import LOG2E, StepModel
 
@@ -30,6 +31,7 @@ ESTIMATE_GRID = (3, 4)  # rows x columns of patches
 ESTIMATE_PATCH = 64  # each counted patch's side
 ESTIMATE_MARGIN = 16  # the surroundings the network sees around each patch, not counted
 WHOLE_STEPS = 2  # the first steps, computed on the whole image
+WHOLE_MAX_PIXELS = 1 << 20  # larger images: those steps on a grid of tiles (coding.adapt.held_out_tiles)
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,12 @@ def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | Non
     """The diffusion term of (H, W, C) uint8 planes as the chain of `sm` would code it (its
     plan and ensembles; film: the image's FiLM deltas).
 
-    The first `whole_steps` steps (about half the term) are computed on the whole image;
-    all steps on a patch mosaic, whose later steps are scaled by the ratio of whole image
-    to patches on the first ones (a ratio estimator: where the patches happen to be busier
-    or calmer than the image, they are so at every step)."""
+    The first `whole_steps` steps (about half the term) are computed on the whole image (on
+    a grid of tiles of about half a megapixel, scaled up, where it is larger than
+    WHOLE_MAX_PIXELS: bounded time and memory); all steps on a patch mosaic, whose later
+    steps are scaled by the ratio of whole image to patches on the first ones (a ratio
+    estimator: where the patches happen to be busier or calmer than the image, they are so
+    at every step)."""
     t0 = time.perf_counter()
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
     fsm = float_step_model(sm)
@@ -89,7 +93,9 @@ def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | Non
         if tiles is x or s <= 0:
             bits = float(per_patch.sum())
         else:
-            first = _step_bits(fsm, x, None, range(1, s + 1), rng)
+            wholes = [x] if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS else held_out_tiles(x)
+            first = sum(_step_bits(fsm, t, None, range(1, s + 1), rng) for t in wholes)
+            first = first * x.size / sum(t.size for t in wholes)
             ratio = first.sum() / max(per_patch[:s].sum(), 1e-9)
             bits = float(first.sum() + ratio * per_patch[s:].sum())
     return DiffusionEstimate(bits=bits, counted_dims=int(mask.sum()) * x.shape[0], seconds=time.perf_counter() - t0)
