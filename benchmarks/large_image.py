@@ -9,6 +9,12 @@ peak resident memory read from the OS, and the decoded pixels are compared:
     python -m benchmarks.large_image --megapixels 12 --effort fast --json results/large_12mp.json
 
 Writes a JSON record with the settings, seconds, peak memory and sizes.
+
+    python -m benchmarks.large_image --megapixels 24 --estimate-only --json results/large_24mp_estimate.json
+
+--estimate-only stops where compress decides between the chain and the classic file: the
+classic file, the per-image fits and the estimate of the bits-back file, in this process,
+with their seconds, the peak memory and both sizes (no chain, no file written).
 """
 from __future__ import annotations
 
@@ -47,12 +53,12 @@ def mosaic(photos: Path, megapixels: float) -> np.ndarray:
     return np.concatenate([np.concatenate(grid[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
 
 
-def run_child(args: list[str]) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of a child process: the first this process starts (ru_maxrss
-    of children is the largest of any child so far)."""
+def run_child(args: list[str]) -> tuple[float, float, str]:
+    """Seconds, peak RSS (MB) and stdout of a child process: the first this process starts
+    (ru_maxrss of children is the largest of any child so far)."""
     t = time.perf_counter()
-    subprocess.run(args, check=True)
-    return time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, out
 
 
 def main(argv=None) -> None:
@@ -62,14 +68,18 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--photos", default=os.environ.get("VDMCODEC_DATA", "../shared/data") + "/train/photos")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--estimate-only", action="store_true", help="only up to the chain-or-classic decision")
     args = ap.parse_args(argv)
     pixels = mosaic(Path(args.photos), args.megapixels)
+    if args.estimate_only:
+        return estimate_only(pixels, args, argv)
     with tempfile.TemporaryDirectory() as tmp:
         src, vdmc, back = Path(tmp, "mosaic.png"), Path(tmp, "mosaic.vdmc"), Path(tmp, "back.png")
         Image.fromarray(pixels).save(src)
         cli = [sys.executable, "-m", "vdmcodec"]
-        enc_s, enc_mb = run_child(cli + ["compress", str(src), "-o", str(vdmc), "--effort", args.effort,
-                                         "--threads", str(args.threads)])
+        enc_s, enc_mb, enc_out = run_child(cli + ["compress", str(src), "-o", str(vdmc), "--effort", args.effort,
+                                                  "--threads", str(args.threads), "--json"])
+        report = json.loads(enc_out.strip().splitlines()[-1])
         # a second child for the decode: ru_maxrss of children is a maximum over all of them,
         # so the decode's own peak is read in a fresh process
         code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -85,6 +95,9 @@ def main(argv=None) -> None:
     rec = {"command": "python -m benchmarks.large_image " + " ".join(argv if argv is not None else sys.argv[1:]),
            "width": w, "height": h, "megapixels": w * h / 1e6, "effort": args.effort, "threads": args.threads,
            "bytes": nbytes, "bpd": 8 * nbytes / (w * h * 3), "exact": exact,
+           # how it was stored, and the bits-back file's size (made, or estimated when the
+           # chain was skipped): compress --json's fields
+           **{k: report.get(k) for k in ("method", "bitsback_bytes", "estimated_bitsback_bytes", "skipped_chain")},
            "compress_with_check_s": enc_s, "compress_peak_rss_mb": enc_mb,
            "decompress_s": dec_s, "decompress_peak_rss_mb": dec_mb,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
@@ -92,6 +105,30 @@ def main(argv=None) -> None:
     print(json.dumps(rec))
     if not exact:
         raise SystemExit("decoded pixels differ")
+
+
+def estimate_only(pixels: np.ndarray, args, argv) -> None:
+    """What compress spends before it decides: skip_margin -1 skips the chain whatever the
+    estimate, so the run ends with the classic file and the estimate's numbers."""
+    from vdmcodec.checkpoints import load_checkpoint
+    from vdmcodec.codec import CLASSIC_SKIP_MARGIN, Coder, compress_images
+    from vdmcodec.image_io import RasterImage
+
+    h, w = pixels.shape[:2]
+    coder = Coder.for_effort(load_checkpoint(None), args.effort, threads=args.threads)
+    t = time.perf_counter()
+    data, (rep,) = compress_images([("mosaic", RasterImage("RGB", w, h, pixels, None, None))], coder,
+                                   skip_margin=-1.0)
+    rec = {"command": "python -m benchmarks.large_image " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "width": w, "height": h, "megapixels": w * h / 1e6, "effort": args.effort, "threads": args.threads,
+           "seconds_to_decision": time.perf_counter() - t, "estimate_s": rep.estimate_s,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+           "classic_bytes": len(data), "classic_bpd": 8 * len(data) / (w * h * 3),
+           "estimated_bitsback_bytes": rep.estimated_bytes, "estimated_bitsback_bpd": 8 * rep.estimated_bytes / (w * h * 3),
+           "chain_would_run": rep.estimated_bytes <= len(data) * (1 + CLASSIC_SKIP_MARGIN),
+           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    Path(args.json).write_text(json.dumps(rec, indent=1) + "\n")
+    print(json.dumps(rec))
 
 
 if __name__ == "__main__":
