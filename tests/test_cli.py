@@ -849,3 +849,21 @@ def test_installed_checkpoint_is_found_under_any_install_prefix(tmp_path, monkey
         monkeypatch.setattr(ck, "PACKAGE_DIR", pkg)
         monkeypatch.delenv("VDMCODEC_CHECKPOINT", raising=False)
         assert ck.default_checkpoint_path() == shipped
+
+
+@pytest.mark.parametrize("skipped", [True, False])
+def test_human_line_says_what_the_classic_file_beat(capsys, skipped):
+    """A classic file names the bits-back size it beat: coded, or estimated when the chain
+    was skipped (then the NELBO shown is the estimate's too)."""
+    from vdmcodec.cli import _print_compressed
+
+    rec = {"output": "o.vdmc", "bytes": 1000, "bpd": 2.0, "nelbo_bpd": 2.1, "method": "classic",
+           "skipped_chain": skipped, "estimated_bitsback_bytes": 1100 if skipped else None,
+           "bitsback_bytes": None if skipped else 1050, "decode_seconds": 0.1}
+    _print_compressed("i.png", rec, None, as_json=False)
+    line = capsys.readouterr().out.strip()
+    if skipped:
+        assert "NELBO estimated 2.100" in line and "bits-back estimated at 2.200 bpd, not coded" in line
+    else:
+        assert "NELBO 2.100" in line and "[classic; bits-back 2.100 bpd]" in line
+    assert line.startswith("i.png -> o.vdmc: 1000 bytes, 2.000 bpd") and line.endswith("verified")

@@ -363,9 +363,16 @@ def _print_compressed(inp, rec: dict, img, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rec))
         return
-    theory = f", NELBO {rec['nelbo_bpd']:.3f}" if rec["nelbo_bpd"] else ""
+    skipped = rec.get("skipped_chain")
+    theory = f", NELBO {'estimated ' if skipped else ''}{rec['nelbo_bpd']:.3f}" if rec["nelbo_bpd"] else ""
     check = ", verified" if "decode_seconds" in rec else ", not verified"
-    click.echo(f"{inp} -> {rec['output']}: {rec['bytes']} bytes, {rec['bpd']:.3f} bpd{theory} [{rec['method']}]{check}")
+    method = rec["method"]
+    bpd_per_byte = rec["bpd"] / rec["bytes"] if rec["bytes"] else 0.0
+    if skipped and rec.get("estimated_bitsback_bytes"):
+        method += f"; bits-back estimated at {rec['estimated_bitsback_bytes'] * bpd_per_byte:.3f} bpd, not coded"
+    elif method == "classic" and rec.get("bitsback_bytes"):
+        method += f"; bits-back {rec['bitsback_bytes'] * bpd_per_byte:.3f} bpd"
+    click.echo(f"{inp} -> {rec['output']}: {rec['bytes']} bytes, {rec['bpd']:.3f} bpd{theory} [{method}]{check}")
 
 
 # ------------------------------------------------------------------ decompress
