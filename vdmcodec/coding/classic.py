@@ -23,16 +23,19 @@ WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only 
 # Strips (the seed): effort 9, about 0.2 s on 768 x 64.  A whole image (the fallback, where a
 # classic file beats bits-back): on 768x512 training photographs effort 7 / 9 / 10 give 2.4505
 # / 2.4077 / 2.3951 bpd in 0.35 / 1.4 / 3.6 s; a 12 MP mosaic takes 10 s at effort 7, with
-# 0.1 GB of memory (session 15)
+# 0.1 GB of memory (session 15).  Since compress decides before the chain (coding.estimate),
+# a large photo stored classic no longer pays for a chain first, so it gets effort 9: the
+# 12 MP mosaic 2.1797 / 2.1667 / 2.1625 bpd at effort 7 / 8 / 9 in 9.5 / 31 / 46 s, the 24 MP
+# one 2.1628 at effort 9 in 93 s and 0.15 GB (session 16)
 JXL_STRIP_EFFORTS = ((1 << 18, 9), (None, 7))
-JXL_IMAGE_EFFORTS = ((1 << 20, 10), (1 << 22, 9), (None, 7))
+JXL_IMAGE_EFFORTS = ((1 << 20, 10), (1 << 25, 9), (None, 8))
 
 
 def jxl_effort(pixels: int, efforts: tuple = JXL_STRIP_EFFORTS) -> int:
     """JPEG XL's encoder effort for an image of this many pixels.
 
     >>> jxl_effort(768 * 64), jxl_effort(768 * 512, JXL_IMAGE_EFFORTS), jxl_effort(12_000_000, JXL_IMAGE_EFFORTS)
-    (9, 10, 7)
+    (9, 10, 9)
     """
     return next(e for most, e in efforts if most is None or pixels <= most)
 
