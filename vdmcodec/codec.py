@@ -19,9 +19,9 @@ from . import __version__
 from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path, file_sha256, load_checkpoint,
                           load_earlier)
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
-from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, held_out_tiles,
-                           pack_deltas, too_small_for_own_context, unpack_deltas)
-from .coding.estimate import estimate_diffusion
+from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
+                           too_small_for_own_context, unpack_deltas)
+from .coding.estimate import estimate_diffusion, estimate_recon_bits
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
@@ -220,6 +220,10 @@ class ImageReport:
 class _ClassicWins(Exception):
     """The estimate says the classic file wins: the chain is not run."""
 
+    def __init__(self, report: ImageReport):
+        super().__init__(report.name)
+        self.report = report
+
 
 # ------------------------------------------------------------------ encode
 def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, progress=None,
@@ -244,8 +248,8 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
         try:
             entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared, seed_nelbo, give_up)
         except _ClassicWins as won:
-            won.args[0].method, won.args[0].skipped_chain = "classic", True
-            return classic, [won.args[0]]
+            won.report.method, won.report.skipped_chain = "classic", True
+            return classic, [won.report]
         entries.append(entry)
         reports.append(report)
     words = stack.words()
@@ -391,7 +395,7 @@ def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | Non
     sm, planes = coder.step_model, img.planes
     recon_bpd = fit_info.get("held_out_bpd_fitted" if weights is not None else "held_out_bpd_model")
     if recon_bpd is None:  # no fit ran: the model's context at one z_0 draw
-        recon_bpd = image_recon_bits(sm, planes, weights) / planes.size
+        recon_bpd = estimate_recon_bits(sm, planes, weights) / planes.size
     diffusion = estimate_diffusion(sm, planes, film).bits
     side = report.side_bytes + report.context_bytes + report.film_bytes + BITSBACK_HEADER_BYTES
     report.estimated_bytes = int(round((recon_bpd * planes.size + diffusion) / 8.0)) + side
@@ -399,21 +403,6 @@ def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | Non
     report.terms = {"recon": recon_bpd * planes.size, "prior": 0.0, "diffusion": diffusion}
     report.nelbo_bits = sum(report.terms.values())
     report.estimate_s = time.perf_counter() - t0
-
-
-def image_recon_bits(sm: StepModel, planes: np.ndarray, weights: ContextWeights | None, seed: int = 0) -> float:
-    """Bits of p(x | z_0) for (H, W, C) planes at one z_0 draw: the whole image, or for a
-    large one a grid of tiles (coding.adapt.held_out_tiles) scaled up."""
-    whole = np.ascontiguousarray(planes.transpose(2, 0, 1))
-    rng = np.random.default_rng(seed)
-    g = sm.grids
-    bits, size = 0.0, 0
-    for x in held_out_tiles(whole):
-        xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-        k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
-        bits += float(sm.p_pixels(k0, weights=weights).bits(x))
-        size += x.size
-    return bits * whole.size / size
 
 
 def _layout_item(r: RegionStats) -> dict:
