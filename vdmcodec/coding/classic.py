@@ -26,9 +26,10 @@ WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only 
 # 0.1 GB of memory (session 15).  Since compress decides before the chain (coding.estimate),
 # a large photo stored classic no longer pays for a chain first, so it gets effort 9: the
 # 12 MP mosaic 2.1797 / 2.1667 / 2.1625 bpd at effort 7 / 8 / 9 in 9.5 / 31 / 46 s, the 24 MP
-# one 2.1628 at effort 9 in 93 s and 0.15 GB (session 16)
+# one 2.1628 at effort 9 in 93 s and 0.15 GB; a 2 MP one 2.1527 / 2.1387 at effort 9 / 10
+# in 11 / 23 s, so effort 10 up to 4 MP (session 16)
 JXL_STRIP_EFFORTS = ((1 << 18, 9), (None, 7))
-JXL_IMAGE_EFFORTS = ((1 << 20, 10), (1 << 25, 9), (None, 8))
+JXL_IMAGE_EFFORTS = ((1 << 22, 10), (1 << 25, 9), (None, 8))
 
 
 def jxl_effort(pixels: int, efforts: tuple = JXL_STRIP_EFFORTS) -> int:
