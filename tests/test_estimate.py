@@ -5,13 +5,14 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pytest
 
 from helpers import kodak_crop, raster
 from vdmcodec import codec
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder, compress_images, decompress_bytes
 from vdmcodec.coding import estimate
-from vdmcodec.coding.estimate import estimate_diffusion, patch_mosaic
+from vdmcodec.coding.estimate import diffusion_by_step, estimate_diffusion, patch_mosaic
 from vdmcodec.container import unpack_container
 from vdmcodec.image_io import pixel_sha256
 
@@ -37,6 +38,10 @@ def test_small_image_estimate_is_the_whole_image_sum(coder):
     est = estimate_diffusion(coder.step_model, planes, seed=5)
     again = estimate_diffusion(coder.step_model, planes, seed=5)
     assert est.bits == again.bits > 0 and est.counted_dims == planes.size
+    x = np.ascontiguousarray(planes.transpose(2, 0, 1))
+    sm = coder.step_model
+    whole = diffusion_by_step(sm, x, None, range(1, sm.grids.T + 1), np.random.default_rng(5)).sum()
+    assert est.bits == pytest.approx(whole, rel=1e-12)
 
 
 def test_a_skipped_chain_stores_the_classic_file_which_decodes(coder):

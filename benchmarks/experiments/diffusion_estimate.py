@@ -23,7 +23,7 @@ import torch
 from benchmarks.experiments.effort_ablation import centre_crop
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder
-from vdmcodec.coding.estimate import _step_bits, estimate_diffusion, float_step_model
+from vdmcodec.coding.estimate import diffusion_by_step, estimate_diffusion, float_step_model
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         planes = centre_crop(path, width, height).planes
         x = np.ascontiguousarray(planes.transpose(2, 0, 1))
         t0 = time.perf_counter()
-        truth = float(_step_bits(fsm, x, None, range(1, fsm.grids.T + 1), np.random.default_rng(5)).sum())
+        truth = float(diffusion_by_step(fsm, x, None, range(1, fsm.grids.T + 1), np.random.default_rng(5)).sum())
         row = {"image": path.name, "truth_bpd": truth / planes.size, "truth_s": time.perf_counter() - t0}
         for spec in args.variants:
             grid, patch, margin, whole = spec.split(":")

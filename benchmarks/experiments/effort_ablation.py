@@ -38,6 +38,12 @@ def centre_crop(path: Path, width: int, height: int) -> RasterImage:
     return RasterImage("RGB" if c == 3 else "L", crop.shape[1], crop.shape[0], crop, None, None)
 
 
+def write_rows(path: str | None, settings: dict, rows: list[dict]) -> None:
+    """An experiment's JSON record: its settings and one row per measurement (None: none)."""
+    if path:
+        Path(path).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+
+
 def variant_kwargs(variant: str, T: int) -> dict:
     """Coder keywords: the default preset with the variant's changes."""
     from benchmarks.experiments.fit_budget import parse_budget
@@ -100,10 +106,8 @@ def main(argv=None) -> int:
                 row["decode_s"] = time.perf_counter() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.json_out:
-        settings = {"images": [str(p) for p in args.images], "crop": args.crop, "checkpoint": args.checkpoint,
-                    "threads": args.threads, "model": lm.model_id}
-        Path(args.json_out).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    write_rows(args.json_out, {"images": [str(p) for p in args.images], "crop": args.crop,
+                               "checkpoint": args.checkpoint, "threads": args.threads, "model": lm.model_id}, rows)
     return 0
 
 

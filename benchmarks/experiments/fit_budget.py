@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.experiments.effort_ablation import centre_crop
+from benchmarks.experiments.effort_ablation import centre_crop, write_rows
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder
 from vdmcodec.coding.adapt import FitBudget, fit_image_context
@@ -59,10 +59,9 @@ def main(argv=None) -> int:
                    "net_bpd": (info.get("saving_bits", 0.0) - info.get("cost_bits", 0.0)) / planes.size}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.json_out:
-        settings = {"images": [str(p) for p in args.images], "crop": args.crop, "checkpoint": args.checkpoint,
-                    "threads": args.threads, "z0_ensemble": coder.step_model.z0_ensemble}
-        Path(args.json_out).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    write_rows(args.json_out, {"images": [str(p) for p in args.images], "crop": args.crop,
+                               "checkpoint": args.checkpoint, "threads": args.threads,
+                               "z0_ensemble": coder.step_model.z0_ensemble}, rows)
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.experiments.effort_ablation import centre_crop
+from benchmarks.experiments.effort_ablation import centre_crop, write_rows
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder, _classic_of_single, compress_images
 
@@ -49,10 +49,8 @@ def main(argv=None) -> int:
                "estimate_s": rep.estimate_s, "compress_s": time.perf_counter() - t0}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.json_out:
-            settings = {"images": [str(q) for q in args.images], "crop": args.crop, "effort": args.effort,
-                        "checkpoint": args.checkpoint, "threads": args.threads}
-            Path(args.json_out).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+        write_rows(args.json_out, {"images": [str(q) for q in args.images], "crop": args.crop, "effort": args.effort,
+                                   "checkpoint": args.checkpoint, "threads": args.threads}, rows)  # after each image
     return 0
 
 

@@ -93,21 +93,22 @@ def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | Non
     rng = np.random.default_rng(seed)
     with fsm.adapted(film):
         tiles, mask = patch_mosaic(x, grid, patch, margin)
-        per_patch = _step_bits(fsm, tiles, mask, range(1, fsm.grids.T + 1), rng) * planes.size / (mask.sum() * x.shape[0])
+        per_patch = diffusion_by_step(fsm, tiles, mask, range(1, fsm.grids.T + 1), rng)
+        per_patch *= planes.size / (mask.sum() * x.shape[0])
         s = min(whole_steps, fsm.grids.T)
         if tiles is x or s <= 0:
             bits = float(per_patch.sum())
         else:
             wholes = [x] if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS else held_out_tiles(x)
-            first = sum(_step_bits(fsm, t, None, range(1, s + 1), rng) for t in wholes)
+            first = sum(diffusion_by_step(fsm, t, None, range(1, s + 1), rng) for t in wholes)
             first = first * x.size / sum(t.size for t in wholes)
             ratio = first.sum() / max(per_patch[:s].sum(), 1e-9)
             bits = float(first.sum() + ratio * per_patch[s:].sum())
     return DiffusionEstimate(bits=bits, counted_dims=int(mask.sum()) * x.shape[0], seconds=time.perf_counter() - t0)
 
 
-def _step_bits(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, steps: range,
-               rng: np.random.Generator) -> np.ndarray:
+def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, steps: range,
+                      rng: np.random.Generator) -> np.ndarray:
     """Each step's KL in bits over x (C, H, W uint8), counting the pixels in mask (None: all)."""
     g = fsm.grids
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
