@@ -403,6 +403,7 @@ class VdmcRunner:
             "implied_bits": float(rep.implied_bits),
             "implied_bpd": float(rep.implied_bits) / dims,
             "seed_bytes": int(rep.seed_bytes),
+            "classic_rows": int(getattr(rep, "classic_rows", 0)),
             "side_bytes": int(rep.side_bytes),
             "context_bytes": int(getattr(rep, "context_bytes", 0)),
             "film_bytes": int(getattr(rep, "film_bytes", 0)),

@@ -257,7 +257,7 @@ def test_archive_without_output_is_usage_error(tmp_path):
 
 
 REQUIRED_FIELDS = {"input", "output", "width", "height", "mode", "bytes", "bpd", "nelbo_bpd", "overhead_bytes",
-                   "encode_seconds", "method", "regions", "seed_bytes", "coder_overhead_bits", "sampling_bits",
+                   "encode_seconds", "method", "regions", "seed_bytes", "classic_rows", "coder_overhead_bits", "sampling_bits",
                    "terms_bpd"}
 
 

@@ -42,6 +42,31 @@ def test_small_image_estimate_is_the_whole_image_sum(coder):
     sm = coder.step_model
     whole = diffusion_by_step(sm, x, None, range(1, sm.grids.T + 1), np.random.default_rng(5)).sum()
     assert est.bits == pytest.approx(whole, rel=1e-12)
+    assert est.rows.shape == (24,) and est.rows.sum() == pytest.approx(est.bits, rel=1e-12)
+
+
+def test_the_estimate_spreads_over_rows_where_the_whole_image_was_computed(coder, monkeypatch):
+    """coding.bands decides by the model's bits per row: the diffusion estimate's rows sum
+    to it (the first steps' share of each row, scaled), and are None on tiled large images."""
+    planes = kodak_crop(512, 384, index=7, top=0, left=0)
+    est = estimate_diffusion(coder.step_model, planes, seed=2)
+    assert est.counted_dims < planes.size  # the patch mosaic, not the whole image
+    assert est.rows.shape == (512,) and np.all(est.rows > 0)
+    assert est.rows.sum() == pytest.approx(est.bits, rel=1e-9)
+    monkeypatch.setattr(estimate, "WHOLE_MAX_PIXELS", 1 << 14)
+    assert estimate_diffusion(coder.step_model, planes, seed=2).rows is None
+
+
+def test_reconstruction_by_row_in_strips_agrees_with_the_whole(default_checkpoint, monkeypatch):
+    sm = Coder.for_effort(load_checkpoint(default_checkpoint), "fast", threads=2).step_model
+    planes = kodak_crop(64, 96, index=9, real=True)
+    whole = estimate.recon_bits_by_row(sm, planes, None, seed=3)
+    monkeypatch.setattr(estimate, "RECON_ROWS_STRIP_PIXELS", 32 * 96)  # two strips of 32 rows, other z_0 draws
+    strips = estimate.recon_bits_by_row(sm, planes, None, seed=3)
+    assert whole.shape == strips.shape == (64,) and np.all(whole > 0)
+    fsm = estimate.float_step_model(sm)
+    assert whole.sum() == pytest.approx(estimate.estimate_recon_bits(fsm, planes, None, seed=3), rel=1e-9)
+    assert strips.sum() == pytest.approx(whole.sum(), rel=0.02)  # the strips' borders lose a little context
 
 
 def test_a_skipped_chain_stores_the_classic_file_which_decodes(coder):

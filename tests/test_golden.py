@@ -250,3 +250,22 @@ def test_version_10_golden_file_with_the_header_dictionary_decodes():
     assert [r["codec"] for e in header["images"] for r in e["layout"] if r["kind"] == "classic"] == ["jxl"]
     assert length < struct.unpack_from("<I", (DATA / "s14_v9_film.vdmc").read_bytes(), 10)[0] - 300
     _assert_golden_crops(dict(decompress_bytes(data)))
+
+
+def test_golden_file_with_a_classic_strip_between_bitsback_regions_decodes():
+    """Written by session 17's code (make_golden.py strips): the RGB crop alone, in exact
+    arithmetic, with a classic strip in the middle of its rows (coding.bands) between
+    bits-back regions, still format 10: the decoder has always read a classic region
+    anywhere in the layout, and must keep doing so."""
+    import struct
+
+    data = (DATA / "s17_v10_strip.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 10
+    header, _ = unpack_container(data)
+    layout = header["images"][0]["layout"]
+    kinds = [r["kind"] for r in layout]
+    middle = [i for i, r in enumerate(layout) if r["kind"] == "classic" and r["rows"][0] > 0]
+    assert middle and "bitsback" in kinds[: middle[0]] and "bitsback" in kinds[middle[0] + 1 :]
+    ((name, img),) = decompress_bytes(data)
+    with Image.open(DATA / name) as im:
+        np.testing.assert_array_equal(img.planes, np.asarray(im))

@@ -261,6 +261,7 @@ def compressed_record(inp, out_path, img, rep, data: bytes, total_dims: int, enc
         "method": rep.method,
         "regions": rep.regions,
         "seed_bytes": rep.seed_bytes,
+        "classic_rows": rep.classic_rows,
         "side_bytes": rep.side_bytes,
         "context_bytes": rep.context_bytes,
         "film_bytes": rep.film_bytes,

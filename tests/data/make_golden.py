@@ -10,6 +10,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v5 s4_tiny_four_pass.pt s13_v8_rice.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s14_v9_film.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v10 ../../checkpoints/default.pt s15_v10_zdict.vdmc
+    VDMCODEC_DATA=../shared/data python tests/data/make_golden.py strips ../../checkpoints/default.pt s17_v10_strip.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -32,6 +33,9 @@ the network forced (random steps in -4..4; the crops are too small for the encod
 format 9's images[].film sections, folded into the exact tables by the decoder.  Run with
 session 15's code, "v10" is "v9" with 8 network calls at z_0 (the flips of z_0 and of its
 transpose) in format 10: the header deflated from the preset dictionary, JPEG XL seeds.
+"strips" (session 17, still format 10) codes the RGB crop alone at the default effort in
+exact arithmetic with a classic strip in the middle of its rows (coding.bands; forced: the
+crop is far too small for the encoder to choose one), between bits-back regions.
 """
 
 import sys
@@ -98,6 +102,26 @@ def main_v9(ckpt_name: str, archive_name: str, z0_ensemble: int | None = None) -
     (HERE / archive_name).write_bytes(data)
 
 
+def main_strips(ckpt_name: str, file_name: str) -> None:
+    import numpy as np
+
+    from vdmcodec import codec
+    from vdmcodec.coding.bands import ClassicStrip
+    from vdmcodec.coding.classic import encode_rows
+
+    torch.set_num_threads(2)
+    name, img = crops()[0]
+
+    def middle_strip(x, rows):
+        return [ClassicStrip((8, 14), *encode_rows(np.ascontiguousarray(x[:, 8:14])))]
+
+    codec.SKIP_MIN_PIXELS, codec.MIN_BAND_IMAGE_ROWS, codec.plan_strips = 0, 0, middle_strip
+    codec._classic_of_single = lambda coder, images: bytes(1 << 20)  # never smaller: the chain's file is kept
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    data, _ = compress_images([(name, img)], coder)
+    (HERE / file_name).write_bytes(data)
+
+
 def main_v4(ckpt_name: str, archive_name: str) -> None:
     from vdmcodec.metadata import ImageMetadata
 
@@ -140,6 +164,8 @@ if __name__ == "__main__":
         main_v9(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v10":
         main_v9(sys.argv[2], sys.argv[3], z0_ensemble=8)
+    elif sys.argv[1] == "strips":
+        main_strips(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

@@ -334,12 +334,16 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     caches["fit1"], caches["val1"] = (caches["fit"], caches["val"]) if same_calls else ({}, {})
 
     def bits(inputs, cache, weight, log_scale, head=None, gains=None, coef_shift=None,
-             feature_head=None) -> torch.Tensor:
+             feature_head=None, by_row: list | None = None) -> torch.Tensor:
+        """Bits per dim; by_row, when given, receives the bits of each row (summed over the batch)."""
         xi, xt, loc, scale, coef, feats = inputs
         lo, sc = model.context_params(xt, loc, scale, coef, weights=(weight, log_scale), head=head,
                                       feature_cache=cache, gains=gains, coef_shift=coef_shift,
                                       feature_head=feature_head, features=feats)
-        return -discretized_logistic_logp(xi, lo, sc).mean() / math.log(2.0)
+        nll = -discretized_logistic_logp(xi, lo, sc) / math.log(2.0)
+        if by_row is not None:
+            by_row.append(nll.detach().sum(dim=(0, 1, 3)).double().numpy())
+        return nll.mean()
 
     def fit(kind: str) -> ContextWeights:
         params = [w0.clone().requires_grad_(True), l0.clone().requires_grad_(True)]
@@ -397,9 +401,13 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
     kinds = ["linear"]
     if base_head is not None:
         kinds += ["off"] + (["head"] if budget.head else [])
+    # one held-out array (the whole image): the bits of each of its rows are kept for the
+    # chosen weights (coding.bands decides by them)
+    rows: dict = {} if held_out is not None and len(held_out) == 1 else None
     with torch.no_grad():
         before = float(bits(fit_all[n_model], caches["fit1"], w0, l0))
-        val_before = before if held_out is None else float(bits(val_all[n_model], caches["val1"], w0, l0))
+        val_before = before if held_out is None else float(
+            bits(val_all[n_model], caches["val1"], w0, l0, by_row=None if rows is None else rows.setdefault("model", [])))
     margin = KEEP_IF_SAVING_OVER_COST if held_out is None else KEEP_IF_HELD_OUT_SAVING_OVER_COST
     best, best_info = None, {"patch_bpd_model": before, "held_out_bpd_model": val_before, "choice": "model",
                              "saving_bits": 0.0, "cost_bits": 0.0, "head": False, "candidates": {}}
@@ -407,7 +415,8 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
         fitted = fit(kind)
         with torch.no_grad():
             after = float(bits(fit_in, caches["fit"], *as_torch(fitted)))
-            val_after = after if held_out is None else float(bits(val_in, caches["val"], *as_torch(fitted)))
+            val_after = after if held_out is None else float(
+                bits(val_in, caches["val"], *as_torch(fitted), by_row=None if rows is None else rows.setdefault(kind, [])))
         saving, cost = (val_before - val_after) * dims, 8.0 * (len(pack_deltas(sm, fitted)) + HEADER_BYTES)
         best_info["candidates"][kind] = {"patch_bpd": after, "held_out_bpd": val_after, "saving_bits": saving,
                                          "cost_bits": cost, "net_bits": saving - cost}
@@ -417,4 +426,6 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
             best_info.update(patch_bpd_fitted=after, held_out_bpd_fitted=val_after, choice=kind,
                              saving_bits=saving, cost_bits=cost, head=kind == "head")
     best_info.setdefault("patch_bpd_fitted", best_info["candidates"][kinds[0]]["patch_bpd"])
+    if rows is not None:
+        best_info["held_out_rows"] = rows[best_info["choice"]][0]
     return best, best_info

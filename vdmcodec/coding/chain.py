@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -18,6 +20,9 @@ from .ans import AnsStack, Codec
 from .classic import decode_rows, encode_rows
 from .pixels import ContextWeights, PixelCodec
 from .steps import LOG2E, StepModel
+
+if TYPE_CHECKING:
+    from .bands import ClassicStrip
 MAX_REGION_PIXELS = 1 << 19  # bounds memory per region (about 1 GB), whatever the image size
 STACK_MARGIN_BITS = 256
 LOW_WATER_BITS = 64  # a region whose stack fell this low is coded again at the conservative size
@@ -208,10 +213,13 @@ def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: fl
 
 
 def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None,
-                 context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None) -> list[RegionStats]:
+                 context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None,
+                 strips: "list[ClassicStrip]" = ()) -> list[RegionStats]:
     """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
 
     Returns the region list (the layout goes into the file header, in coding order).
+    strips: bands of rows coded classically (coding.bands, each starting at an even row),
+    pushed as they come like the seed; no region crosses one.
 
     A region is as large as the bits on the stack can pay for.  The first takes the
     conservative bound of grids.pop_bits_per_dim (which ignores what pushing x gives back);
@@ -226,13 +234,27 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     need = safe
     max_rows = max(1, MAX_REGION_PIXELS // w)
     regions: list[RegionStats] = []
-    row = 0
-    if rows_affordable(stack.num_bits(), w, c, safe) < 1:
-        row = _push_classic_seed(stack, x, safe, regions)
+    strips = sorted(strips, key=lambda s: s.rows[0])
+    row, after_strip = 0, False
     while row < h:
+        if strips and strips[0].rows[0] == row:
+            strip = strips.pop(0)
+            stack.push_bytes(strip.data)
+            regions.append(RegionStats(rows=strip.rows, kind="classic", dims=x[:, row : strip.rows[1]].size,
+                                       exact_bits=8 * len(strip.data), implied_bits=8 * len(strip.data),
+                                       classic_bytes=len(strip.data), classic_codec=strip.codec))
+            row, after_strip = strip.rows[1], True
+            continue
+        end = strips[0].rows[0] if strips else h  # the next strip's first row (even)
+        # a seed starts the image, and follows a strip too small to pay for the next region
+        seed = (row == 0 or after_strip) and rows_affordable(stack.num_bits(), w, c, safe) < 1
+        after_strip = False
+        if seed:
+            row = _push_classic_seed(stack, x, safe, regions, row, end)
+            continue
         before = stack.clone() if need < safe else None
         for attempt_need in (need, safe):
-            rows = even_rows(row, min(h - row, max_rows, rows_affordable(stack.num_bits(), w, c, attempt_need)), h)
+            rows = even_rows(row, min(end - row, max_rows, rows_affordable(stack.num_bits(), w, c, attempt_need)), h)
             start = stack.num_bits()
             st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
                                context=x[:, row + rows : row + rows + context_rows], weights=weights)
@@ -259,23 +281,28 @@ def even_rows(row: int, rows: int, h: int) -> int:
     return max(2, rows - rows % 2)  # h - row > rows here, so 2 rows always fit
 
 
-def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: list[RegionStats]) -> int:
-    """Push a classic code of the first rows: enough that the next region has a quarter of
-    their rows (a classic code costs less than a region needs per dim, so it cannot pay for
-    as many rows as it holds)."""
+def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: list[RegionStats],
+                       start: int = 0, end: int | None = None) -> int:
+    """Push a classic code of the rows from `start` (the image's first, or the first after a
+    classic strip too small to pay for a region): enough that the next region has a quarter
+    of their rows (a classic code costs less than a region needs per dim, so it cannot pay
+    for as many rows as it holds), and not past `end` (where a strip starts).  Returns the
+    row after the seed."""
     c, h, w = x.shape
-    max_rows = even_rows(0, max(4, -(-h // 8)), h)  # a very compressible image must not end up all classic
-    rows = min(2, h)
+    end = h if end is None else end
+    max_rows = min(end - start, even_rows(0, max(4, -(-h // 8)), h))  # a very compressible image must not end up all classic
+    rows = min(2, end - start)
     while True:
-        codec, data = encode_rows(x[:, :rows])
-        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - rows))
-        if rows >= min(h, max_rows) or enough:
+        codec, data = encode_rows(x[:, start : start + rows])
+        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - start - rows))
+        if rows >= max_rows or enough:
             break
-        rows = min(h, max_rows, even_rows(0, rows + max(2, rows // 2), h))  # 2, 4, 6, 8, 12, 18, ...
+        rows = min(max_rows, even_rows(0, rows + max(2, rows // 2), h))  # 2, 4, 6, 8, 12, 18, ...
     stack.push_bytes(data)
-    regions.append(RegionStats(rows=(0, rows), kind="classic", dims=x[:, :rows].size, exact_bits=8 * len(data),
-                               implied_bits=8 * len(data), classic_bytes=len(data), classic_codec=codec))
-    return rows
+    regions.append(RegionStats(rows=(start, start + rows), kind="classic", dims=x[:, start : start + rows].size,
+                               exact_bits=8 * len(data), implied_bits=8 * len(data), classic_bytes=len(data),
+                               classic_codec=codec))
+    return start + rows
 
 
 def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channels: int, layout: list[dict],

@@ -46,6 +46,9 @@ class DiffusionEstimate:
     bits: float
     counted_dims: int  # latents the estimate summed (scaled up to the image's)
     seconds: float
+    # bits per image row, summing to `bits` (the first steps' share of each row, scaled up),
+    # where the whole image was computed; None for tiled large images
+    rows: np.ndarray | None = None
 
 
 def patch_mosaic(x: np.ndarray, grid: tuple[int, int] = ESTIMATE_GRID, patch: int = ESTIMATE_PATCH,
@@ -91,20 +94,32 @@ def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | Non
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
     fsm = float_step_model(sm)
     rng = np.random.default_rng(seed)
+    rows = None
     with fsm.adapted(film):
         tiles, mask = patch_mosaic(x, grid, patch, margin)
+        if tiles is x:  # too small for patches: every step on the whole image
+            by_row = diffusion_by_row(fsm, x, range(1, fsm.grids.T + 1), rng)
+            return DiffusionEstimate(bits=float(by_row.sum()), counted_dims=x.size,
+                                     seconds=time.perf_counter() - t0, rows=by_row)
         per_patch = diffusion_by_step(fsm, tiles, mask, range(1, fsm.grids.T + 1), rng)
         per_patch *= planes.size / (mask.sum() * x.shape[0])
         s = min(whole_steps, fsm.grids.T)
-        if tiles is x or s <= 0:
+        if s <= 0:
             bits = float(per_patch.sum())
         else:
-            wholes = [x] if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS else held_out_tiles(x)
-            first = sum(diffusion_by_step(fsm, t, None, range(1, s + 1), rng) for t in wholes)
-            first = first * x.size / sum(t.size for t in wholes)
-            ratio = first.sum() / max(per_patch[:s].sum(), 1e-9)
-            bits = float(first.sum() + ratio * per_patch[s:].sum())
-    return DiffusionEstimate(bits=bits, counted_dims=int(mask.sum()) * x.shape[0], seconds=time.perf_counter() - t0)
+            if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS:
+                first_rows = diffusion_by_row(fsm, x, range(1, s + 1), rng)
+                first = first_rows.sum()
+            else:
+                wholes = held_out_tiles(x)
+                first = sum(diffusion_by_row(fsm, t, range(1, s + 1), rng).sum() for t in wholes)
+                first = first * x.size / sum(t.size for t in wholes)
+            ratio = first / max(per_patch[:s].sum(), 1e-9)
+            bits = float(first + ratio * per_patch[s:].sum())
+            if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS:
+                rows = first_rows * (bits / max(first, 1e-9))
+    return DiffusionEstimate(bits=bits, counted_dims=int(mask.sum()) * x.shape[0], seconds=time.perf_counter() - t0,
+                             rows=rows)
 
 
 def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, steps: range,
@@ -119,6 +134,38 @@ def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, st
         nats = fsm.step_kl_nats(xt, k, i, eps, lam)
         out.append(float((nats if mask is None else nats[:, mask]).sum()) * LOG2E)
     return np.array(out)
+
+
+def diffusion_by_row(fsm: StepModel, x: np.ndarray, steps: range, rng: np.random.Generator) -> np.ndarray:
+    """The KL of `steps` summed, in bits, for each row of x (C, H, W uint8)."""
+    g = fsm.grids
+    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
+    out = np.zeros(x.shape[1])
+    for i in steps:
+        k = np.rint((g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)) / g.delta[i]).astype(np.int32)
+        eps, lam = fsm.step_outputs(k, i)
+        out += fsm.step_kl_nats(xt, k, i, eps, lam).sum(axis=(0, 2)) * LOG2E
+    return out
+
+
+RECON_ROWS_STRIP_PIXELS = 1 << 18  # recon_bits_by_row works in strips of about this many pixels (memory)
+
+
+def recon_bits_by_row(sm: StepModel, planes: np.ndarray, weights: "ContextWeights | None", seed: int = 0) -> np.ndarray:
+    """Bits of p(x | z_0) for each row of (H, W, C) planes at one z_0 draw (float network),
+    in strips of rows (the pixel decoder's tables of a whole large image would take GBs)."""
+    x = np.ascontiguousarray(planes.transpose(2, 0, 1))
+    g = sm.grids
+    fsm = float_step_model(sm)
+    rng = np.random.default_rng(seed)
+    step = max(2, RECON_ROWS_STRIP_PIXELS // x.shape[2] // 2 * 2)
+    out = []
+    for r0 in range(0, x.shape[1], step):
+        part = x[:, r0 : r0 + step]
+        xt = (2.0 * part.astype(np.float64) + 1.0) / 256.0 - 1.0
+        k0 = np.rint((g.alpha[0] * xt + g.sigma[0] * rng.standard_normal(xt.shape)) / g.delta[0]).astype(np.int32)
+        out.append(fsm.p_pixels(k0, weights=weights).bits_map(part).sum(axis=(0, 2)))
+    return np.concatenate(out)
 
 
 def estimate_recon_bits(sm: StepModel, planes: np.ndarray, weights: "ContextWeights | None", seed: int = 0) -> float:

@@ -320,6 +320,15 @@ class PixelCodec:
         return sum(table_bits_rows(probs, np.clip(x[mask].ravel().astype(np.int64) - offset, 0, self.width - 1))
                    for mask, probs, offset in self._group_tables(x))
 
+    def bits_map(self, x: np.ndarray) -> np.ndarray:
+        """-log2 P of each pixel of x (C, H, W), float64 (C, H, W): bits summed to `bits`."""
+        x = x.reshape(self.shape)
+        out = np.empty(self.shape)
+        for mask, probs, offset in self._group_tables(x):
+            idx = np.clip(x[mask].ravel().astype(np.int64) - offset, 0, self.width - 1)
+            out[mask] = -np.log2(probs[np.arange(len(idx)), idx]).reshape(out[mask].shape)
+        return out
+
     def tables(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(probs, offset) of every group, for tests."""
         return [(probs, offset) for _, probs, offset in self._group_tables(x)]

@@ -1,0 +1,94 @@
+"""Bands of rows handed to the classic code inside a bits-back image (coding.bands)."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from helpers import assert_same_image, kodak_crop, raster
+from vdmcodec import codec
+from vdmcodec.coding import bands, chain
+from vdmcodec.coding.ans import AnsStack
+from vdmcodec.coding.bands import ClassicStrip, mixed_bits, plan_strips
+from vdmcodec.coding.classic import decode_rows, encode_rows
+from vdmcodec.container import unpack_container
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(bands, raise_on_error=True).attempted > 0
+
+
+def strip_of(planes: np.ndarray, r0: int, r1: int) -> ClassicStrip:
+    codec_name, data = encode_rows(np.ascontiguousarray(planes[r0:r1].transpose(2, 0, 1)))
+    return ClassicStrip((r0, r1), codec_name, data)
+
+
+def encode_and_decode(coder, planes, strips):
+    stack = AnsStack()
+    regions = chain.encode_image(stack, coder.step_model, planes, strips=strips)
+    layout = [{"rows": list(r.rows), "kind": r.kind, "bytes": r.classic_bytes} for r in regions]
+    h, w, c = planes.shape
+    np.testing.assert_array_equal(chain.decode_image(stack, coder.step_model, h, w, c, layout), planes)
+    assert stack.num_bits() == 0
+    return regions
+
+
+@pytest.mark.parametrize("spans", [[(32, 48)], [(0, 16), (64, 96)], [(40, 42), (88, 96)]])
+def test_strips_anywhere_decode_exactly_and_no_region_crosses_one(coder, spans):
+    planes = kodak_crop(96, 40, index=12, real=True)
+    strips = [strip_of(planes, *s) for s in spans]
+    regions = encode_and_decode(coder, planes, strips)
+    for s in strips:
+        (hit,) = [r for r in regions if r.rows == s.rows]
+        assert hit.kind == "classic" and hit.classic_bytes == len(s.data)
+        assert all(r.rows[1] <= s.rows[0] or r.rows[0] >= s.rows[1] for r in regions if r is not hit)
+    assert all(r.rows[0] % 2 == 0 for r in regions)
+    assert [r.rows for r in regions] == sorted(r.rows for r in regions)  # coded top to bottom, tiling the image
+    assert regions[0].rows[0] == 0 and regions[-1].rows[1] == 96
+    assert all(a.rows[1] == b.rows[0] for a, b in zip(regions, regions[1:]))
+
+
+def test_a_strip_too_small_to_pay_for_a_region_is_followed_by_a_seed(coder):
+    planes = kodak_crop(64, 40, index=3, real=True)
+    regions = encode_and_decode(coder, planes, [strip_of(planes, 0, 2)])
+    assert regions[0].rows == (0, 2) and regions[0].kind == "classic"
+    assert regions[1].kind == "classic" and regions[1].rows[0] == 2  # the seed after it
+    assert any(r.kind == "bitsback" for r in regions)
+
+
+def test_flat_rows_go_to_the_classic_code_and_noisy_ones_stay():
+    rng = np.random.default_rng(0)
+    x = np.empty((3, 256, 96), dtype=np.uint8)
+    x[:, :128] = 120  # JPEG XL codes this in a few bytes
+    x[:, 128:] = rng.integers(0, 256, (3, 128, 96))  # ~8 bits per value for any classic code
+    model_rows = np.full(256, 2.0 * 3 * 96)  # the model at 2 bits per value everywhere
+    strips = plan_strips(x, model_rows)
+    assert [s.rows for s in strips] == [(0, 128)]
+    np.testing.assert_array_equal(decode_rows(strips[0].data, 3, 128, 96), x[:, :128])
+    assert mixed_bits(model_rows, strips) == pytest.approx(model_rows[128:].sum() + 8 * len(strips[0].data))
+    assert plan_strips(x[:, :100], model_rows[:100]) == []  # too short to split
+
+
+def test_compress_codes_the_planned_strips_and_the_file_decodes(coder, monkeypatch):
+    img = raster(kodak_crop(96, 40, index=12, real=True))
+    monkeypatch.setattr(codec, "SKIP_MIN_PIXELS", 0)
+    monkeypatch.setattr(codec, "MIN_BAND_IMAGE_ROWS", 0)
+    planned = []
+
+    def plan(x, rows):
+        assert rows.shape == (96,) and np.all(rows > 0)  # the model's estimated bits of every row
+        planned.append(strip_of(np.ascontiguousarray(x.transpose(1, 2, 0)), 48, 64))
+        return planned
+
+    monkeypatch.setattr(codec, "plan_strips", plan)
+    # a classic file that never wins: the estimate runs and the chain codes the image
+    monkeypatch.setattr(codec, "_classic_of_single", lambda coder, images: bytes(1 << 20))
+    data, (report,) = codec.compress_images([("img0", img)], coder, skip_margin=0.01)
+    assert report.method == "bitsback" and report.estimated_bytes > 0
+    assert_same_image(img, codec.decompress_bytes(data, coder=coder)[0][1])
+    header, _ = unpack_container(data)
+    layout = header["images"][0]["layout"]
+    assert {"rows": [48, 64], "kind": "classic", "bytes": len(planned[0].data), "codec": planned[0].codec} in layout
+    assert report.seed_bytes >= len(planned[0].data)

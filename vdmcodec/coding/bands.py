@@ -1,0 +1,90 @@
+"""Which row bands of an image a classic code (JPEG XL) takes instead of the bits-back chain.
+
+A photograph is rarely all of one kind: a calm sky or still water that JPEG XL codes well
+sits above foliage or cloth that the model codes better.  The chain codes row regions and
+already pushes a classic code of its first rows (the seed) onto the stack, and the decoder
+reads a classic region anywhere in an image's layout, so the encoder may hand any band of
+rows to the classic code: its bytes go onto the stack like the seed's (and pay for the
+latents the next region pops), and the region above it sees its rows as context.
+
+The choice: the model's bits per row as estimated before the chain (coding.estimate), and
+JPEG XL at effort 9 on each band of BAND_ROWS rows on its own; a band goes classic where its
+JPEG XL code is smaller, and each run of adjacent classic bands becomes one strip, coded
+with coding.classic.encode_rows at the whole-image effort.  On seven training photographs
+(768x512 crops, benchmarks/experiments/band_choice) the best mix of bands of 64 rows was
+0.4-2.1% below the smaller of the whole-image JPEG XL file and the model's NELBO on four,
+and gained nothing on the other three.
+
+>>> runs_of([False, True, True, False, True])
+[(1, 3), (4, 5)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+
+from .classic import JXL_IMAGE_EFFORTS, encode_rows
+
+BAND_ROWS = 64  # the unit of the choice: even, so every band and region starts at an even row
+BAND_EFFORT = 9  # JPEG XL effort of the per-band sizes that decide (effort 10: 0.6% smaller, 2.7x the time)
+MIN_BAND_IMAGE_ROWS = 2 * BAND_ROWS  # shorter images: all of one kind
+
+
+@dataclass(frozen=True)
+class ClassicStrip:
+    """Rows [r0, r1) coded classically inside a bits-back image."""
+
+    rows: tuple[int, int]
+    codec: str
+    data: bytes  # tagged as coding.classic.encode_rows makes it
+
+
+def runs_of(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in flags."""
+    runs, start = [], None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def band_bits(x: np.ndarray, band: int = BAND_ROWS, effort: int = BAND_EFFORT) -> np.ndarray:
+    """Bits of JPEG XL (lossless, this effort) on each band of `band` rows of x (C, H, W) uint8."""
+    h = x.shape[1]
+    out = []
+    for r0 in range(0, h, band):
+        part = x[0, r0 : r0 + band] if x.shape[0] == 1 else np.ascontiguousarray(x[:, r0 : r0 + band].transpose(1, 2, 0))
+        out.append(8.0 * len(imagecodecs.jpegxl_encode(part, lossless=True, effort=effort)))
+    return np.array(out)
+
+
+def plan_strips(x: np.ndarray, model_row_bits: np.ndarray, band: int = BAND_ROWS) -> list[ClassicStrip]:
+    """The classic strips of x (C, H, W) uint8, given the model's estimated bits per row;
+    [] where the image is too short or no band is cheaper classic."""
+    h = x.shape[1]
+    if h < MIN_BAND_IMAGE_ROWS or model_row_bits.shape != (h,):
+        return []
+    model = np.add.reduceat(model_row_bits, np.arange(0, h, band))
+    classic = band_bits(x, band)
+    strips = []
+    for b0, b1 in runs_of(list(classic < model)):
+        r0, r1 = b0 * band, min(h, b1 * band)
+        # no WebP: at method 6 it takes seconds, and JPEG XL codes photographs' strips about 11%
+        # smaller (coding.classic)
+        codec, data = encode_rows(x[:, r0:r1], webp_max_pixels=0, jxl_efforts=JXL_IMAGE_EFFORTS)
+        strips.append(ClassicStrip((r0, r1), codec, data))
+    return strips
+
+
+def mixed_bits(model_row_bits: np.ndarray, strips: list[ClassicStrip]) -> float:
+    """The model's bits on the rows no strip takes plus the strips' bits."""
+    keep = np.ones(len(model_row_bits), dtype=bool)
+    for s in strips:
+        keep[s.rows[0] : s.rows[1]] = False
+    return float(model_row_bits[keep].sum()) + 8.0 * sum(len(s.data) for s in strips)
