@@ -6,8 +6,10 @@
 For each image (a centre crop) the diffusion term of the default effort's plan and
 ensembles on the whole image (float network, one noise draw per step: the truth), then
 coding.estimate.estimate_diffusion with each variant (grid rows x columns : patch side :
-margin : steps on the whole image), as relative error and seconds.  Session 16 chose
-3x4:64:16:2 from six training crops.  Training images only, never the benchmark sets.
+margin : how many of the steps 1, 2, 4, 8, ... on the whole image), as relative error and
+seconds.  Session 16 chose 3x4:64:16:2 from six training crops (then the first N steps: 1
+and 2); session 17 takes 5 (steps 1, 2, 4, 8 and 16), for the rows' sake (coding.bands).
+Training images only, never the benchmark sets.
 """
 
 from __future__ import annotations

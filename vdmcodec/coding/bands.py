@@ -11,9 +11,12 @@ The choice: the model's bits per row as estimated before the chain (coding.estim
 JPEG XL at effort 9 on each band of BAND_ROWS rows on its own; a band goes classic where its
 JPEG XL code is smaller, and each run of adjacent classic bands becomes one strip, coded
 with coding.classic.encode_rows at the whole-image effort.  On seven training photographs
-(768x512 crops, benchmarks/experiments/band_choice) the best mix of bands of 64 rows was
-0.4-2.1% below the smaller of the whole-image JPEG XL file and the model's NELBO on four,
-and gained nothing on the other three.
+(768x512 crops, benchmarks/experiments/band_choice, the model's NELBO per row) this choice
+with bands of 64 rows came 0.35-1.8% below the smaller of the whole-image JPEG XL file and
+the model's NELBO on four and gained nothing on three (bands of 32 or 128 rows won on some,
+lost on others).  As coded (benchmarks/experiments/skip_estimate on 12 training crops, session
+17): the bits-back files 0-2.9% smaller, 1.0% on average, and 4 of the 12 files smaller by
+0.27-1.5%.
 
 >>> runs_of([False, True, True, False, True])
 [(1, 3), (4, 5)]

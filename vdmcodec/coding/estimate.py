@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 ESTIMATE_GRID = (3, 4)  # rows x columns of patches
 ESTIMATE_PATCH = 64  # each counted patch's side
 ESTIMATE_MARGIN = 16  # the surroundings the network sees around each patch, not counted
-WHOLE_STEPS = 2  # the first steps, computed on the whole image
+WHOLE_STEPS = 5  # steps 1, 2, 4, 8 and 16 computed on the whole image (whole_step_indices)
 WHOLE_MAX_PIXELS = 1 << 20  # larger images: those steps on a grid of tiles (coding.adapt.held_out_tiles)
 
 
@@ -78,46 +78,63 @@ def float_step_model(sm: StepModel) -> StepModel:
     return StepModel(sm.model, sm.gamma_table, sm.device, sm.ensemble, sm.plan, sm.ensemble_steps, sm.z0_ensemble)
 
 
+def whole_step_indices(T: int, whole_steps: int) -> list[int]:
+    """The plan's steps (1..T) that estimate_diffusion computes on the whole image: 1, 2, 4,
+    8, ... (the first `whole_steps` powers of two within T).  The diffusion bits fall
+    steeply and smoothly with the step, so a row's bits at the steps between are well
+    interpolated from these."""
+    return [1 << k for k in range(whole_steps) if (1 << k) <= T]
+
+
 def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | None = None, seed: int = 0,
                        grid: tuple[int, int] = ESTIMATE_GRID, patch: int = ESTIMATE_PATCH,
                        margin: int = ESTIMATE_MARGIN, whole_steps: int = WHOLE_STEPS) -> DiffusionEstimate:
     """The diffusion term of (H, W, C) uint8 planes as the chain of `sm` would code it (its
     plan and ensembles; film: the image's FiLM deltas).
 
-    The first `whole_steps` steps (about half the term) are computed on the whole image (on
-    a grid of tiles of about half a megapixel, scaled up, where it is larger than
-    WHOLE_MAX_PIXELS: bounded time and memory); all steps on a patch mosaic, whose later
-    steps are scaled by the ratio of whole image to patches on the first ones (a ratio
+    Steps 1, 2, 4, ... (whole_step_indices; about three quarters of the term) are computed on
+    the whole image (on a grid of tiles of about half a megapixel, scaled up, where it is
+    larger than WHOLE_MAX_PIXELS: bounded time and memory); all steps on a patch mosaic, whose
+    other steps are scaled by the ratio of whole image to patches on those (a ratio
     estimator: where the patches happen to be busier or calmer than the image, they are so
-    at every step)."""
+    at every step).  Where the whole image was computed, `rows` spreads the estimate over
+    the rows in proportion to each row's bits at those steps, interpolated linearly between
+    them (on six training photographs every band of 64 rows within 1.6% of the diffusion
+    bits of all steps, against 3-14% from steps 1 and 2 alone)."""
     t0 = time.perf_counter()
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
     fsm = float_step_model(sm)
+    T = fsm.grids.T
     rng = np.random.default_rng(seed)
     rows = None
     with fsm.adapted(film):
         tiles, mask = patch_mosaic(x, grid, patch, margin)
         if tiles is x:  # too small for patches: every step on the whole image
-            by_row = diffusion_by_row(fsm, x, range(1, fsm.grids.T + 1), rng)
+            by_row = diffusion_by_row(fsm, x, range(1, T + 1), rng).sum(axis=0)
             return DiffusionEstimate(bits=float(by_row.sum()), counted_dims=x.size,
                                      seconds=time.perf_counter() - t0, rows=by_row)
-        per_patch = diffusion_by_step(fsm, tiles, mask, range(1, fsm.grids.T + 1), rng)
+        per_patch = diffusion_by_step(fsm, tiles, mask, range(1, T + 1), rng)
         per_patch *= planes.size / (mask.sum() * x.shape[0])
-        s = min(whole_steps, fsm.grids.T)
-        if s <= 0:
+        steps = whole_step_indices(T, whole_steps)
+        if not steps:
             bits = float(per_patch.sum())
         else:
             if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS:
-                first_rows = diffusion_by_row(fsm, x, range(1, s + 1), rng)
-                first = first_rows.sum()
+                at_steps = diffusion_by_row(fsm, x, steps, rng)  # (len(steps), H)
+                first = at_steps.sum(axis=1)
             else:
                 wholes = held_out_tiles(x)
-                first = sum(diffusion_by_row(fsm, t, range(1, s + 1), rng).sum() for t in wholes)
+                first = sum(diffusion_by_row(fsm, t, steps, rng).sum(axis=1) for t in wholes)
                 first = first * x.size / sum(t.size for t in wholes)
-            ratio = first / max(per_patch[:s].sum(), 1e-9)
-            bits = float(first + ratio * per_patch[s:].sum())
+            chosen = np.array(steps) - 1
+            rest = np.ones(T, dtype=bool)
+            rest[chosen] = False
+            ratio = first.sum() / max(per_patch[chosen].sum(), 1e-9)
+            bits = float(first.sum() + ratio * per_patch[rest].sum())
             if x.shape[1] * x.shape[2] <= WHOLE_MAX_PIXELS:
-                rows = first_rows * (bits / max(first, 1e-9))
+                every = np.arange(1, T + 1)
+                shape = np.array([np.interp(every, steps, at_steps[:, r]).sum() for r in range(x.shape[1])])
+                rows = shape * (bits / max(shape.sum(), 1e-9))
     return DiffusionEstimate(bits=bits, counted_dims=int(mask.sum()) * x.shape[0], seconds=time.perf_counter() - t0,
                              rows=rows)
 
@@ -136,16 +153,16 @@ def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, st
     return np.array(out)
 
 
-def diffusion_by_row(fsm: StepModel, x: np.ndarray, steps: range, rng: np.random.Generator) -> np.ndarray:
-    """The KL of `steps` summed, in bits, for each row of x (C, H, W uint8)."""
+def diffusion_by_row(fsm: StepModel, x: np.ndarray, steps, rng: np.random.Generator) -> np.ndarray:
+    """Each step's KL in bits for each row of x (C, H, W uint8): (len(steps), H)."""
     g = fsm.grids
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-    out = np.zeros(x.shape[1])
+    out = []
     for i in steps:
         k = np.rint((g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)) / g.delta[i]).astype(np.int32)
         eps, lam = fsm.step_outputs(k, i)
-        out += fsm.step_kl_nats(xt, k, i, eps, lam).sum(axis=(0, 2)) * LOG2E
-    return out
+        out.append(fsm.step_kl_nats(xt, k, i, eps, lam).sum(axis=(0, 2)) * LOG2E)
+    return np.array(out)
 
 
 RECON_ROWS_STRIP_PIXELS = 1 << 18  # recon_bits_by_row works in strips of about this many pixels (memory)
