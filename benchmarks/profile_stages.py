@@ -34,6 +34,7 @@ STAGES = {
     "FiLM fit (encoder only)": ("coding/film.py", "fit_film"),
     "context fit (encoder only)": ("coding/adapt.py", "fit_image_context"),
     "diffusion estimate (encoder only)": ("coding/estimate.py", "estimate_diffusion"),
+    "classic bands: JPEG XL of every band and the strips (encoder only)": ("coding/bands.py", "plan_strips"),
     "classic file of the whole image (encoder only)": ("codec.py", "_classic_file"),
     "ANS: Gaussian push/pop": ("coding/ans.py", "push_gaussian|pop_gaussian"),
     "ANS: categorical push/pop": ("coding/ans.py", "push_categorical|pop_categorical"),
