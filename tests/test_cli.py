@@ -867,3 +867,19 @@ def test_human_line_says_what_the_classic_file_beat(capsys, skipped):
     else:
         assert "NELBO 2.100" in line and "[classic; bits-back 2.100 bpd]" in line
     assert line.startswith("i.png -> o.vdmc: 1000 bytes, 2.000 bpd") and line.endswith("verified")
+
+
+def test_a_reader_that_leaves_early_is_not_an_internal_error(tmp_path):
+    """`vdmcodec info F | head`: the write to a closed pipe ends the command with 141
+    (128 + SIGPIPE, as a shell reports it), saying nothing, not as a bug."""
+    import subprocess
+    import sys
+
+    src = write_image(tmp_path / "a.png", "RGB", 6, 5)
+    ok(invoke("compress", src, "-o", tmp_path / "a.vdmc"))
+    code = ("import os, sys, subprocess; r, w = os.pipe(); os.close(r); "
+            "p = subprocess.run([sys.executable, '-m', 'vdmcodec', 'info', sys.argv[1], '--json'], stdout=w, "
+            "stderr=subprocess.PIPE); print(p.returncode, repr(p.stderr.decode()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.vdmc")], capture_output=True, text=True)
+    rc, err = out.stdout.split(" ", 1)
+    assert rc == "141" and "error" not in err, out.stdout

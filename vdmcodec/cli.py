@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from .errors import (
 
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader left
 
 
 def _progress(total: int, desc: str):
@@ -54,6 +56,12 @@ def run(fn):
         except KeyboardInterrupt:
             click.echo("vdmcodec: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # stdout's reader went away (`vdmcodec info F | head`): nothing is wrong
+            try:  # stdout to /dev/null, so that flushing it at exit raises nothing more
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # no real file behind stdout (a test runner's)
+                pass
+            ctx.exit(EXIT_BROKEN_PIPE)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception as exc:  # a bug: say so plainly, no traceback unless asked
