@@ -139,30 +139,25 @@ def estimate_diffusion(sm: StepModel, planes: np.ndarray, film: FilmDeltas | Non
                              rows=rows)
 
 
-def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, steps: range,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Each step's KL in bits over x (C, H, W uint8), counting the pixels in mask (None: all)."""
+def step_kl_maps(fsm: StepModel, x: np.ndarray, steps, rng: np.random.Generator):
+    """Each step's KL in bits per latent (C, H, W) of x (C, H, W uint8), one noise draw per step."""
     g = fsm.grids
     xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-    out = []
     for i in steps:
         k = np.rint((g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)) / g.delta[i]).astype(np.int32)
         eps, lam = fsm.step_outputs(k, i)
-        nats = fsm.step_kl_nats(xt, k, i, eps, lam)
-        out.append(float((nats if mask is None else nats[:, mask]).sum()) * LOG2E)
-    return np.array(out)
+        yield fsm.step_kl_nats(xt, k, i, eps, lam) * LOG2E
+
+
+def diffusion_by_step(fsm: StepModel, x: np.ndarray, mask: np.ndarray | None, steps: range,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Each step's KL in bits over x (C, H, W uint8), counting the pixels in mask (None: all)."""
+    return np.array([float((b if mask is None else b[:, mask]).sum()) for b in step_kl_maps(fsm, x, steps, rng)])
 
 
 def diffusion_by_row(fsm: StepModel, x: np.ndarray, steps, rng: np.random.Generator) -> np.ndarray:
     """Each step's KL in bits for each row of x (C, H, W uint8): (len(steps), H)."""
-    g = fsm.grids
-    xt = (2.0 * x.astype(np.float64) + 1.0) / 256.0 - 1.0
-    out = []
-    for i in steps:
-        k = np.rint((g.alpha[i] * xt + g.sigma[i] * rng.standard_normal(xt.shape)) / g.delta[i]).astype(np.int32)
-        eps, lam = fsm.step_outputs(k, i)
-        out.append(fsm.step_kl_nats(xt, k, i, eps, lam).sum(axis=(0, 2)) * LOG2E)
-    return np.array(out)
+    return np.array([b.sum(axis=(0, 2)) for b in step_kl_maps(fsm, x, steps, rng)])
 
 
 RECON_ROWS_STRIP_PIXELS = 1 << 18  # recon_bits_by_row works in strips of about this many pixels (memory)
