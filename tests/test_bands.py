@@ -11,8 +11,8 @@ from helpers import assert_same_image, kodak_crop, raster
 from vdmcodec import codec
 from vdmcodec.coding import bands, chain
 from vdmcodec.coding.ans import AnsStack
-from vdmcodec.coding.bands import ClassicStrip, mixed_bits, plan_strips
-from vdmcodec.coding.classic import decode_rows, encode_rows
+from vdmcodec.coding.bands import ClassicStrip, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
+from vdmcodec.coding.classic import decode_rows
 from vdmcodec.container import unpack_container
 
 
@@ -21,8 +21,9 @@ def test_docstring_examples_run():
 
 
 def strip_of(planes: np.ndarray, r0: int, r1: int) -> ClassicStrip:
-    codec_name, data = encode_rows(np.ascontiguousarray(planes[r0:r1].transpose(2, 0, 1)))
-    return ClassicStrip((r0, r1), codec_name, data)
+    """Rows [r0, r1) of (H, W, C) planes, coded as compress codes a planned strip."""
+    (strip,) = code_strips(np.ascontiguousarray(planes.transpose(2, 0, 1)), [StripPlan((r0, r1), 0.0)])
+    return strip
 
 
 def encode_and_decode(coder, planes, strips):
@@ -64,10 +65,14 @@ def test_flat_rows_go_to_the_classic_code_and_noisy_ones_stay():
     x[:, :128] = 120  # JPEG XL codes this in a few bytes
     x[:, 128:] = rng.integers(0, 256, (3, 128, 96))  # ~8 bits per value for any classic code
     model_rows = np.full(256, 2.0 * 3 * 96)  # the model at 2 bits per value everywhere
-    strips = plan_strips(x, model_rows)
-    assert [s.rows for s in strips] == [(0, 128)]
-    np.testing.assert_array_equal(decode_rows(strips[0].data, 3, 128, 96), x[:, :128])
-    assert mixed_bits(model_rows, strips) == pytest.approx(model_rows[128:].sum() + 8 * len(strips[0].data))
+    plans = plan_strips(x, model_rows)
+    assert [p.rows for p in plans] == [(0, 128)]
+    assert plans[0].bits == pytest.approx(band_bits(x)[:2].sum())  # priced at its bands' effort-9 codes
+    assert plan_strips(None, model_rows, classic_bits=band_bits(x)) == plans
+    assert mixed_bits(model_rows, plans) == pytest.approx(model_rows[128:].sum() + plans[0].bits)
+    (strip,) = code_strips(x, plans)
+    assert strip.rows == (0, 128) and strip.bits <= plans[0].bits  # coded at effort 10: no larger
+    np.testing.assert_array_equal(decode_rows(strip.data, 3, 128, 96), x[:, :128])
     assert plan_strips(x[:, :100], model_rows[:100]) == []  # too short to split
 
 
@@ -75,12 +80,12 @@ def test_compress_codes_the_planned_strips_and_the_file_decodes(coder, monkeypat
     img = raster(kodak_crop(96, 40, index=12, real=True))
     monkeypatch.setattr(codec, "SKIP_MIN_PIXELS", 0)
     monkeypatch.setattr(codec, "MIN_BAND_IMAGE_ROWS", 0)
-    planned = []
+    planned = [strip_of(img.planes, 48, 64)]
 
-    def plan(x, rows):
+    def plan(x, rows, classic_bits=None):
         assert rows.shape == (96,) and np.all(rows > 0)  # the model's estimated bits of every row
-        planned.append(strip_of(np.ascontiguousarray(x.transpose(1, 2, 0)), 48, 64))
-        return planned
+        assert classic_bits.shape == (2,)  # each band's effort-9 bits, from the first look
+        return [StripPlan((48, 64), 1.0)]
 
     monkeypatch.setattr(codec, "plan_strips", plan)
     # a classic file that never wins: the estimate runs and the chain codes the image

@@ -13,6 +13,7 @@ from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder, compress_images, decompress_bytes
 from vdmcodec.coding import estimate
 from vdmcodec.coding.estimate import diffusion_by_step, estimate_diffusion, patch_mosaic
+from vdmcodec.coding.film import FilmDeltas
 from vdmcodec.container import unpack_container
 from vdmcodec.image_io import pixel_sha256
 
@@ -78,6 +79,45 @@ def test_a_skipped_chain_stores_the_classic_file_which_decodes(coder):
     assert header["images"][0]["method"] == "classic-planes"
     ((_, back),) = decompress_bytes(data, coder=coder)
     assert pixel_sha256(back) == pixel_sha256(img)
+
+
+def test_an_image_far_above_the_skip_line_is_stored_before_the_fits(coder, monkeypatch):
+    """The first look (the model's own network and context weights) decides alone where it
+    is above the skip line by more than FIRST_LOOK_MARGIN: no fit runs."""
+    def no_fit(*args, **kw):
+        raise AssertionError("a fit ran for an image stored classic on the first look")
+
+    monkeypatch.setattr(codec, "fit_film", no_fit)
+    monkeypatch.setattr(codec, "fit_image_context", no_fit)
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    _, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)
+    assert rep.skipped_chain and rep.skipped_before_fits and rep.method == "classic"
+    assert rep.estimated_bytes > 0 and rep.estimate_s > 0 and rep.terms["diffusion"] > 0
+
+
+def test_within_the_first_look_margin_the_fits_run_and_the_estimate_after_them_decides(coder, monkeypatch):
+    monkeypatch.setattr(codec, "FIRST_LOOK_MARGIN", float("inf"))
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    fitted = []
+    real_fit = codec.fit_image_context
+    monkeypatch.setattr(codec, "fit_image_context", lambda *a, **kw: fitted.append(1) or real_fit(*a, **kw))
+    _, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)
+    assert fitted and rep.skipped_chain and not rep.skipped_before_fits
+
+
+def test_the_estimate_after_the_fits_takes_the_film_fits_saving_off_the_first_look(coder, monkeypatch):
+    """The diffusion term is estimated once, before the fits; the FiLM fit's own paired
+    estimate of its saving is taken off it (rows alike) rather than estimating again."""
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    look = codec.first_look(coder, img)
+    less = look.diffusion_less(0.25 * look.diffusion.bits)
+    assert less.bits == pytest.approx(0.75 * look.diffusion.bits)
+    assert less.rows.sum() == pytest.approx(less.bits) and look.diffusion_less(0.0) is look.diffusion
+    report = codec.ImageReport("img0", 256, 256, "RGB", img.planes.size, "bitsback")
+    film = FilmDeltas((np.zeros(2, np.int64),), saving_bits=0.25 * look.diffusion.bits)
+    codec._estimate_file(coder, img, None, {"held_out_bpd_model": 3.0}, film, report, look)
+    assert report.terms["diffusion"] == pytest.approx(less.bits)
+    assert report.terms["recon"] == pytest.approx(3.0 * img.planes.size)
 
 
 def test_small_images_and_no_margin_always_run_the_chain(coder):

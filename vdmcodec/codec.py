@@ -21,8 +21,9 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
                            too_small_for_own_context, unpack_deltas)
-from .coding.bands import MIN_BAND_IMAGE_ROWS, ClassicStrip, mixed_bits, plan_strips
-from .coding.estimate import estimate_diffusion, estimate_recon_bits, recon_bits_by_row
+from .coding.bands import MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
+from .coding.estimate import (DiffusionEstimate, estimate_diffusion, estimate_recon_bits, float_step_model,
+                              recon_bits_by_row)
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
@@ -84,7 +85,12 @@ SKIP_MIN_PIXELS = 1 << 16  # smaller images: their chain is cheap, the sizes the
 BITSBACK_HEADER_BYTES = 200  # about what a bits-back file's header and seed framing add to the estimate
 # the chain's file against its estimate: 0.967-1.007 on 12 training photos, mean 0.992 (session 16)
 BITSBACK_OVER_ESTIMATE = 1.008
-BANDS_WITHIN = 0.05  # classic bands are looked for where the chain's file is estimated at most this share above the skip
+# An image whose file is estimated before the per-image fits (first_look) above the skip line
+# by more than this share is stored classic at once: on 22 training photos (768x512 crops)
+# the fits (about 21 s of a Kodak image) took at most 3.1% off that estimate (after/first
+# 0.969-1.008, mean 0.990: results/early_skip_s18.json, benchmarks/experiments/early_skip),
+# so such an image would have been skipped after them as well.
+FIRST_LOOK_MARGIN = 0.035
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
@@ -225,6 +231,8 @@ class ImageReport:
     estimated_bytes: int = 0  # its size as estimated before the chain (0: no estimate was made)
     estimate_s: float = 0.0  # the seconds that estimate took
     skipped_chain: bool = False  # stored classic on the estimate alone: no bits-back file was made
+    skipped_before_fits: bool = False  # ... on the estimate made before the per-image fits (codec.first_look)
+    reporting_s: float = 0.0  # seconds spent only on this report (the classic rows' NELBO: seed_nelbo)
 
 
 class _ClassicWins(Exception):
@@ -314,6 +322,16 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
     if img.planes is None:
         entry["method"] = "classic"
         return entry, report
+    look = None
+    if give_up_bits is not None:
+        look = first_look(coder, img)
+        report.estimated_bytes = look.estimated_bytes(report.side_bytes)
+        report.estimate_s = look.seconds
+        if 8.0 * report.estimated_bytes > give_up_bits * (1.0 + FIRST_LOOK_MARGIN):
+            report.terms = {"recon": look.recon_bits, "prior": 0.0, "diffusion": look.diffusion.bits}
+            report.nelbo_bits = look.model_bits
+            report.skipped_before_fits = True
+            raise _ClassicWins(report)
     film = fit_film(coder.step_model, img.planes, coder.film)
     if film is not None:
         blob = pack_film(film)
@@ -322,15 +340,16 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
         report.film_bytes = len(blob)
     with coder.step_model.adapted(film):
         _encode_planes(stack, coder, idx, name, img, entry, report, sections, progress, shared, seed_nelbo,
-                       give_up_bits, film)
+                       give_up_bits, film, look)
     return entry, report
 
 
 def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, report: ImageReport, sections, progress,
                    shared: ContextWeights | None, seed_nelbo: bool, give_up_bits: float | None = None,
-                   film: FilmDeltas | None = None) -> None:
+                   film: FilmDeltas | None = None, look: "FirstLook | None" = None) -> None:
     """The pixel-context fit and the chain of one image's planes, with the network it codes
-    with; _ClassicWins instead of the chain when its file is estimated above give_up_bits."""
+    with; _ClassicWins instead of the chain when its file is estimated above give_up_bits
+    (look: the estimate made before the fits, which give_up_bits needs)."""
     weights, fit_info = None, {}
     if coder.adapt_context:
         weights, fit_info = fit_image_context(coder.step_model, img.planes, budget=coder.fit)
@@ -347,11 +366,12 @@ def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, repor
             blob = pack_deltas(coder.step_model, shared)
             sections.append((SHARED_CONTEXT, blob))
             report.context_bytes = len(blob)
-    strips: list[ClassicStrip] = []
+    strips = []
     if give_up_bits is not None:
-        strips = _estimate_file(coder, img, weights, fit_info, film, report, give_up_bits)
+        plans = _estimate_file(coder, img, weights, fit_info, film, report, look)
         if 8.0 * report.estimated_bytes > give_up_bits:
             raise _ClassicWins(report)
+        strips = code_strips(np.ascontiguousarray(img.planes.transpose(2, 0, 1)), plans)
     try:
         regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights, strips=strips)
     except CoderInputError as exc:  # a latent fell outside its window: astronomically rare
@@ -397,38 +417,87 @@ def _add_side_sections(idx: int, img: RasterImage, entry: dict, sections: list, 
         report.side_bytes += len(blob)
 
 
-def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | None, fit_info: dict,
-                   film: FilmDeltas | None, report: ImageReport, give_up_bits: float = float("inf")) -> list[ClassicStrip]:
-    """The bits-back file's size before the chain (report.estimated_bytes): reconstruction
-    as the context fit measured it (the whole image at one z_0 draw, or a grid of tiles of a
-    large one), the diffusion term on patches (coding.estimate), the side data; and the
-    bands of rows that go to the classic code instead (coding.bands), with their bytes in
-    the estimate in place of the model's bits for those rows (not looked for where the file
-    is estimated above give_up_bits by more than BANDS_WITHIN: bands rarely close such a gap)."""
+@dataclass(frozen=True)
+class FirstLook:
+    """The bits-back file estimated before any per-image fit: the model's own network and
+    context weights (reconstruction at one z_0 draw, the diffusion estimate), and where the
+    image has bands, the model's bits per row and each band's effort-9 classic bits."""
+
+    recon_bits: float
+    diffusion: DiffusionEstimate
+    recon_rows: np.ndarray | None = None
+    classic_bands: np.ndarray | None = None  # coding.bands.band_bits
+    seconds: float = 0.0
+
+    def diffusion_less(self, saving_bits: float) -> DiffusionEstimate:
+        """The diffusion estimate less a saving (the FiLM fit's), its rows scaled alike."""
+        d = self.diffusion
+        if saving_bits <= 0.0 or d.bits <= 0.0:
+            return d
+        scale = max(d.bits - saving_bits, 0.0) / d.bits
+        return DiffusionEstimate(d.bits * scale, d.counted_dims, d.seconds, None if d.rows is None else d.rows * scale)
+
+    @property
+    def model_bits(self) -> float:
+        return self.recon_bits + self.diffusion.bits
+
+    @property
+    def mixed_bits(self) -> float:
+        """The model's bits with the bands a classic code takes more cheaply at their classic bits."""
+        if self.classic_bands is None:
+            return self.model_bits
+        rows = self.recon_rows + self.diffusion.rows
+        return mixed_bits(rows, plan_strips(None, rows * BITSBACK_OVER_ESTIMATE, classic_bits=self.classic_bands))
+
+    def estimated_bytes(self, side_bytes: int) -> int:
+        return int(round(self.mixed_bits / 8.0)) + side_bytes + BITSBACK_HEADER_BYTES
+
+
+def first_look(coder: Coder, img: RasterImage) -> FirstLook:
+    """The estimate before the per-image fits (FirstLook) of an image the model codes."""
     t0 = time.perf_counter()
     sm, planes = coder.step_model, img.planes
+    diffusion = estimate_diffusion(sm, planes, None)
+    if coder.classic_bands and diffusion.rows is not None and planes.shape[0] >= MIN_BAND_IMAGE_ROWS:
+        recon_rows = recon_bits_by_row(sm, planes, None, z0_calls=1)  # a first look: one call at z_0 will do
+        bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
+        return FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands, time.perf_counter() - t0)
+    recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
+    return FirstLook(recon, diffusion, seconds=time.perf_counter() - t0)
+
+
+def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | None, fit_info: dict,
+                   film: FilmDeltas | None, report: ImageReport, look: FirstLook) -> list[StripPlan]:
+    """The bits-back file's size before the chain (report.estimated_bytes), after the per-image
+    fits, from the estimate before them: reconstruction as the context fit measured it (the
+    whole image at one z_0 draw, or a grid of tiles of a large one), the diffusion estimate
+    less the FiLM fit's own estimate of its saving, the side data; and the bands of rows that
+    go to the classic code instead (coding.bands), at their bands' effort-9 bits in place of
+    the model's bits for those rows."""
+    t0 = time.perf_counter()
+    planes = img.planes
     recon_bpd = fit_info.get("held_out_bpd_fitted" if weights is not None else "held_out_bpd_model")
-    if recon_bpd is None:  # no fit ran: the model's context at one z_0 draw
-        recon_bpd = estimate_recon_bits(sm, planes, weights) / planes.size
-    diffusion = estimate_diffusion(sm, planes, film)
+    if recon_bpd is None:  # no fit ran: the model's context as the chain will code (not the first look's one call)
+        recon_bpd = estimate_recon_bits(coder.step_model, planes, weights) / planes.size
+    recon_bits = recon_bpd * planes.size
+    diffusion = look.diffusion_less(film.saving_bits if film is not None else 0.0)
     side = report.side_bytes + report.context_bytes + report.film_bytes + BITSBACK_HEADER_BYTES
-    model_bits = recon_bpd * planes.size + diffusion.bits
-    strips: list[ClassicStrip] = []
-    if coder.classic_bands and diffusion.rows is not None and planes.shape[0] >= MIN_BAND_IMAGE_ROWS \
-            and (model_bits + 8.0 * side) <= give_up_bits * (1.0 + BANDS_WITHIN):
+    model_bits = recon_bits + diffusion.bits
+    strips: list[StripPlan] = []
+    if look.classic_bands is not None:
         recon_rows = fit_info.get("held_out_rows")  # the context fit's, where it judged the whole image
         if recon_rows is None or recon_rows.shape != (planes.shape[0],):
-            recon_rows = recon_bits_by_row(sm, planes, weights)
+            recon_rows = look.recon_rows
         # the model's bits per row as the file will pay them: the chain's file runs about
         # BITSBACK_OVER_ESTIMATE above this estimate (region borders, the seed)
-        rows = recon_rows * (recon_bpd * planes.size / recon_rows.sum()) + diffusion.rows
-        strips = plan_strips(np.ascontiguousarray(planes.transpose(2, 0, 1)), rows * BITSBACK_OVER_ESTIMATE)
+        rows = recon_rows * (recon_bits / recon_rows.sum()) + diffusion.rows
+        strips = plan_strips(None, rows * BITSBACK_OVER_ESTIMATE, classic_bits=look.classic_bands)
         model_bits = mixed_bits(rows, strips)
     report.estimated_bytes = int(round(model_bits / 8.0)) + side
     # the NELBO columns of a report whose chain is skipped: these estimates
-    report.terms = {"recon": recon_bpd * planes.size, "prior": 0.0, "diffusion": diffusion.bits}
+    report.terms = {"recon": recon_bits, "prior": 0.0, "diffusion": diffusion.bits}
     report.nelbo_bits = sum(report.terms.values())
-    report.estimate_s = time.perf_counter() - t0
+    report.estimate_s = look.seconds + time.perf_counter() - t0
     return strips
 
 
@@ -452,11 +521,13 @@ def _fill_accounting(report: ImageReport, regions: list[RegionStats], coder: Cod
     report.nelbo_bits, report.terms = 0.0, {}  # the chain's, not the estimate's
     if report.seed_bytes and not seed_nelbo:
         return  # no NELBO: the seed rows were not run through the chain
+    t0 = time.perf_counter()
     terms = {"recon": 0.0, "prior": 0.0, "diffusion": 0.0}
     for r in regions:
         r_terms = _seed_terms(coder, img.planes, r.rows, weights) if r.kind == "classic" else r.terms
         for k in terms:
             terms[k] += r_terms[k]
+    report.reporting_s = time.perf_counter() - t0
     report.nelbo_bits = sum(terms.values())
     report.terms = terms
 

@@ -103,17 +103,14 @@ def main_v9(ckpt_name: str, archive_name: str, z0_ensemble: int | None = None) -
 
 
 def main_strips(ckpt_name: str, file_name: str) -> None:
-    import numpy as np
-
     from vdmcodec import codec
-    from vdmcodec.coding.bands import ClassicStrip
-    from vdmcodec.coding.classic import encode_rows
+    from vdmcodec.coding.bands import StripPlan
 
     torch.set_num_threads(2)
     name, img = crops()[0]
 
-    def middle_strip(x, rows):
-        return [ClassicStrip((8, 14), *encode_rows(np.ascontiguousarray(x[:, 8:14])))]
+    def middle_strip(x, rows, classic_bits=None):
+        return [StripPlan((8, 14), 0.0)]
 
     codec.SKIP_MIN_PIXELS, codec.MIN_BAND_IMAGE_ROWS, codec.plan_strips = 0, 0, middle_strip
     codec._classic_of_single = lambda coder, images: bytes(1 << 20)  # never smaller: the chain's file is kept

@@ -9,8 +9,9 @@ latents the next region pops), and the region above it sees its rows as context.
 
 The choice: the model's bits per row as estimated before the chain (coding.estimate), and
 JPEG XL at effort 9 on each band of BAND_ROWS rows on its own; a band goes classic where its
-JPEG XL code is smaller, and each run of adjacent classic bands becomes one strip, coded
-with coding.classic.encode_rows at the whole-image effort.  On seven training photographs
+JPEG XL code is smaller, and each run of adjacent classic bands becomes one strip (a
+StripPlan, priced at its bands' effort-9 bits), coded with coding.classic.encode_rows at the
+whole-image effort (code_strips) only once the chain is to run.  On seven training photographs
 (768x512 crops, benchmarks/experiments/band_choice, the model's NELBO per row) this choice
 with bands of 64 rows came 0.35-1.8% below the smaller of the whole-image JPEG XL file and
 the model's NELBO on four and gained nothing on three (bands of 32 or 128 rows won on some,
@@ -44,6 +45,10 @@ class ClassicStrip:
     codec: str
     data: bytes  # tagged as coding.classic.encode_rows makes it
 
+    @property
+    def bits(self) -> float:
+        return 8.0 * len(self.data)
+
 
 def runs_of(flags: list[bool]) -> list[tuple[int, int]]:
     """[start, end) of each run of True in flags."""
@@ -67,27 +72,40 @@ def band_bits(x: np.ndarray, band: int = BAND_ROWS, effort: int = BAND_EFFORT) -
     return np.array(out)
 
 
-def plan_strips(x: np.ndarray, model_row_bits: np.ndarray, band: int = BAND_ROWS) -> list[ClassicStrip]:
+@dataclass(frozen=True)
+class StripPlan:
+    """Rows [r0, r1) that go to the classic code, with the bits of their bands' effort-9
+    codes (what decided; the strip itself is coded later, by code_strips, only if the chain runs)."""
+
+    rows: tuple[int, int]
+    bits: float
+
+
+def plan_strips(x: np.ndarray | None, model_row_bits: np.ndarray, band: int = BAND_ROWS,
+                classic_bits: np.ndarray | None = None) -> list[StripPlan]:
     """The classic strips of x (C, H, W) uint8, given the model's estimated bits per row;
-    [] where the image is too short or no band is cheaper classic."""
-    h = x.shape[1]
-    if h < MIN_BAND_IMAGE_ROWS or model_row_bits.shape != (h,):
+    [] where the image is too short or no band is cheaper classic.  classic_bits: band_bits
+    of x where they were computed already (then x may be None)."""
+    h = len(model_row_bits)
+    if h < MIN_BAND_IMAGE_ROWS or (x is not None and x.shape[1] != h):
         return []
     model = np.add.reduceat(model_row_bits, np.arange(0, h, band))
-    classic = band_bits(x, band)
-    strips = []
-    for b0, b1 in runs_of(list(classic < model)):
-        r0, r1 = b0 * band, min(h, b1 * band)
-        # no WebP: at method 6 it takes seconds, and JPEG XL codes photographs' strips about 11%
-        # smaller (coding.classic)
-        codec, data = encode_rows(x[:, r0:r1], webp_max_pixels=0, jxl_efforts=JXL_IMAGE_EFFORTS)
-        strips.append(ClassicStrip((r0, r1), codec, data))
-    return strips
+    classic = band_bits(x, band) if classic_bits is None else classic_bits
+    return [StripPlan((b0 * band, min(h, b1 * band)), float(classic[b0:b1].sum()))
+            for b0, b1 in runs_of(list(classic < model))]
 
 
-def mixed_bits(model_row_bits: np.ndarray, strips: list[ClassicStrip]) -> float:
-    """The model's bits on the rows no strip takes plus the strips' bits."""
+def code_strips(x: np.ndarray, plans: list[StripPlan]) -> list[ClassicStrip]:
+    """The planned strips of x (C, H, W) uint8, coded at the whole-image JPEG XL efforts."""
+    # no WebP: at method 6 it takes seconds, and JPEG XL codes photographs' strips about 11%
+    # smaller (coding.classic)
+    return [ClassicStrip(p.rows, *encode_rows(x[:, p.rows[0]:p.rows[1]], webp_max_pixels=0,
+                                              jxl_efforts=JXL_IMAGE_EFFORTS)) for p in plans]
+
+
+def mixed_bits(model_row_bits: np.ndarray, strips: list[StripPlan]) -> float:
+    """The model's bits on the rows no strip takes plus the strips' (planned) bits."""
     keep = np.ones(len(model_row_bits), dtype=bool)
     for s in strips:
         keep[s.rows[0] : s.rows[1]] = False
-    return float(model_row_bits[keep].sum()) + 8.0 * sum(len(s.data) for s in strips)
+    return float(model_row_bits[keep].sum()) + sum(s.bits for s in strips)

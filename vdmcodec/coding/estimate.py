@@ -71,11 +71,13 @@ def patch_mosaic(x: np.ndarray, grid: tuple[int, int] = ESTIMATE_GRID, patch: in
     return np.ascontiguousarray(np.concatenate(tiles, axis=1)), np.tile(tile_mask, (len(tiles), 1))
 
 
-def float_step_model(sm: StepModel) -> StepModel:
-    """The same plan and ensembles on the float network (faster than the exact one)."""
-    if sm.exact is None:
+def float_step_model(sm: StepModel, z0_ensemble: int | None = None) -> StepModel:
+    """The same plan and ensembles on the float network (faster than the exact one);
+    z0_ensemble: network calls at z_0 instead of sm's."""
+    if sm.exact is None and z0_ensemble in (None, sm.z0_ensemble):
         return sm
-    return StepModel(sm.model, sm.gamma_table, sm.device, sm.ensemble, sm.plan, sm.ensemble_steps, sm.z0_ensemble)
+    calls = sm.z0_ensemble if z0_ensemble is None else z0_ensemble
+    return StepModel(sm.model, sm.gamma_table, sm.device, sm.ensemble, sm.plan, sm.ensemble_steps, calls)
 
 
 def whole_step_indices(T: int, whole_steps: int) -> list[int]:
@@ -163,12 +165,15 @@ def diffusion_by_row(fsm: StepModel, x: np.ndarray, steps, rng: np.random.Genera
 RECON_ROWS_STRIP_PIXELS = 1 << 18  # recon_bits_by_row works in strips of about this many pixels (memory)
 
 
-def recon_bits_by_row(sm: StepModel, planes: np.ndarray, weights: "ContextWeights | None", seed: int = 0) -> np.ndarray:
+def recon_bits_by_row(sm: StepModel, planes: np.ndarray, weights: "ContextWeights | None", seed: int = 0,
+                      z0_calls: int | None = None) -> np.ndarray:
     """Bits of p(x | z_0) for each row of (H, W, C) planes at one z_0 draw (float network),
-    in strips of rows (the pixel decoder's tables of a whole large image would take GBs)."""
+    in strips of rows (the pixel decoder's tables of a whole large image would take GBs);
+    z0_calls: network calls at z_0 (None: as sm codes the image; 1 is about 8 times faster
+    than the default effort's 8 and costs a percent or so of the bits)."""
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
     g = sm.grids
-    fsm = float_step_model(sm)
+    fsm = float_step_model(sm, z0_calls)
     rng = np.random.default_rng(seed)
     step = max(2, RECON_ROWS_STRIP_PIXELS // x.shape[2] // 2 * 2)
     out = []
