@@ -329,6 +329,17 @@ def test_a_network_that_hurts_everywhere_is_turned_off(coder_net, monkeypatch):
     assert info["candidates"]["off"]["held_out_bpd"] < info["held_out_bpd_model"], info
 
 
+def test_without_the_off_candidate_the_linear_fit_turns_a_hurting_network_down(coder_net):
+    """FitBudget(off=False), the default effort's: one candidate fewer, and the linear fit's
+    gains still turn down a network that hurts."""
+    with heads_scaled(coder_net, 30.0):
+        x = kodak_crop(200, 300, index=3)
+        budget = adapt.FitBudget(steps=30, head=False, off=False)
+        weights, info = adapt.fit_image_context(coder_net.step_model, x, budget=budget)
+    assert set(info["candidates"]) == {"linear"}, info
+    assert weights is not None and info["held_out_bpd_fitted"] < info["held_out_bpd_model"] - 0.05, info
+
+
 def test_a_batched_fit_steps_on_patches_drawn_afresh_and_still_fits(coder_net, monkeypatch):
     """FitBudget.batch: every Adam step sees `batch` of the patches (a different draw each
     step), and the fit still finds what the held-out pixels want (here: a network whose

@@ -57,6 +57,10 @@ class FitBudget:
     patches: tuple[int, int] = (4, 4)  # rows x columns of patches the fit sees
     patch: tuple[int, int] = FIT_PATCH  # each patch's height, width
     head: bool = True  # also try fitting the context network's last layers
+    # also try the linear weights with the network's context turned off (what an image the
+    # network hurts wants; on six training photos it lost 28-115 kbit where the others gained
+    # and never won: session 18)
+    off: bool = True
     # patches per Adam step, drawn afresh from all of them each step (None: all): more
     # patches at the cost of fewer (session 15, benchmarks/experiments/fit_budget)
     batch: int | None = None
@@ -400,7 +404,7 @@ def fit_context(sm: StepModel, patches: list[np.ndarray], dims: int, seed: int =
 
     kinds = ["linear"]
     if base_head is not None:
-        kinds += ["off"] + (["head"] if budget.head else [])
+        kinds += (["off"] if budget.off else []) + (["head"] if budget.head else [])
     # one held-out array (the whole image): the bits of each of its rows are kept for the
     # chosen weights (coding.bands decides by them)
     rows: dict = {} if held_out is not None and len(held_out) == 1 else None
