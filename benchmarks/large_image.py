@@ -109,16 +109,22 @@ def main(argv=None) -> None:
 
 def estimate_only(pixels: np.ndarray, args, argv) -> None:
     """What compress spends before it decides: skip_margin -1 skips the chain whatever the
-    estimate, so the run ends with the classic file and the estimate's numbers."""
+    estimate, so the run ends with the classic file and the estimate's numbers (those after
+    the per-image fits: the skip on the first look is turned off here)."""
+    from vdmcodec import codec
     from vdmcodec.checkpoints import load_checkpoint
     from vdmcodec.codec import CLASSIC_SKIP_MARGIN, Coder, compress_images
     from vdmcodec.image_io import RasterImage
 
     h, w = pixels.shape[:2]
     coder = Coder.for_effort(load_checkpoint(None), args.effort, threads=args.threads)
+    margin, codec.FIRST_LOOK_MARGIN = codec.FIRST_LOOK_MARGIN, float("inf")
     t = time.perf_counter()
-    data, (rep,) = compress_images([("mosaic", RasterImage("RGB", w, h, pixels, None, None))], coder,
-                                   skip_margin=-1.0)
+    try:
+        data, (rep,) = compress_images([("mosaic", RasterImage("RGB", w, h, pixels, None, None))], coder,
+                                       skip_margin=-1.0)
+    finally:
+        codec.FIRST_LOOK_MARGIN = margin
     rec = {"command": "python -m benchmarks.large_image " + " ".join(argv if argv is not None else sys.argv[1:]),
            "width": w, "height": h, "megapixels": w * h / 1e6, "effort": args.effort, "threads": args.threads,
            "seconds_to_decision": time.perf_counter() - t, "estimate_s": rep.estimate_s,
