@@ -442,6 +442,7 @@ class FirstLook:
     diffusion: DiffusionEstimate
     recon_rows: np.ndarray | None = None
     classic_bands: np.ndarray | None = None  # coding.bands.band_bits
+    strips: tuple[StripPlan, ...] = ()  # the bands a classic code takes more cheaply, by this look
     seconds: float = 0.0
 
     def diffusion_less(self, saving_bits: float) -> DiffusionEstimate:
@@ -456,23 +457,16 @@ class FirstLook:
     def model_bits(self) -> float:
         return self.recon_bits + self.diffusion.bits
 
-    def strips(self) -> list[StripPlan]:
-        """The bands a classic code takes more cheaply, by this look."""
-        if self.classic_bands is None:
-            return []
-        rows = self.recon_rows + self.diffusion.rows
-        return plan_strips(None, rows * BITSBACK_OVER_ESTIMATE, classic_bits=self.classic_bands)
-
     @property
     def strip_bits(self) -> float:
-        return sum(p.bits for p in self.strips())
+        return sum(p.bits for p in self.strips)
 
     @property
     def mixed_bits(self) -> float:
         """The model's bits with the bands a classic code takes more cheaply at their classic bits."""
         if self.classic_bands is None:
             return self.model_bits
-        return mixed_bits(self.recon_rows + self.diffusion.rows, self.strips())
+        return mixed_bits(self.recon_rows + self.diffusion.rows, list(self.strips))
 
     def estimated_bytes(self, side_bytes: int) -> int:
         return int(round(self.mixed_bits / 8.0)) + side_bytes + BITSBACK_HEADER_BYTES
@@ -486,7 +480,8 @@ def first_look(coder: Coder, img: RasterImage) -> FirstLook:
     if coder.classic_bands and diffusion.rows is not None and planes.shape[0] >= MIN_BAND_IMAGE_ROWS:
         recon_rows = recon_bits_by_row(sm, planes, None, z0_calls=1)  # a first look: one call at z_0 will do
         bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
-        return FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands, time.perf_counter() - t0)
+        plans = plan_strips(None, (recon_rows + diffusion.rows) * BITSBACK_OVER_ESTIMATE, classic_bits=bands)
+        return FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands, tuple(plans), time.perf_counter() - t0)
     recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
     return FirstLook(recon, diffusion, seconds=time.perf_counter() - t0)
 

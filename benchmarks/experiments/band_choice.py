@@ -15,17 +15,11 @@ ratio is not measured here.  Choose on training images, never on the benchmark s
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.experiments.effort_ablation import centre_crop, write_rows
-from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.codec import Coder
+from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
 from vdmcodec.coding.adapt import fit_image_context
 from vdmcodec.coding.classic import JXL_IMAGE_EFFORTS, encode_rows
 from vdmcodec.coding.estimate import float_step_model
@@ -77,21 +71,14 @@ def band_choice(x: np.ndarray, row_bits: np.ndarray, band: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--crop", default="768x512")
+    p = crop_parser(__doc__, effort=False)
     p.add_argument("--bands", nargs="+", type=int, default=[32, 64, 128])
-    p.add_argument("--checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    width, height = map(int, args.crop.split("x"))
-    coder = Coder.for_effort(load_checkpoint(args.checkpoint), "default", threads=args.threads)
+    coder = crop_coder(args)
     sm = float_step_model(coder.step_model)
-    rows = []
-    for path in args.images:
-        planes = centre_crop(path, width, height).planes
+
+    def measure(path, img) -> dict:
+        planes = img.planes
         x = np.ascontiguousarray(planes.transpose(2, 0, 1))
         t0 = time.perf_counter()
         weights, _ = fit_image_context(sm, planes, budget=coder.fit)
@@ -105,10 +92,9 @@ def main(argv=None) -> int:
             c = band_choice(x, recon + diff, band)
             row[f"b{band}"] = {**{k: v for k, v in c.items() if not k.endswith("_bits")},
                                "ideal_bpd": c["ideal_bits"] / planes.size, "strips_bpd": c["strips_bits"] / planes.size}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        write_rows(args.json_out, {"images": [str(q) for q in args.images], "crop": args.crop, "bands": args.bands,
-                                   "checkpoint": args.checkpoint, "threads": args.threads}, rows)
+        return row
+
+    run_on_crops(args, measure, {"bands": args.bands})
     return 0
 
 

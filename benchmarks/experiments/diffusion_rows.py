@@ -14,16 +14,9 @@ steps 1, 2, 4, 8 and 16 from this (session 17).  Training images only.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
-import torch
 
-from benchmarks.experiments.effort_ablation import centre_crop, write_rows
-from vdmcodec.checkpoints import load_checkpoint
-from vdmcodec.codec import Coder
+from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
 from vdmcodec.coding.estimate import diffusion_by_row, float_step_model
 
 
@@ -40,31 +33,23 @@ def band_errors(by_step: np.ndarray, subset: list[int], band: int) -> tuple[floa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--crop", default="768x512")
+    p = crop_parser(__doc__, effort=False)
     p.add_argument("--subsets", nargs="+", default=["1,2", "1,2,4,8,16", "1,2,3,5,8,12,16"])
     p.add_argument("--band", type=int, default=64)
-    p.add_argument("--checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    width, height = map(int, args.crop.split("x"))
-    fsm = float_step_model(Coder.for_effort(load_checkpoint(args.checkpoint), "default", threads=args.threads).step_model)
+    fsm = float_step_model(crop_coder(args).step_model)
     subsets = [[int(s) for s in text.split(",")] for text in args.subsets]
-    rows = []
-    for path in args.images:
-        x = np.ascontiguousarray(centre_crop(path, width, height).planes.transpose(2, 0, 1))
+
+    def measure(path, img) -> dict:
+        x = np.ascontiguousarray(img.planes.transpose(2, 0, 1))
         by_step = diffusion_by_row(fsm, x, range(1, fsm.grids.T + 1), np.random.default_rng(0))
         row = {"image": path.name, "share_of_steps_1_2": float(by_step[:2].sum() / by_step.sum())}
         for subset, text in zip(subsets, args.subsets):
             worst, total = band_errors(by_step, subset, args.band)
             row[text] = {"worst_band_error": worst, "interpolated_total_ratio": total}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        write_rows(args.json_out, {"images": [str(q) for q in args.images], "crop": args.crop, "band": args.band,
-                                   "subsets": args.subsets, "checkpoint": args.checkpoint}, rows)
+        return row
+
+    run_on_crops(args, measure, {"band": args.band, "subsets": args.subsets})
     return 0
 
 

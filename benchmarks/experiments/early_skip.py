@@ -15,16 +15,12 @@ than the fits ever take off; choose the margin on training images, never on benc
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.experiments.effort_ablation import centre_crop, write_rows
-from vdmcodec.checkpoints import load_checkpoint
+from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
 from vdmcodec.codec import (BITSBACK_OVER_ESTIMATE, Coder, ImageReport, _classic_of_single, _estimate_file,
                             first_look)
 from vdmcodec.coding.adapt import fit_image_context, pack_deltas
@@ -35,7 +31,7 @@ from vdmcodec.coding.film import KEEP_IF_SAVING_OVER_COST, FilmDeltas, fit_delta
 def measure(coder: Coder, name: str, img) -> dict:
     sm, planes = coder.step_model, img.planes
     t = time.perf_counter()
-    classic = _classic_of_single(coder, [(name, img)])
+    classic = _classic_of_single(coder, [(Path(name).stem, img)])  # named as compress names it
     row = {"image": name, "dims": int(planes.size), "classic_bytes": len(classic),
            "classic_s": time.perf_counter() - t}
     t = time.perf_counter()
@@ -78,26 +74,10 @@ def measure(coder: Coder, name: str, img) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--crop", default="768x512")
-    p.add_argument("--effort", default="default")
-    p.add_argument("--checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", dest="json_out")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    width, height = map(int, args.crop.split("x"))
-    coder = Coder.for_effort(load_checkpoint(args.checkpoint), args.effort, threads=args.threads)
-    coder.activate()
-    rows = []
-    for path in args.images:
-        row = measure(coder, path.name, centre_crop(path, width, height))
-        rows.append(row)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-        write_rows(args.json_out, {"images": [str(q) for q in args.images], "crop": args.crop, "effort": args.effort,
-                                   "checkpoint": args.checkpoint, "threads": args.threads,
-                                   "bitsback_over_estimate": BITSBACK_OVER_ESTIMATE}, rows)
+    args = crop_parser(__doc__).parse_args(argv)
+    coder = crop_coder(args)
+    rows = run_on_crops(args, lambda path, img: measure(coder, path.name, img),
+                        {"bitsback_over_estimate": BITSBACK_OVER_ESTIMATE})
     if rows:
         ratios = np.array([r["after_over_first"] for r in rows])
         print(f"after/first: min {ratios.min():.4f} mean {ratios.mean():.4f} max {ratios.max():.4f}")

@@ -44,6 +44,44 @@ def write_rows(path: str | None, settings: dict, rows: list[dict]) -> None:
         Path(path).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
 
 
+def crop_parser(doc: str, effort: bool = True) -> argparse.ArgumentParser:
+    """The arguments of an experiment on centre crops of images: IMAGES..., --crop, --effort
+    (where it takes one), --checkpoint, --threads, --json."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--crop", default="768x512")
+    if effort:
+        p.add_argument("--effort", default="default")
+    p.add_argument("--checkpoint")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", dest="json_out")
+    return p
+
+
+def crop_coder(args: argparse.Namespace) -> Coder:
+    """The coder of crop_parser's arguments (the default effort where it takes none), activated."""
+    coder = Coder.for_effort(load_checkpoint(args.checkpoint), getattr(args, "effort", "default"), threads=args.threads)
+    coder.activate()
+    return coder
+
+
+def run_on_crops(args: argparse.Namespace, measure, settings: dict | None = None) -> list[dict]:
+    """measure(path, centre crop) -> row for each of args.images; each row printed (floats
+    rounded) and the JSON record (write_rows) written again after each image."""
+    width, height = map(int, args.crop.split("x"))
+    common = {"images": [str(q) for q in args.images], "crop": args.crop, "checkpoint": args.checkpoint,
+              "threads": args.threads}
+    if hasattr(args, "effort"):
+        common["effort"] = args.effort
+    rows = []
+    for path in args.images:
+        row = measure(path, centre_crop(path, width, height))
+        rows.append(row)
+        print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        write_rows(args.json_out, {**common, **(settings or {})}, rows)
+    return rows
+
+
 def variant_kwargs(variant: str, T: int) -> dict:
     """Coder keywords: the default preset with the variant's changes."""
     from benchmarks.experiments.fit_budget import parse_budget

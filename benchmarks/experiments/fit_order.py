@@ -16,15 +16,9 @@ Choose on training images, never on the benchmark sets.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
-import torch
-
-from benchmarks.experiments.effort_ablation import centre_crop, write_rows
-from vdmcodec.checkpoints import load_checkpoint
+from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
 from vdmcodec.codec import Coder
 from vdmcodec.coding.adapt import fit_image_context
 from vdmcodec.coding.estimate import estimate_recon_bits
@@ -54,25 +48,9 @@ def measure(coder: Coder, name: str, img) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--crop", default="768x512")
-    p.add_argument("--effort", default="default")
-    p.add_argument("--checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", dest="json_out")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    width, height = map(int, args.crop.split("x"))
-    coder = Coder.for_effort(load_checkpoint(args.checkpoint), args.effort, threads=args.threads)
-    coder.activate()
-    rows = []
-    for path in args.images:
-        row = measure(coder, path.name, centre_crop(path, width, height))
-        rows.append(row)
-        print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-        write_rows(args.json_out, {"images": [str(q) for q in args.images], "crop": args.crop, "effort": args.effort,
-                                   "checkpoint": args.checkpoint, "threads": args.threads}, rows)
+    args = crop_parser(__doc__).parse_args(argv)
+    coder = crop_coder(args)
+    run_on_crops(args, lambda path, img: measure(coder, path.name, img))
     return 0
 
 
