@@ -118,13 +118,13 @@ def estimate_only(pixels: np.ndarray, args, argv) -> None:
 
     h, w = pixels.shape[:2]
     coder = Coder.for_effort(load_checkpoint(None), args.effort, threads=args.threads)
-    margin, codec.FIRST_LOOK_MARGIN = codec.FIRST_LOOK_MARGIN, float("inf")
+    codec.EARLY_SKIP = False
     t = time.perf_counter()
     try:
         data, (rep,) = compress_images([("mosaic", RasterImage("RGB", w, h, pixels, None, None))], coder,
                                        skip_margin=-1.0)
     finally:
-        codec.FIRST_LOOK_MARGIN = margin
+        codec.EARLY_SKIP = True
     rec = {"command": "python -m benchmarks.large_image " + " ".join(argv if argv is not None else sys.argv[1:]),
            "width": w, "height": h, "megapixels": w * h / 1e6, "effort": args.effort, "threads": args.threads,
            "seconds_to_decision": time.perf_counter() - t, "estimate_s": rep.estimate_s,

@@ -12,6 +12,7 @@ from vdmcodec import codec
 from vdmcodec.checkpoints import load_checkpoint
 from vdmcodec.codec import Coder, compress_images, decompress_bytes
 from vdmcodec.coding import estimate
+from vdmcodec.coding.bands import StripPlan
 from vdmcodec.coding.estimate import diffusion_by_step, estimate_diffusion, patch_mosaic
 from vdmcodec.coding.film import FilmDeltas
 from vdmcodec.container import unpack_container
@@ -96,7 +97,7 @@ def test_an_image_far_above_the_skip_line_is_stored_before_the_fits(coder, monke
 
 
 def test_within_the_first_look_margin_the_fits_run_and_the_estimate_after_them_decides(coder, monkeypatch):
-    monkeypatch.setattr(codec, "FIRST_LOOK_MARGIN", float("inf"))
+    monkeypatch.setattr(codec, "EARLY_SKIP", False)
     img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
     fitted = []
     real_fit = codec.fit_image_context
@@ -118,6 +119,38 @@ def test_the_estimate_after_the_fits_takes_the_film_fits_saving_off_the_first_lo
     codec._estimate_file(coder, img, None, {"held_out_bpd_model": 3.0}, film, report, look)
     assert report.terms["diffusion"] == pytest.approx(less.bits)
     assert report.terms["recon"] == pytest.approx(3.0 * img.planes.size)
+
+
+def test_the_bands_coded_beside_the_classic_file_are_those_the_first_look_would_code(coder, monkeypatch):
+    """compress codes the whole image's classic file on a second thread while it codes the
+    bands' (both libjxl, one core each): the same bytes and bits as one after the other, and
+    the first look takes those bands instead of coding them again."""
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    x = np.ascontiguousarray(img.planes.transpose(2, 0, 1))
+    classic, bands = codec._classic_and_bands(coder, [("img0", img)], estimating=True)
+    assert classic == codec._classic_of_single(coder, [("img0", img)])
+    assert np.array_equal(bands, codec.band_bits(x)) and bands.shape == (4,)
+    assert codec._classic_and_bands(coder, [("img0", img)], estimating=False)[1] is None
+    assert codec._classic_and_bands(coder, [("a", img), ("b", img)], estimating=True) == (None, None)
+    looks = []
+    real_look = codec.first_look
+    monkeypatch.setattr(codec, "first_look", lambda c, i, b=None: looks.append(b) or real_look(c, i, b))
+    coded = []
+    real_bands = codec.band_bits
+    monkeypatch.setattr(codec, "band_bits", lambda *a, **kw: coded.append(1) or real_bands(*a, **kw))
+    _, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)
+    assert rep.skipped_chain and len(looks) == 1 and np.array_equal(looks[0], bands) and len(coded) == 1
+
+
+def test_the_first_look_decides_on_its_estimate_less_the_strip_slack_above_the_raised_line():
+    rows = np.full(128 + 64, 10.0)  # three bands of 64 rows, the model's 640 bits each
+    plans = (StripPlan((64, 128), 500.0),)
+    look = codec.FirstLook(recon_bits=float(rows.sum()) / 2, diffusion=estimate.DiffusionEstimate(
+        float(rows.sum()) / 2, 0, 0.0, rows / 2), recon_rows=rows / 2, classic_bands=np.array([700.0, 500.0, 900.0]),
+        strips=plans)
+    assert look.mixed_bits == pytest.approx(640.0 + 500.0 + 640.0)
+    line = (8.0 * look.estimated_bytes(10) - codec.STRIP_PRICE_SLACK * 500.0) / (1.0 + codec.FIRST_LOOK_MARGIN)
+    assert look.above_the_line(10, line - 1.0) and not look.above_the_line(10, line + 1.0)
 
 
 def test_small_images_and_no_margin_always_run_the_chain(coder):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -22,8 +23,8 @@ from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderIn
 from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
                            too_small_for_own_context, unpack_deltas)
 from .coding.bands import MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
-from .coding.estimate import (DiffusionEstimate, estimate_diffusion, estimate_recon_bits, float_step_model,
-                              recon_bits_by_row)
+from .coding.estimate import (WHOLE_MAX_PIXELS, DiffusionEstimate, estimate_diffusion, estimate_recon_bits,
+                              float_step_model, recon_bits_by_row)
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
@@ -102,6 +103,7 @@ FIRST_LOOK_MARGIN = 0.035
 # training photos (session 18), so a skip is decided on the estimate less this share of its
 # strips' bits; where that does not skip, the strips are coded and priced exactly.
 STRIP_PRICE_SLACK = 0.06
+EARLY_SKIP = True  # benchmarks that measure the fits turn the skip before them off
 ENSEMBLED_SHARE = 0.25  # the steps in this first share of T make the effort's `ensemble` calls
 
 
@@ -268,14 +270,14 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
     coder.activate()
     stack = AnsStack()
     entries, sections, reports = [], [], []
-    classic = _classic_of_single(coder, images) if allow_fallback else None
-    give_up = None
-    if classic is not None and skip_margin is not None and images[0][1].width * images[0][1].height >= SKIP_MIN_PIXELS:
-        give_up = 8.0 * len(classic) * (1.0 + skip_margin)
+    estimating = skip_margin is not None and images[0][1].width * images[0][1].height >= SKIP_MIN_PIXELS
+    classic, bands = _classic_and_bands(coder, images, estimating) if allow_fallback else (None, None)
+    give_up = 8.0 * len(classic) * (1.0 + skip_margin) if classic is not None and estimating else None
     shared = _shared_context(coder, images)
     for idx, (name, img) in enumerate(images):
         try:
-            entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared, seed_nelbo, give_up)
+            entry, report = _encode_one(stack, coder, idx, name, img, sections, progress, shared, seed_nelbo, give_up,
+                                        bands)
         except _ClassicWins as won:
             won.report.method, won.report.skipped_chain = "classic", True
             return classic, [won.report]
@@ -295,6 +297,22 @@ def compress_images(images: list[tuple[str, RasterImage]], coder: Coder, *, prog
             rep.implied_bits = 0.0
             return classic, reports
     return data, reports
+
+
+def _classic_and_bands(coder: Coder, images: list[tuple[str, RasterImage]],
+                       estimating: bool) -> tuple[bytes | None, np.ndarray | None]:
+    """The classic file of a single image (_classic_of_single) and, where its first look will
+    price row bands (estimating: the chain may be skipped on an estimate), each band's JPEG
+    XL bits (coding.bands.band_bits).  libjxl codes each on one core, so the bands are coded
+    on this thread while a second one codes the whole image: about 1.5 s less of a Kodak
+    image than one after the other (only the main thread ever runs the network)."""
+    img = images[0][1] if len(images) == 1 else None
+    if not (estimating and img is not None and img.planes is not None and _has_bands(coder, img.planes)):
+        return _classic_of_single(coder, images), None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        whole = pool.submit(_classic_of_single, coder, images)
+        bands = band_bits(np.ascontiguousarray(img.planes.transpose(2, 0, 1)))
+        return whole.result(), bands
 
 
 def _classic_of_single(coder: Coder, images: list[tuple[str, RasterImage]]) -> bytes | None:
@@ -325,7 +343,7 @@ def _shared_context(coder: Coder, images: list[tuple[str, RasterImage]]) -> Cont
 
 def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
                 shared: ContextWeights | None = None, seed_nelbo: bool = True,
-                give_up_bits: float | None = None) -> tuple[dict, ImageReport]:
+                give_up_bits: float | None = None, bands: np.ndarray | None = None) -> tuple[dict, ImageReport]:
     entry = _image_entry(name, img)
     report = ImageReport(name=name, width=img.width, height=img.height, mode=img.mode,
                          dims=img.width * img.height * _channels(img), method="classic")
@@ -335,10 +353,10 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
         return entry, report
     look = None
     if give_up_bits is not None:
-        look = first_look(coder, img)
+        look = first_look(coder, img, bands)
         report.estimated_bytes = look.estimated_bytes(report.side_bytes)
         report.estimate_s = look.seconds
-        if 8.0 * report.estimated_bytes - STRIP_PRICE_SLACK * look.strip_bits > give_up_bits * (1.0 + FIRST_LOOK_MARGIN):
+        if EARLY_SKIP and look.above_the_line(report.side_bytes, give_up_bits):
             report.terms = {"recon": look.recon_bits, "prior": 0.0, "diffusion": look.diffusion.bits}
             report.nelbo_bits = look.model_bits
             report.skipped_before_fits = True
@@ -471,15 +489,36 @@ class FirstLook:
     def estimated_bytes(self, side_bytes: int) -> int:
         return int(round(self.mixed_bits / 8.0)) + side_bytes + BITSBACK_HEADER_BYTES
 
+    @property
+    def model_rows(self) -> np.ndarray | None:
+        """The model's bits per row (reconstruction and diffusion), where the image has bands."""
+        return None if self.classic_bands is None else self.recon_rows + self.diffusion.rows
 
-def first_look(coder: Coder, img: RasterImage) -> FirstLook:
-    """The estimate before the per-image fits (FirstLook) of an image the model codes."""
+    def above_the_line(self, side_bytes: int, give_up_bits: float) -> bool:
+        """Whether the image's bits-back file would be above give_up_bits even after the
+        per-image fits: its estimate, less STRIP_PRICE_SLACK of its strips' bits, above the
+        line raised by FIRST_LOOK_MARGIN."""
+        return (8.0 * self.estimated_bytes(side_bytes) - STRIP_PRICE_SLACK * self.strip_bits
+                > give_up_bits * (1.0 + FIRST_LOOK_MARGIN))
+
+
+def _has_bands(coder: Coder, planes: np.ndarray) -> bool:
+    """Whether the estimates of these (H, W, C) planes weigh row bands for the classic code:
+    images tall enough, whose diffusion estimate comes row by row (not the tiled large ones)."""
+    h, w, _ = planes.shape
+    return bool(coder.classic_bands) and h >= MIN_BAND_IMAGE_ROWS and h * w <= WHOLE_MAX_PIXELS
+
+
+def first_look(coder: Coder, img: RasterImage, bands: np.ndarray | None = None) -> FirstLook:
+    """The estimate before the per-image fits (FirstLook) of an image the model codes
+    (bands: its bands' classic bits where already coded, coding.bands.band_bits)."""
     t0 = time.perf_counter()
     sm, planes = coder.step_model, img.planes
     diffusion = estimate_diffusion(sm, planes, None)
-    if coder.classic_bands and diffusion.rows is not None and planes.shape[0] >= MIN_BAND_IMAGE_ROWS:
+    if _has_bands(coder, planes) and diffusion.rows is not None:
         recon_rows = recon_bits_by_row(sm, planes, None, z0_calls=1)  # a first look: one call at z_0 will do
-        bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
+        if bands is None:
+            bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
         plans = plan_strips(None, (recon_rows + diffusion.rows) * BITSBACK_OVER_ESTIMATE, classic_bits=bands)
         return FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands, tuple(plans), time.perf_counter() - t0)
     recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
@@ -505,12 +544,9 @@ def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | Non
     model_bits = recon_bits + diffusion.bits
     strips: list[StripPlan] = []
     if look.classic_bands is not None:
-        recon_rows = fit_info.get("held_out_rows")  # the context fit's, where it judged the whole image
-        if recon_rows is None or recon_rows.shape != (planes.shape[0],):
-            recon_rows = look.recon_rows
-        # the model's bits per row as the file will pay them: the chain's file runs about
-        # BITSBACK_OVER_ESTIMATE above this estimate (region borders, the seed)
-        rows = recon_rows * (recon_bits / recon_rows.sum()) + diffusion.rows
+        rows = model_rows_after_fits(look, fit_info, recon_bits, diffusion)
+        # the chain's file runs about BITSBACK_OVER_ESTIMATE above this estimate (region
+        # borders, the seed)
         strips = plan_strips(None, rows * BITSBACK_OVER_ESTIMATE, classic_bits=look.classic_bands)
         model_bits = mixed_bits(rows, strips)
     report.estimated_bytes = int(round(model_bits / 8.0)) + side
@@ -519,6 +555,17 @@ def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | Non
     report.nelbo_bits = sum(report.terms.values())
     report.estimate_s = look.seconds + time.perf_counter() - t0
     return strips
+
+
+def model_rows_after_fits(look: FirstLook, fit_info: dict, recon_bits: float,
+                          diffusion: DiffusionEstimate) -> np.ndarray:
+    """The model's bits per row after the per-image fits: the context fit's reconstruction
+    per row where it judged the whole image (else the first look's, scaled to recon_bits),
+    and the diffusion rows as given."""
+    recon_rows = fit_info.get("held_out_rows")
+    if recon_rows is None or recon_rows.shape != look.recon_rows.shape:
+        recon_rows = look.recon_rows
+    return recon_rows * (recon_bits / recon_rows.sum()) + diffusion.rows
 
 
 def _layout_item(r: RegionStats) -> dict:

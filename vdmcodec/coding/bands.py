@@ -62,6 +62,15 @@ def runs_of(flags: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
+def band_sums(row_bits: np.ndarray, band: int = BAND_ROWS) -> np.ndarray:
+    """Bits per row summed over each band of `band` rows (the last band may be shorter).
+
+    >>> band_sums(np.arange(6.0), band=4)
+    array([6., 9.])
+    """
+    return np.add.reduceat(row_bits, np.arange(0, len(row_bits), band))
+
+
 def band_bits(x: np.ndarray, band: int = BAND_ROWS, effort: int = BAND_EFFORT) -> np.ndarray:
     """Bits of JPEG XL (lossless, this effort) on each band of `band` rows of x (C, H, W) uint8."""
     h = x.shape[1]
@@ -89,7 +98,7 @@ def plan_strips(x: np.ndarray | None, model_row_bits: np.ndarray, band: int = BA
     h = len(model_row_bits)
     if h < MIN_BAND_IMAGE_ROWS or (x is not None and x.shape[1] != h):
         return []
-    model = np.add.reduceat(model_row_bits, np.arange(0, h, band))
+    model = band_sums(model_row_bits, band)
     classic = band_bits(x, band) if classic_bits is None else classic_bits
     return [StripPlan((b0 * band, min(h, b1 * band)), float(classic[b0:b1].sum()))
             for b0, b1 in runs_of(list(classic < model))]
