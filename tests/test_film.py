@@ -69,6 +69,27 @@ def test_the_fit_lowers_the_images_diffusion_bits(model):
     assert any(s.any() for s in fitted.steps) and max(np.abs(s).max() for s in fitted.steps) <= film_mod.FILM_LIMIT
 
 
+def test_a_probe_judges_the_fit_so_far_and_may_end_it_there(model, monkeypatch):
+    """At each of budget.probe_at's steps the probe sees the deltas so far as they would be
+    judged at the end; stopping there gives the fit of that many steps, and fit_film drops a
+    fit whose probe finds it far below its keep line."""
+    from vdmcodec.coding.steps import StepModel
+    sm = StepModel(model.model, model.gamma_table.numpy())
+    planes = kodak_crop(192, 256, index=3, top=100, left=200)
+    seen = []
+    stopped = film_mod.fit_deltas(sm, planes, FilmBudget(steps=30, probe_at=(4, 8)),
+                                  probe=lambda step, saving, cost: seen.append((step, saving, cost)) or step < 8)
+    short = film_mod.fit_deltas(sm, planes, FilmBudget(steps=8))
+    assert [step for step, _, _ in seen] == [4, 8]
+    assert stopped[0] == short[0] and stopped[1:] == pytest.approx(short[1:])
+    assert seen[1][1:] == pytest.approx(short[1:])
+    monkeypatch.setattr(film_mod, "PROBE_KEEP_SHARE", float("inf"))  # nothing is on track
+    judged = []
+    real = film_mod._on_track
+    monkeypatch.setattr(film_mod, "_on_track", lambda *a: judged.append(a[0]) or real(*a))
+    assert film_mod.fit_film(sm, planes, FilmBudget(steps=30, probe_at=(4,))) is None and judged == [4]
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_files_with_film_deltas_round_trip_and_need_them(model, exact, monkeypatch):
     if exact and model.exact is None:

@@ -65,9 +65,11 @@ EFFORTS = {
     # calls at z_0 (the flips of z_0 and of its transpose) instead of 4: -0.006 bpd for 4
     # calls more per region (session 15, benchmarks/experiments/fit_budget and effort_ablation)
     # the context fit without its "network off" candidate, which never won on six training
-    # photos: 2 s less (session 18)
+    # photos: 2 s less (session 18); a FiLM fit far below its keep line after 100 steps stops
+    # there (coding.film.PROBE_KEEP_SHARE; session 19)
     "default": {"strides": ((0.25, 1), (0.375, 2), (0.625, 4), (1.0, 8)), "ensemble": 2, "z0_ensemble": 8,
-                "fit": FitBudget(steps=100, patches=(8, 8), head=True, batch=16, off=False), "film": FilmBudget(steps=200)},
+                "fit": FitBudget(steps=100, patches=(8, 8), head=True, batch=16, off=False),
+                "film": FilmBudget(steps=200, probe_at=(100,))},
     "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 8,
             "fit": FitBudget(steps=150, patches=(16, 16), head=True, batch=16), "film": FilmBudget(steps=200)},
 }
