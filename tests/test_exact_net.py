@@ -336,6 +336,45 @@ def test_the_verifying_decode_reuses_every_network_output_and_still_compares_pix
     assert data == plain and coder.step_model.memo is None  # the same file; nothing kept after
 
 
+def test_a_check_reads_the_outputs_that_left_memory_back_from_disk(model, exact_model):
+    """With no memory for the memo, every output goes to its spill file and the verifying
+    decode still computes nothing again; the file is the same and is gone afterwards."""
+    from dataclasses import replace
+
+    from vdmcodec.codec import Coder, compress_images, verify_roundtrip
+    from vdmcodec.image_io import RasterImage
+    image = [("x", RasterImage("RGB", 30, 26, _textured(26, 30, 4), None, None, None))]
+    coder = Coder.for_effort(replace(model, exact=exact_model), "fast", exact=True, adapt_context=False, threads=2)
+    plain, _ = compress_images(image, coder, allow_fallback=False)
+    with coder.remembering(budget_bytes=0, spill_bytes=1 << 30) as memo:
+        data, _ = compress_images(image, coder, allow_fallback=False)
+        misses = memo.misses
+        assert memo.bytes == 0 and memo.spilled_bytes > 0
+        verify_roundtrip(data, image, coder)
+        assert memo.hits > 0 and memo.misses == misses
+        spill = memo._spill_file
+    assert data == plain and spill.closed and memo.spilled_bytes == 0
+
+
+def test_the_memo_spills_what_leaves_memory_while_its_file_has_room():
+    from vdmcodec.coding.steps import NetworkMemo
+    entry = 4 * 16 + 8 * 16  # float32 eps, float64 reverse_var (i + 0.1 is not exact in float32)
+    memo = NetworkMemo(budget_bytes=2 * entry, spill_bytes=2 * entry)
+    keys = [memo.key(np.full((1, 4, 4), i, np.float32), 1, 1, False) for i in range(6)]
+    values = [(np.full((1, 4, 4), float(i)), {"reverse_var": np.full((1, 4, 4), i + 0.1)}) for i in range(6)]
+    for key, value in zip(keys, values):
+        memo.put(key, value)
+    assert memo.bytes == memo.spilled_bytes == 2 * entry
+    got = [memo.get(k) for k in keys]
+    assert got[2] is None and got[3] is None  # the file was full when these left memory
+    for k in (0, 1, 4, 5):  # the first two from the file, the last two from memory
+        (eps, aux), (want_eps, want_aux) = got[k], values[k]
+        assert np.array_equal(eps, want_eps) and np.array_equal(aux["reverse_var"], want_aux["reverse_var"])
+        assert eps.dtype == aux["reverse_var"].dtype == np.float64
+    memo.close()
+    assert memo.get(keys[0]) is None and memo.get(keys[5]) is None
+
+
 def test_float_arithmetic_keeps_nothing_for_its_check(coder):
     with coder.remembering() as memo:
         assert memo is None and coder.step_model.memo is None

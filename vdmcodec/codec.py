@@ -8,6 +8,8 @@ palette images and the ICC profile go into classic sections of the container.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -77,6 +79,20 @@ EFFORTS = {
 # image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which
 # the decoder needs first
 VERIFY_MEMO_BYTES = 768 << 20
+# ... and what leaves memory goes to a temporary file (NetworkMemo's spill), up to a quarter of
+# the temporary directory's free space and at most this: about 0.9 GB per megapixel, so a
+# 12 MP photo's check computes almost nothing again (set TMPDIR to choose the disk)
+VERIFY_SPILL_MAX_BYTES = 24 << 30
+
+
+def verify_spill_bytes() -> int:
+    """Disk the verifying decode's memo may use (VERIFY_SPILL_MAX_BYTES, or a quarter of the
+    temporary directory's free space where that is less)."""
+    try:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+    except OSError:
+        return 0
+    return int(min(VERIFY_SPILL_MAX_BYTES, free // 4))
 # A single image whose bits-back file is estimated (after the per-image fits, before the
 # chain: coding.estimate) to come out larger than its classic file by more than this share
 # is stored classic without running the chain.  On 12 training photos (768x512 crops) the
@@ -183,14 +199,15 @@ class Coder:
         self.plan, self.ensemble, self.ensemble_steps = self.step_model.plan, ensemble, self.step_model.ensemble_steps
         self.z0_ensemble = z0_ensemble
 
-    def remembering(self, verify: bool = True, budget_bytes: int | None = None):
+    def remembering(self, verify: bool = True, budget_bytes: int | None = None, spill_bytes: int | None = None):
         """Wrap an encode and its verifying decode: in exact arithmetic the check reuses the
         encoder's network outputs wherever it feeds the network the same latents
-        (coding.steps.NetworkMemo; about half of compress's time).  verify False, or float
-        arithmetic: nothing is kept."""
+        (coding.steps.NetworkMemo; about half of compress's time), budget_bytes of them in
+        memory and spill_bytes more on disk.  verify False, or float arithmetic: nothing is kept."""
         if not verify:
             return nullcontext()
-        return self.step_model.remembering(VERIFY_MEMO_BYTES if budget_bytes is None else budget_bytes)
+        return self.step_model.remembering(VERIFY_MEMO_BYTES if budget_bytes is None else budget_bytes,
+                                           verify_spill_bytes() if spill_bytes is None else spill_bytes)
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of a float-arithmetic file (see
