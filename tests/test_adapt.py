@@ -290,7 +290,8 @@ def test_a_large_image_is_judged_on_pixels_beside_the_fitted_patches():
     assert len(patches) == 16 and adapt._held_out(mid, patches)[0] is mid
     big = np.zeros((3, 2000, 3000))
     tiles = adapt._held_out(big, adapt._patches(big))
-    assert len(tiles) == 16 and tiles[0].shape == (3,) + adapt.HELD_OUT_TILE
+    side = round(math.sqrt(adapt.HELD_OUT_PIXELS / (adapt.HELD_OUT_TILE[0] * adapt.HELD_OUT_TILE[1])))
+    assert len(tiles) == side * side == 64 and tiles[0].shape == (3,) + adapt.HELD_OUT_TILE
     small = np.zeros((3, 60, 80))
     assert adapt._held_out(small, adapt._patches(small)) is None  # the fit saw it whole
 

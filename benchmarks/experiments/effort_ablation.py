@@ -82,6 +82,14 @@ def run_on_crops(args: argparse.Namespace, measure, settings: dict | None = None
     return rows
 
 
+def measure_crops(doc: str, measure, argv=None, settings: dict | None = None) -> list[dict]:
+    """An experiment's whole run: crop_parser's arguments, crop_coder's coder, and
+    measure(coder, image name, centre crop) -> row on each image (run_on_crops)."""
+    args = crop_parser(doc).parse_args(argv)
+    coder = crop_coder(args)
+    return run_on_crops(args, lambda path, img: measure(coder, path.name, img), settings)
+
+
 def variant_kwargs(variant: str, T: int) -> dict:
     """Coder keywords: the default preset with the variant's changes."""
     from benchmarks.experiments.fit_budget import parse_budget

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
+from benchmarks.experiments.effort_ablation import measure_crops
 from vdmcodec.codec import Coder
 from vdmcodec.coding.film import KEEP_IF_SAVING_OVER_COST, fit_deltas
 
@@ -43,9 +43,7 @@ def measure(coder: Coder, name: str, img) -> dict:
 
 
 def main(argv=None) -> int:
-    args = crop_parser(__doc__).parse_args(argv)
-    coder = crop_coder(args)
-    rows = run_on_crops(args, lambda path, img: measure(coder, path.name, img), {"probes": list(PROBES)})
+    rows = measure_crops(__doc__, measure, argv, {"probes": list(PROBES)})
     for step in PROBES:
         kept = [r[f"keep_share_{step}"] for r in rows if r["kept"]]
         dropped = [r[f"keep_share_{step}"] for r in rows if not r["kept"]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
+from benchmarks.experiments.effort_ablation import measure_crops
 from vdmcodec.codec import Coder
 from vdmcodec.coding.adapt import fit_image_context
 from vdmcodec.coding.film import fit_film
@@ -38,9 +38,7 @@ def measure(coder: Coder, name: str, img) -> dict:
 
 
 def main(argv=None) -> int:
-    args = crop_parser(__doc__).parse_args(argv)
-    coder = crop_coder(args)
-    run_on_crops(args, lambda path, img: measure(coder, path.name, img))
+    measure_crops(__doc__, measure, argv)
     return 0
 
 
