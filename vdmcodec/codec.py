@@ -323,7 +323,7 @@ def _classic_and_bands(coder: Coder, images: list[tuple[str, RasterImage]],
     """The classic file of a single image (_classic_of_single) and, where its first look will
     price row bands (estimating: the chain may be skipped on an estimate), each band's JPEG
     XL bits (coding.bands.band_bits).  libjxl codes each on one core, so the bands are coded
-    on this thread while a second one codes the whole image: about 1.5 s less of a Kodak
+    on this thread while a second one codes the whole image: about 1.25 s less of a Kodak
     image than one after the other (only the main thread ever runs the network)."""
     img = images[0][1] if len(images) == 1 else None
     if not (estimating and img is not None and img.planes is not None and _has_bands(coder, img.planes)):
