@@ -13,7 +13,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -503,7 +503,7 @@ class FirstLook:
         """The model's bits with the bands a classic code takes more cheaply at their classic bits."""
         if self.classic_bands is None:
             return self.model_bits
-        return mixed_bits(self.recon_rows + self.diffusion.rows, list(self.strips))
+        return mixed_bits(self.model_rows, list(self.strips))
 
     def estimated_bytes(self, side_bytes: int) -> int:
         return int(round(self.mixed_bits / 8.0)) + side_bytes + BITSBACK_HEADER_BYTES
@@ -538,8 +538,9 @@ def first_look(coder: Coder, img: RasterImage, bands: np.ndarray | None = None) 
         recon_rows = recon_bits_by_row(sm, planes, None, z0_calls=1)  # a first look: one call at z_0 will do
         if bands is None:
             bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
-        plans = plan_strips(None, (recon_rows + diffusion.rows) * BITSBACK_OVER_ESTIMATE, classic_bits=bands)
-        return FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands, tuple(plans), time.perf_counter() - t0)
+        look = FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands)
+        plans = plan_strips(None, look.model_rows * BITSBACK_OVER_ESTIMATE, classic_bits=bands)
+        return replace(look, strips=tuple(plans), seconds=time.perf_counter() - t0)
     recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
     return FirstLook(recon, diffusion, seconds=time.perf_counter() - t0)
 

@@ -96,13 +96,12 @@ class NetworkMemo:
 
     def get(self, key: bytes) -> tuple[np.ndarray, dict] | None:
         hit = self._entries.get(key)
-        if hit is None:
-            hit = self._read_spilled(key)
-        if hit is None:
+        entry = hit[0] if hit is not None else self._read_spilled(key)
+        if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        eps, aux = hit[0]
+        eps, aux = entry
         return _unpack(eps), {k: _unpack(v) for k, v in aux.items()}
 
     def _spill(self, key: bytes, entry: tuple[np.ndarray, dict], size: int) -> None:
@@ -121,7 +120,7 @@ class NetworkMemo:
         self._spilled[key] = (offset, layout)
         self.spilled_bytes += size
 
-    def _read_spilled(self, key: bytes) -> tuple[tuple[np.ndarray, dict], int] | None:
+    def _read_spilled(self, key: bytes) -> tuple[np.ndarray, dict] | None:
         where = self._spilled.get(key)
         if where is None:
             return None
@@ -135,7 +134,7 @@ class NetworkMemo:
                 eps = a
             else:
                 aux[name] = a
-        return (eps, aux), 0
+        return eps, aux
 
     def close(self) -> None:
         """Drop every entry and the spill file."""
