@@ -27,6 +27,7 @@ STAGES = {
     "network (EpsNet.forward)": ("model/network.py", "forward"),
     "network in exact arithmetic (ExactNet)": ("model/exact_net.py", "__call__"),
     "step model: network outputs (every step and z_0, memo included)": ("coding/steps.py", "_nets"),
+    "network memo: outputs read back from the spill file": ("coding/steps.py", "_read_spilled"),
     "pixel decoder: parameters of p(x|z0)": ("coding/steps.py", "pixel_params"),
     "pixel decoder: context network groups": ("coding/pixels.py", "group_refine"),
     "pixel decoder: linear spatial context": ("coding/pixels.py", "spatial_shift"),
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("image")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--effort", default="default")
+    ap.add_argument("--bitsback", action="store_true",
+                    help="run the chain whatever the estimate and keep its file (as large_image --bitsback)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -90,13 +93,14 @@ def main(argv=None) -> int:
     from vdmcodec.image_io import load_image
 
     coder = Coder.for_effort(load_checkpoint(None), args.effort, threads=args.threads)
-    img = load_image(args.image)
+    img = load_image(args.image, max_pixels=1 << 30)
+    forced = dict(allow_fallback=False, skip_margin=None, seed_nelbo=False) if args.bitsback else {}
     box = {}
 
     def compress():
         # as the command line does it: the check reuses the encoder's network outputs (exact)
         with coder.remembering() as memo:
-            data, _ = compress_images([(Path(args.image).stem, img)], coder)
+            data, _ = compress_images([(Path(args.image).stem, img)], coder, **forced)
             verify_roundtrip(data, [(Path(args.image).stem, img)], coder)
             if memo is not None:
                 box["memo"] = {"hits": memo.hits, "misses": memo.misses, "bytes": memo.bytes}
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
     enc_wall, enc = profiled(compress)
     dec_wall, dec = profiled(lambda: decompress_bytes(box["data"], coder=coder))
     rec = {"command": "python -m benchmarks.profile_stages " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "image": args.image, "effort": args.effort, "threads": args.threads, "bytes": len(box["data"]),
+           "image": args.image, "effort": args.effort, "bitsback_forced": args.bitsback, "threads": args.threads, "bytes": len(box["data"]),
            "compress_with_verify_s": enc_wall, "decompress_s": dec_wall,
            "stages_compress_s": enc, "stages_decompress_s": dec,
            "network_calls_per_region": coder.step_model.network_calls(), "verify_memo": box.get("memo")}

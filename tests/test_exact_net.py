@@ -327,52 +327,78 @@ def test_the_verifying_decode_reuses_every_network_output_and_still_compares_pix
     with coder.remembering() as memo:
         data, _ = compress_images(image, coder, allow_fallback=False)
         stored, misses = memo.bytes, memo.misses
-        assert stored > 0 and memo.hits == 0
+        assert stored > 0 and memo.hits > 0  # each region's check, right after its encode
         verify_roundtrip(data, image, coder)
-        assert memo.hits > 0 and memo.misses == misses  # the check fed the network nothing new
+        assert memo.misses == misses  # the check fed the network nothing new
         other = [("x", RasterImage("RGB", 30, 26, _textured(26, 30, 5), None, None, None))]
         with pytest.raises(VerificationError):
             verify_roundtrip(data, other, coder)
     assert data == plain and coder.step_model.memo is None  # the same file; nothing kept after
 
 
-def test_a_check_reads_the_outputs_that_left_memory_back_from_disk(model, exact_model):
-    """With no memory for the memo, every output goes to its spill file and the verifying
-    decode still computes nothing again; the file is the same and is gone afterwards."""
+def test_each_region_is_checked_as_it_is_coded_and_the_files_check_takes_the_outcomes(model, exact_model):
+    """Compress decodes every region right after pushing it; the check of the whole file then
+    meets the same stacks and takes those outcomes, decoding nothing of the chain again."""
     from dataclasses import replace
 
     from vdmcodec.codec import Coder, compress_images, verify_roundtrip
+    from vdmcodec.container import unpack_container
     from vdmcodec.image_io import RasterImage
+    image = [("x", RasterImage("RGB", 40, 46, _textured(46, 40, 6), None, None, None))]
+    coder = Coder.for_effort(replace(model, exact=exact_model), "fast", exact=True, adapt_context=False, threads=2)
+    with coder.remembering() as memo:
+        data, _ = compress_images(image, coder, allow_fallback=False)
+        layout = unpack_container(data)[0]["images"][0]["layout"]
+        regions = sum(1 for r in layout if r["kind"] == "bitsback")
+        checked = coder.checked
+        assert regions >= 2 and checked.regions == regions and checked.taken == 0
+        misses = memo.misses
+        verify_roundtrip(data, image, coder)
+        assert checked.taken == regions and memo.misses == misses
+    assert coder.checked is None
+
+
+def test_a_region_that_does_not_decode_stops_compress(model, exact_model, monkeypatch):
+    from dataclasses import replace
+
+    from vdmcodec.codec import Coder, compress_images
+    from vdmcodec.coding import chain
+    from vdmcodec.errors import VerificationError
+    from vdmcodec.image_io import RasterImage
+    real = chain.decode_region
+
+    def off_by_one(*args, **kw):
+        x = real(*args, **kw)
+        x[0, 0, 0] ^= 1
+        return x
+
+    monkeypatch.setattr(chain, "decode_region", off_by_one)
     image = [("x", RasterImage("RGB", 30, 26, _textured(26, 30, 4), None, None, None))]
     coder = Coder.for_effort(replace(model, exact=exact_model), "fast", exact=True, adapt_context=False, threads=2)
-    plain, _ = compress_images(image, coder, allow_fallback=False)
-    with coder.remembering(budget_bytes=0, spill_bytes=1 << 30) as memo:
-        data, _ = compress_images(image, coder, allow_fallback=False)
-        misses = memo.misses
-        assert memo.bytes == 0 and memo.spilled_bytes > 0
-        verify_roundtrip(data, image, coder)
-        assert memo.hits > 0 and memo.misses == misses
-        spill = memo._spill_file
-    assert data == plain and spill.closed and memo.spilled_bytes == 0
+    with coder.remembering(), pytest.raises(VerificationError, match="region"):
+        compress_images(image, coder, allow_fallback=False)
 
 
-def test_the_memo_spills_what_leaves_memory_while_its_file_has_room():
-    from vdmcodec.coding.steps import NetworkMemo
-    entry = 4 * 16 + 8 * 16  # float32 eps, float64 reverse_var (i + 0.1 is not exact in float32)
-    memo = NetworkMemo(budget_bytes=2 * entry, spill_bytes=2 * entry)
-    keys = [memo.key(np.full((1, 4, 4), i, np.float32), 1, 1, False) for i in range(6)]
-    values = [(np.full((1, 4, 4), float(i)), {"reverse_var": np.full((1, 4, 4), i + 0.1)}) for i in range(6)]
-    for key, value in zip(keys, values):
-        memo.put(key, value)
-    assert memo.bytes == memo.spilled_bytes == 2 * entry
-    got = [memo.get(k) for k in keys]
-    assert got[2] is None and got[3] is None  # the file was full when these left memory
-    for k in (0, 1, 4, 5):  # the first two from the file, the last two from memory
-        (eps, aux), (want_eps, want_aux) = got[k], values[k]
-        assert np.array_equal(eps, want_eps) and np.array_equal(aux["reverse_var"], want_aux["reverse_var"])
-        assert eps.dtype == aux["reverse_var"].dtype == np.float64
-    memo.close()
-    assert memo.get(keys[0]) is None and memo.get(keys[5]) is None
+def test_a_checked_outcome_is_taken_only_for_its_own_stack_setup_and_context(coder):
+    from vdmcodec.coding.ans import AnsStack
+    from vdmcodec.coding.chain import CheckedRegions, encode_region
+    sm = coder.step_model
+    x = _textured(6, 8, 7).transpose(2, 0, 1).copy()
+    context = _textured(2, 8, 8).transpose(2, 0, 1).copy()
+    stack = AnsStack()
+    stack.push_bytes(bytes(range(256)) * 8)
+    before = stack.words()
+    encode_region(stack, sm, x, context=context)
+    checked = CheckedRegions()
+    checked.check(stack, before, sm, x, context, None)
+    after = stack.words()
+    assert checked.take(stack, sm, x.shape, context[:, :1], None) is None  # another context
+    other = AnsStack(after)
+    other.push_bytes(b"!")
+    assert checked.take(other, sm, x.shape, context, None) is None  # another stack
+    assert np.array_equal(stack.words(), after)
+    assert np.array_equal(checked.take(stack, sm, x.shape, context, None), x)
+    assert np.array_equal(stack.words(), before) and checked.taken == 1
 
 
 def test_float_arithmetic_keeps_nothing_for_its_check(coder):

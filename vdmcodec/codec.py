@@ -8,11 +8,9 @@ palette images and the ICC profile go into classic sections of the container.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +26,7 @@ from .coding.bands import MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips
 from .coding.estimate import (WHOLE_MAX_PIXELS, DiffusionEstimate, estimate_diffusion, estimate_recon_bits,
                               float_step_model, recon_bits_by_row)
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
-from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, RegionStats, decode_image, encode_image, encode_region
+from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, CheckedRegions, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
 from .coding.steps import StepModel, plan_from_strides
 from .coding.classic import JXL_IMAGE_EFFORTS, decode_rows, encode_rows
@@ -75,24 +73,12 @@ EFFORTS = {
     "max": {"strides": ((1.0, 1),), "ensemble": 4, "z0_ensemble": 8,
             "fit": FitBudget(steps=150, patches=(16, 16), head=True, batch=16), "film": FilmBudget(steps=200)},
 }
-# the network outputs an encode keeps for its verifying decode (Coder.remembering): a Kodak
-# image's all fit (about 0.35 GB in float32); of larger images the last regions coded, which
-# the decoder needs first
+# the network outputs an encode keeps for its verifying decode (Coder.remembering): every
+# region is checked as soon as it is coded (coding.chain.CheckedRegions), so what must stay
+# is one region's (MAX_REGION_PIXELS: about 0.4 GB in float32) and, for a small image, all
 VERIFY_MEMO_BYTES = 768 << 20
-# ... and what leaves memory goes to a temporary file (NetworkMemo's spill), up to a quarter of
-# the temporary directory's free space and at most this: about 0.9 GB per megapixel, so a
-# 12 MP photo's check computes almost nothing again (set TMPDIR to choose the disk)
-VERIFY_SPILL_MAX_BYTES = 24 << 30
 
 
-def verify_spill_bytes() -> int:
-    """Disk the verifying decode's memo may use (VERIFY_SPILL_MAX_BYTES, or a quarter of the
-    temporary directory's free space where that is less)."""
-    try:
-        free = shutil.disk_usage(tempfile.gettempdir()).free
-    except OSError:
-        return 0
-    return int(min(VERIFY_SPILL_MAX_BYTES, free // 4))
 # A single image whose bits-back file is estimated (after the per-image fits, before the
 # chain: coding.estimate) to come out larger than its classic file by more than this share
 # is stored classic without running the chain.  On 12 training photos (768x512 crops) the
@@ -157,6 +143,7 @@ class Coder:
     # the model carries the tables
     exact: bool | None = None
     step_model: StepModel = field(init=False)
+    checked: CheckedRegions | None = field(default=None, init=False)  # set by remembering()
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
@@ -199,15 +186,23 @@ class Coder:
         self.plan, self.ensemble, self.ensemble_steps = self.step_model.plan, ensemble, self.step_model.ensemble_steps
         self.z0_ensemble = z0_ensemble
 
-    def remembering(self, verify: bool = True, budget_bytes: int | None = None, spill_bytes: int | None = None):
-        """Wrap an encode and its verifying decode: in exact arithmetic the check reuses the
-        encoder's network outputs wherever it feeds the network the same latents
-        (coding.steps.NetworkMemo; about half of compress's time), budget_bytes of them in
-        memory and spill_bytes more on disk.  verify False, or float arithmetic: nothing is kept."""
+    @contextmanager
+    def remembering(self, verify: bool = True, budget_bytes: int | None = None):
+        """Wrap an encode and its verifying decode: each region is decoded again as soon as
+        it is coded (coding.chain.CheckedRegions), and the check of the whole file takes those
+        outcomes where it meets the same stack and setup.  In exact arithmetic the region's
+        check reuses the encoder's network outputs (coding.steps.NetworkMemo, budget_bytes of
+        them; about half of compress's time).  Yields the memo (None in float arithmetic, or
+        with verify False: then nothing is checked or kept)."""
         if not verify:
-            return nullcontext()
-        return self.step_model.remembering(VERIFY_MEMO_BYTES if budget_bytes is None else budget_bytes,
-                                           verify_spill_bytes() if spill_bytes is None else spill_bytes)
+            yield None
+            return
+        with self.step_model.remembering(VERIFY_MEMO_BYTES if budget_bytes is None else budget_bytes) as memo:
+            self.checked = CheckedRegions()
+            try:
+                yield memo
+            finally:
+                self.checked = None
 
     def activate(self) -> None:
         """Deterministic settings; the thread count is part of a float-arithmetic file (see
@@ -425,7 +420,8 @@ def _encode_planes(stack, coder, idx, name, img: RasterImage, entry: dict, repor
         if 8.0 * report.estimated_bytes > give_up_bits:
             raise _ClassicWins(report)
     try:
-        regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights, strips=strips)
+        regions = encode_image(stack, coder.step_model, img.planes, progress=progress, weights=weights, strips=strips,
+                               checked=coder.checked)
     except CoderInputError as exc:  # a latent fell outside its window: astronomically rare
         raise VerificationError(f"{name}: bits-back coding failed ({exc}); use a classic codec") from None
     entry["method"] = "bitsback"
@@ -794,7 +790,8 @@ def _decode_one(stack, coder, entry, sections, progress, context_rows: int, pack
         with coder.step_model.adapted(_image_film(coder, entry, sections)):
             planes = decode_image(stack, coder.step_model, h, w, nplanes, entry["layout"], progress=progress,
                                   context_rows=context_rows,
-                                  weights=_image_context(coder, entry, sections, nplanes, packing))
+                                  weights=_image_context(coder, entry, sections, nplanes, packing),
+                                  checked=coder.checked)
     elif entry["method"] == "classic-planes":
         planes = np.ascontiguousarray(decode_rows(sections[entry["planes_section"]], nplanes, h, w).transpose(1, 2, 0))
     alpha = decode_alpha(sections[entry["alpha"]], w, h) if entry.get("alpha") else None

@@ -8,14 +8,16 @@ rows are seeded with a classic lossless code of themselves when the stack is too
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..errors import VerificationError
 from .ans import AnsStack, Codec
 from .classic import decode_rows, encode_rows
 from .pixels import ContextWeights, PixelCodec
@@ -205,6 +207,72 @@ def decode_region(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], p
     return pop_region(stack, RegionChain(sm, shape, context, weights), progress)
 
 
+class CheckedRegions:
+    """Regions decoded again right after they were encoded: compress's check, one region at a
+    time, while the network outputs the encoder just made are still in memory (NetworkMemo).
+
+    Each check pops the region from a copy of the stack as it was after the push and insists
+    on the region's pixels and on the stack as it was before the push.  Decoding is a
+    function of the stack and the coder's setup, so a decoder that meets this stack with this
+    setup decodes the region the same way: the verifying decode of the whole file (decode_image
+    with these records) takes the recorded outcome instead of decoding again.  From the file's
+    last region down, that makes every region's check part of the check of the whole file,
+    while the file's header, side data, classic rows and layout are still decoded from the
+    file.  A region found nowhere here (another stack, setup or context) is decoded.
+    """
+
+    def __init__(self):
+        self.regions = 0  # regions checked
+        self.taken = 0  # regions the verifying decode took from here
+        # key (stack after the push, setup, context, shape) -> (stack words before it, pixels)
+        self._outcomes: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _key(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None,
+             weights: ContextWeights | None) -> bytes:
+        h = hashlib.blake2b(stack.words().view(np.uint8), digest_size=32)
+        h.update(repr((id(sm), tuple(sm.plan), sm.ensemble, sm.ensemble_steps, sm.z0_ensemble, sm.arith.name,
+                       bytes(sm.net_tag), tuple(shape))).encode())
+        h.update(b"-" if context is None else np.ascontiguousarray(context, dtype=np.uint8).tobytes())
+        for f in fields(ContextWeights) if weights is not None else ():
+            for a in _arrays(getattr(weights, f.name)):
+                h.update(repr((f.name, a.shape, a.dtype.str)).encode())
+                h.update(np.ascontiguousarray(a).view(np.uint8))
+        return h.digest()
+
+    def check(self, stack: AnsStack, words_before: np.ndarray, sm: StepModel, x: np.ndarray,
+              context: np.ndarray | None, weights: ContextWeights | None) -> None:
+        """Decode the region x (C, H, W uint8) just pushed onto stack (left as it is) and
+        record the outcome; VerificationError where it does not come back."""
+        probe = stack.clone()
+        back = decode_region(probe, sm, x.shape, context=context, weights=weights)
+        if not np.array_equal(back, x) or not np.array_equal(probe.words(), words_before):
+            raise VerificationError("verification failed: a region does not decode to its pixels")
+        self._outcomes[self._key(stack, sm, x.shape, context, weights)] = (words_before, x.copy())
+        self.regions += 1
+
+    def take(self, stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None,
+             weights: ContextWeights | None) -> np.ndarray | None:
+        """The pixels of a checked region, with the stack set to what popping them leaves;
+        None (the stack untouched) where this stack and setup were never checked."""
+        found = self._outcomes.get(self._key(stack, sm, shape, context, weights))
+        if found is None:
+            return None
+        words, x = found
+        stack.restore(AnsStack(words) if len(words) else AnsStack())
+        self.taken += 1
+        return x.copy()
+
+
+def _arrays(value) -> list[np.ndarray]:
+    """Every array in a ContextWeights field (an array, None, or nested tuples of arrays)."""
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        return [a for v in value for a in _arrays(v)]
+    return [np.asarray(value)]
+
+
 # ---------------------------------------------------------------- whole images
 def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: float) -> int:
     """How many full rows the bits on the stack can pay for without running dry."""
@@ -214,7 +282,7 @@ def rows_affordable(stack_bits: int, width: int, channels: int, bits_per_dim: fl
 
 def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=None,
                  context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None,
-                 strips: "list[ClassicStrip]" = ()) -> list[RegionStats]:
+                 strips: "list[ClassicStrip]" = (), checked: CheckedRegions | None = None) -> list[RegionStats]:
     """Code an (H, W, C) uint8 image onto the stack as a sequence of row regions.
 
     Returns the region list (the layout goes into the file header, in coding order).
@@ -226,7 +294,8 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
     each later one the deficit per dimension that the region before it really reached, with
     DEFICIT_SAFETY to spare.  Should a region still come within LOW_WATER_BITS of an empty
     stack, it is coded again from the stack as it was, at the conservative size: the
-    decoder only reads the layout, so the sizes are the encoder's choice.
+    decoder only reads the layout, so the sizes are the encoder's choice.  checked: each
+    region is decoded again as soon as it is coded (CheckedRegions.check).
     """
     h, w, c = planes.shape
     x = np.ascontiguousarray(planes.transpose(2, 0, 1))
@@ -253,15 +322,18 @@ def encode_image(stack: AnsStack, sm: StepModel, planes: np.ndarray, progress=No
             row = _push_classic_seed(stack, x, safe, regions, row, end)
             continue
         before = stack.clone() if need < safe else None
+        words_before = stack.words() if checked is not None else None
         for attempt_need in (need, safe):
             rows = even_rows(row, min(end - row, max_rows, rows_affordable(stack.num_bits(), w, c, attempt_need)), h)
             start = stack.num_bits()
-            st = encode_region(stack, sm, x[:, row : row + rows], progress=progress,
-                               context=x[:, row + rows : row + rows + context_rows], weights=weights)
+            region, context = x[:, row : row + rows], x[:, row + rows : row + rows + context_rows]
+            st = encode_region(stack, sm, region, progress=progress, context=context, weights=weights)
             if st.low_bits >= LOW_WATER_BITS or before is None:
                 break
             stack.restore(before)  # too close to empty: code the region again, conservatively
             before = None
+        if checked is not None:
+            checked.check(stack, words_before, sm, region, context, weights)
         st.rows = (row, row + rows)
         regions.append(st)
         row += rows
@@ -306,8 +378,10 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
 
 
 def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channels: int, layout: list[dict],
-                 progress=None, context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None) -> np.ndarray:
-    """Pop an image coded by encode_image, given its region layout from the header."""
+                 progress=None, context_rows: int = CONTEXT_ROWS, weights: ContextWeights | None = None,
+                 checked: CheckedRegions | None = None) -> np.ndarray:
+    """Pop an image coded by encode_image, given its region layout from the header (checked:
+    regions the encoder decoded already, taken from there where stack and setup match)."""
     x = np.zeros((channels, height, width), dtype=np.uint8)
     for reg in reversed(layout):
         r0, r1 = reg["rows"]
@@ -316,6 +390,11 @@ def decode_image(stack: AnsStack, sm: StepModel, height: int, width: int, channe
             x[:, r0:r1] = decode_rows(data, channels, r1 - r0, width)
         else:
             # regions are decoded bottom-up, so the rows below this one are already known
-            x[:, r0:r1] = decode_region(stack, sm, (channels, r1 - r0, width), progress=progress,
-                                        context=x[:, r1 : r1 + context_rows], weights=weights)
+            shape, context = (channels, r1 - r0, width), x[:, r1 : r1 + context_rows]
+            known = checked.take(stack, sm, shape, context, weights) if checked is not None else None
+            if known is None:
+                known = decode_region(stack, sm, shape, progress=progress, context=context, weights=weights)
+            elif progress:
+                progress(sm.T * (r1 - r0) * width)
+            x[:, r0:r1] = known
     return np.ascontiguousarray(x.transpose(1, 2, 0))

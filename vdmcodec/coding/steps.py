@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -50,10 +49,9 @@ class NetworkMemo:
     for exact arithmetic, where the network is a function of its input's bits on every
     machine (tests compare it bit for bit); the float network's outputs depend on kernels
     and threads, so its check must compute.  The oldest entries go first when the budget is
-    full: the verifying decoder needs the encoder's last region first.  With spill_bytes, the
-    entries that leave memory go to an unnamed temporary file instead (up to that many
-    bytes; a 12 MP photo's outputs are about 11 GB, far more than memory should hold), and
-    are read back from it when asked for.
+    full: compress checks each region right after coding it (coding.chain.CheckedRegions), so
+    the memo needs to hold one region's outputs (about 0.4 GB at the largest), not an image's
+    (a 12 MP photo's are about 11 GB).
 
     >>> memo = NetworkMemo(budget_bytes=1 << 20)
     >>> key = memo.key(np.zeros((3, 4, 4), np.float32), step=1, calls=2, features=False)
@@ -65,16 +63,11 @@ class NetworkMemo:
     (48.0, 1, None)
     """
 
-    def __init__(self, budget_bytes: int, spill_bytes: int = 0):
+    def __init__(self, budget_bytes: int):
         self.budget = int(budget_bytes)
         self.bytes = 0
         self.hits = self.misses = 0
         self._entries: OrderedDict[bytes, tuple[tuple[np.ndarray, dict], int]] = OrderedDict()
-        self.spill_budget = int(spill_bytes)
-        self.spilled_bytes = 0
-        self._spill_file = None  # opened at the first spill
-        # key -> the file offset and (aux name or None for eps, dtype, shape) of each array
-        self._spilled: dict[bytes, tuple[int, list[tuple[str | None, str, tuple[int, ...]]]]] = {}
 
     @staticmethod
     def key(zk: np.ndarray, step: int, calls: int, features: bool, tag: bytes = b"") -> bytes:
@@ -96,67 +89,28 @@ class NetworkMemo:
 
     def get(self, key: bytes) -> tuple[np.ndarray, dict] | None:
         hit = self._entries.get(key)
-        entry = hit[0] if hit is not None else self._read_spilled(key)
-        if entry is None:
+        if hit is None:
             self.misses += 1
             return None
         self.hits += 1
-        eps, aux = entry
+        eps, aux = hit[0]
         return _unpack(eps), {k: _unpack(v) for k, v in aux.items()}
 
-    def _spill(self, key: bytes, entry: tuple[np.ndarray, dict], size: int) -> None:
-        """An entry leaving memory: to the spill file while it has room, else dropped."""
-        if self.spilled_bytes + size > self.spill_budget:
-            return
-        if self._spill_file is None:
-            self._spill_file = tempfile.TemporaryFile(prefix="vdmcodec-memo-")
-        f = self._spill_file
-        f.seek(0, 2)
-        offset, layout = f.tell(), []
-        eps, aux = entry
-        for name, a in [(None, eps), *aux.items()]:
-            layout.append((name, a.dtype.str, a.shape))
-            f.write(np.ascontiguousarray(a).tobytes())
-        self._spilled[key] = (offset, layout)
-        self.spilled_bytes += size
-
-    def _read_spilled(self, key: bytes) -> tuple[np.ndarray, dict] | None:
-        where = self._spilled.get(key)
-        if where is None:
-            return None
-        offset, layout = where
-        f = self._spill_file
-        f.seek(offset)
-        eps, aux = None, {}
-        for name, dtype, shape in layout:
-            a = np.fromfile(f, dtype=np.dtype(dtype), count=math.prod(shape)).reshape(shape)
-            if name is None:
-                eps = a
-            else:
-                aux[name] = a
-        return eps, aux
-
     def close(self) -> None:
-        """Drop every entry and the spill file."""
+        """Drop every entry."""
         self._entries.clear()
-        self._spilled.clear()
-        self.bytes = self.spilled_bytes = 0
-        if self._spill_file is not None:
-            self._spill_file.close()
-            self._spill_file = None
+        self.bytes = 0
 
     def put(self, key: bytes, value: tuple[np.ndarray, dict]) -> None:
-        if key in self._entries or key in self._spilled:
+        if key in self._entries:
             return
         eps, aux = _pack(value[0]), {k: _pack(v) for k, v in value[1].items()}
         size = eps.nbytes + sum(v.nbytes for v in aux.values())
         if size > self.budget:
-            self._spill(key, (eps, aux), size)
             return
         while self.bytes + size > self.budget:
-            old_key, (old_entry, old) = self._entries.popitem(last=False)
+            _, (_, old) = self._entries.popitem(last=False)
             self.bytes -= old
-            self._spill(old_key, old_entry, old)
         self._entries[key] = ((eps, aux), size)
         self.bytes += size
 
@@ -211,14 +165,14 @@ class StepModel:
         self.memo: NetworkMemo | None = None  # set by remembering()
 
     @contextmanager
-    def remembering(self, budget_bytes: int, spill_bytes: int = 0):
-        """Within the block, network outputs are kept (NetworkMemo: budget_bytes in memory,
-        spill_bytes more on disk) and reused for inputs seen before: an encode and its
-        verifying decode.  Exact arithmetic only (else a no-op)."""
+    def remembering(self, budget_bytes: int):
+        """Within the block, network outputs are kept (NetworkMemo: budget_bytes of them) and
+        reused for inputs seen before: an encode and its verifying decode.  Exact arithmetic
+        only (else a no-op)."""
         if self.exact is None or self.memo is not None:
             yield None
             return
-        self.memo = NetworkMemo(budget_bytes, spill_bytes)
+        self.memo = NetworkMemo(budget_bytes)
         try:
             yield self.memo
         finally:
