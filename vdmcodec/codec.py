@@ -75,7 +75,7 @@ EFFORTS = {
 }
 # the network outputs an encode keeps for its verifying decode (Coder.remembering): every
 # region is checked as soon as it is coded (coding.chain.CheckedRegions), so what must stay
-# is one region's (MAX_REGION_PIXELS: about 0.4 GB in float32) and, for a small image, all
+# is one region's (MAX_REGION_PIXELS: about 0.2 GB in float32) and, for a small image, all
 VERIFY_MEMO_BYTES = 768 << 20
 
 

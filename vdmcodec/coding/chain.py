@@ -19,17 +19,24 @@ import torch
 
 from ..errors import VerificationError
 from .ans import AnsStack, Codec
-from .classic import decode_rows, encode_rows
+from .classic import WEBP_MAX_PIXELS, decode_rows, encode_rows, webp_rows
 from .pixels import ContextWeights, PixelCodec
 from .steps import LOG2E, StepModel
 
 if TYPE_CHECKING:
     from .bands import ClassicStrip
-MAX_REGION_PIXELS = 1 << 19  # bounds memory per region (about 1 GB), whatever the image size
+# bounds a region's memory whatever the image size, and its speed: the exact network takes
+# 1270-1300 ns per pixel and call on regions of 3840x136 (2^19 pixels, this bound until
+# session 20) against 710-850 on 3840x48 to 3840x96, whose activations stay nearer the cache
+# (2 cores, AMD EPYC; docs/RESULTS.md, session 20)
+MAX_REGION_PIXELS = 1 << 18
 STACK_MARGIN_BITS = 256
 LOW_WATER_BITS = 64  # a region whose stack fell this low is coded again at the conservative size
 DEFICIT_SAFETY = 1.15  # next region's deficit per dim, relative to the last region's
 CONTEXT_ROWS = 4  # rows below a region that the decoder already has, shown to the network
+# a seed whose rows cost less than this share of the bits a region of a quarter of them
+# needs goes to its most rows at once (_push_classic_seed)
+SEED_JUMP_SHARE = 0.75
 
 
 @dataclass
@@ -359,17 +366,31 @@ def _push_classic_seed(stack: AnsStack, x: np.ndarray, need: float, regions: lis
     classic strip too small to pay for a region): enough that the next region has a quarter
     of their rows (a classic code costs less than a region needs per dim, so it cannot pay
     for as many rows as it holds), and not past `end` (where a strip starts).  Returns the
-    row after the seed."""
+    row after the seed.
+
+    The row counts tried grow by half; WebP (method 6, the slowest candidate) joins only the
+    last one, and where a photograph's rows cost clearly less than a quarter of what a
+    region needs, no count short of the most can be enough: the search goes there at once
+    (a 12 MP photo's seed took 14 codes and 14 s, now 5)."""
     c, h, w = x.shape
     end = h if end is None else end
     max_rows = min(end - start, even_rows(0, max(4, -(-h // 8)), h))  # a very compressible image must not end up all classic
+
+    def enough(data: bytes, rows: int) -> bool:
+        return stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - start - rows))
+
     rows = min(2, end - start)
     while True:
-        codec, data = encode_rows(x[:, start : start + rows])
-        enough = stack.num_bits() + 8 * len(data) >= STACK_MARGIN_BITS + need * w * c * max(2, min(rows // 4, h - start - rows))
-        if rows >= max_rows or enough:
+        codec, data = encode_rows(x[:, start : start + rows], webp_max_pixels=0)
+        if rows >= max_rows or enough(data, rows):
             break
+        if rows >= 8 and 8 * len(data) / rows < SEED_JUMP_SHARE * need * w * c / 4:
+            rows = max_rows
+            continue
         rows = min(max_rows, even_rows(0, rows + max(2, rows // 2), h))  # 2, 4, 6, 8, 12, 18, ...
+    webp = webp_rows(x[:, start : start + rows]) if rows * w <= WEBP_MAX_PIXELS else None
+    if webp is not None and len(webp) < len(data) and (rows >= max_rows or enough(webp, rows)):
+        codec, data = "webp", webp
     stack.push_bytes(data)
     regions.append(RegionStats(rows=(start, start + rows), kind="classic", dims=x[:, start : start + rows].size,
                                exact_bits=8 * len(data), implied_bits=8 * len(data), classic_bytes=len(data),

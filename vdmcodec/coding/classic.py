@@ -56,15 +56,25 @@ def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=True)
     cands.append(bytes([TAG_PNG]) + buf.getvalue())
-    if c == 3 and max(h, w) <= WEBP_MAX_SIDE and h * w <= webp_max_pixels:
-        buf = io.BytesIO()
-        im.save(buf, "WEBP", lossless=True, quality=100, method=6, exact=True)
-        cands.append(bytes([TAG_WEBP]) + buf.getvalue())
+    if h * w <= webp_max_pixels and (webp := webp_rows(x)) is not None:
+        cands.append(webp)
     pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
     effort = jxl_effort(h * w, jxl_efforts)
     cands.append(bytes([TAG_JXL]) + imagecodecs.jpegxl_encode(pixels, lossless=True, effort=effort))
     best = min(cands, key=len)
     return NAMES[best[0]], best
+
+
+def webp_rows(x: np.ndarray) -> bytes | None:
+    """WebP lossless at method 6 of RGB rows x (3, H, W), tagged as encode_rows tags it (None
+    for grey rows, or rows too wide for WebP).  The slowest candidate: about 10 s per Kodak
+    image."""
+    c, h, w = x.shape
+    if c != 3 or max(h, w) > WEBP_MAX_SIDE:
+        return None
+    buf = io.BytesIO()
+    _to_pil(x).save(buf, "WEBP", lossless=True, quality=100, method=6, exact=True)
+    return bytes([TAG_WEBP]) + buf.getvalue()
 
 
 def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarray:

@@ -50,7 +50,7 @@ class NetworkMemo:
     machine (tests compare it bit for bit); the float network's outputs depend on kernels
     and threads, so its check must compute.  The oldest entries go first when the budget is
     full: compress checks each region right after coding it (coding.chain.CheckedRegions), so
-    the memo needs to hold one region's outputs (about 0.4 GB at the largest), not an image's
+    the memo needs to hold one region's outputs (about 0.2 GB at the largest), not an image's
     (a 12 MP photo's are about 11 GB).
 
     >>> memo = NetworkMemo(budget_bytes=1 << 20)
