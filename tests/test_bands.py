@@ -99,3 +99,38 @@ def test_compress_codes_the_planned_strips_and_the_file_decodes(coder, monkeypat
     assert report.seed_bytes >= len(planned[0].data)
     # the strip was priced at 1 bit when planned; the estimate counts the bytes it was coded in
     assert report.estimated_bytes > len(planned[0].data)
+
+
+def _seed(x: np.ndarray, need: float) -> tuple[int, chain.RegionStats, bytes]:
+    """_push_classic_seed on an empty stack: the row after the seed, its stats and its bytes."""
+    stack, regions = AnsStack(), []
+    end = chain._push_classic_seed(stack, x, need, regions)
+    return end, regions[0], stack.pop_bytes(regions[0].classic_bytes)
+
+
+def test_the_seed_of_cheap_rows_takes_the_most_rows_and_decodes():
+    """Rows that cost far less than a quarter of what a region of them needs (these about 3.2
+    bits per value against a region's 20): no count short of the most pays, so the search
+    goes there at once, and the seed decodes to the rows."""
+    x = np.ascontiguousarray(kodak_crop(256, 256, index=3, real=True).transpose(2, 0, 1))
+    end, seed, data = _seed(x, 20.0)
+    assert end == seed.rows[1] == chain.even_rows(0, 256 // 8, 256)
+    np.testing.assert_array_equal(decode_rows(data, 3, end, 256), x[:, :end])
+
+
+def test_a_seed_of_costly_rows_stops_at_the_first_count_that_pays():
+    """Noise costs more per row than a region of a quarter of the rows needs: the seed stops
+    at the first count whose code pays for that region; the count before it did not."""
+    from vdmcodec.coding.classic import encode_rows
+    x = np.random.default_rng(1).integers(0, 256, (3, 400, 64), dtype=np.uint8)
+    need = 20.0
+    end, seed, data = _seed(x, need)
+    counts = [2, 4, 6, 8, 12, 18, 26, 38]
+
+    def pays(rows: int, nbytes: int) -> bool:
+        return 8 * nbytes >= chain.STACK_MARGIN_BITS + need * 64 * 3 * max(2, rows // 4)
+
+    assert end in counts[1:] and pays(end, len(data)) and len(data) == seed.classic_bytes
+    before = counts[counts.index(end) - 1]
+    assert not pays(before, len(encode_rows(x[:, :before], webp_max_pixels=0)[1]))
+    np.testing.assert_array_equal(decode_rows(data, 3, end, 64), x[:, :end])
