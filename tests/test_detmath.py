@@ -93,3 +93,19 @@ def test_exact_row_sums_add_left_to_right():
     for k in range(1, 37):
         want = want + probs[:, k : k + 1]
     assert np.array_equal(EXACT.row_sum(probs), want)
+
+
+@pytest.mark.parametrize("width", [1, 7, 33, 256])
+def test_the_fused_logistic_table_gives_the_specifications_bits(width):
+    """The pixel decoder's probability tables in exact arithmetic: the compiled loop equals the
+    numpy specification bit for bit, tails at levels 0 and 255 and wild scales included."""
+    from vdmcodec.coding.arith import EXACT, logistic_table_spec
+    rng = np.random.default_rng(width)
+    n = 3000
+    loc = np.concatenate([rng.uniform(-20.0, 275.0, n), [0.0, 255.0, -0.5, 254.5, 127.5]])
+    scale = np.concatenate([np.exp(rng.uniform(-6.0, 5.0, n)), [1e-3, 0.5, 1.0, 60.0, 2.0**-24]])
+    offset = np.clip(np.rint(loc).astype(np.int64) - width // 2, 0, 256 - width)
+    fast = EXACT.logistic_table(loc, scale, offset, width)
+    spec = logistic_table_spec(EXACT, loc, scale, offset, width)
+    assert fast.shape == (n + 5, width) and fast.dtype == np.float64
+    assert np.array_equal(fast.view(np.uint64), spec.view(np.uint64))

@@ -263,12 +263,7 @@ class PixelCodec:
         return self._shift[key]
 
     def _table(self, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        levels = offset[:, None] + np.arange(self.width)[None, :]
-        upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / scale[:, None])
-        lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / scale[:, None])
-        probs = self.arith.sigmoid_diff(upper, lower)
-        probs = snap(probs, 2.0**-40) + 2.0**-40
-        return probs / self.arith.row_sum(probs)
+        return self.arith.logistic_table(loc, scale, offset, self.width)
 
     def _mask(self, p, c) -> tuple:
         if p is None:
