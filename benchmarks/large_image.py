@@ -9,7 +9,10 @@ peak resident memory read from the OS, and the decoded pixels are compared:
     python -m benchmarks.large_image --megapixels 12 --effort fast --json results/large_12mp.json
 
 --bitsback runs the chain whatever the estimate says and keeps its file even where JPEG XL's
-is smaller (no classic fallback), to time a large bits-back file's decode.
+is smaller (no classic fallback), to time a large bits-back file's decode.  --no-skip runs
+compress as the command line does (the classic file, the estimate, the fits, the chain and
+its check; the smaller file kept) but never skips the chain: the compress time of a photo
+whose chain runs, the decision included.  Both compress in text mode (no NELBO report).
 
 Writes a JSON record with the settings, seconds, peak memory and sizes.
 
@@ -74,6 +77,9 @@ def main(argv=None) -> None:
     ap.add_argument("--estimate-only", action="store_true", help="only up to the chain-or-classic decision")
     ap.add_argument("--bitsback", action="store_true",
                     help="the bits-back file whatever the estimate and the classic file (to time its decode)")
+    ap.add_argument("--no-skip", action="store_true",
+                    help="compress as the command line does (text mode), but run the chain whatever the estimate: "
+                         "the time of a photo whose chain runs, the decision included")
     args = ap.parse_args(argv)
     pixels = mosaic(Path(args.photos), args.megapixels)
     if args.estimate_only:
@@ -82,9 +88,10 @@ def main(argv=None) -> None:
         src, vdmc, back = Path(tmp, "mosaic.png"), Path(tmp, "mosaic.vdmc"), Path(tmp, "back.png")
         Image.fromarray(pixels).save(src)
         cli = [sys.executable, "-m", "vdmcodec"]
-        if args.bitsback:
-            enc_s, enc_mb, enc_out = run_child([sys.executable, "-m", "benchmarks.large_image", "--compress-bitsback",
-                                                str(src), str(vdmc), args.effort, str(args.threads)])
+        if args.bitsback or args.no_skip:
+            enc_s, enc_mb, enc_out = run_child([sys.executable, "-m", "benchmarks.large_image", "--compress-child",
+                                                "bitsback" if args.bitsback else "no-skip", str(src), str(vdmc),
+                                                args.effort, str(args.threads)])
         else:
             enc_s, enc_mb, enc_out = run_child(cli + ["compress", str(src), "-o", str(vdmc), "--effort", args.effort,
                                                       "--threads", str(args.threads), "--json"])
@@ -116,23 +123,24 @@ def main(argv=None) -> None:
         raise SystemExit("decoded pixels differ")
 
 
-def compress_bitsback(src: str, out: str, effort: str, threads: str) -> None:
-    """A child process: `vdmcodec compress`'s work (the verifying decode included) with the
-    chain run whatever the estimate, and no classic file to fall back on; prints its
-    report's fields as compress --json does."""
+def compress_child(mode: str, src: str, out: str, effort: str, threads: str) -> None:
+    """A child process: `vdmcodec compress`'s work in text mode (the verifying decode
+    included), with the chain run whatever the estimate; mode "bitsback": no classic file
+    either (neither made nor kept), "no-skip": the classic file and the estimate are made as
+    usual and the smaller file is kept.  Prints its report's fields as compress --json does."""
     from vdmcodec.checkpoints import load_checkpoint
     from vdmcodec.codec import Coder, compress_images, verify_roundtrip
     from vdmcodec.image_io import load_image
 
     img = load_image(src, max_pixels=1 << 30)
     coder = Coder.for_effort(load_checkpoint(None), effort, threads=int(threads))
+    kw = dict(allow_fallback=False, skip_margin=None) if mode == "bitsback" else dict(skip_margin=float("inf"))
     with coder.remembering():
-        data, (rep,) = compress_images([("mosaic", img)], coder, allow_fallback=False, skip_margin=None,
-                                       seed_nelbo=False)
+        data, (rep,) = compress_images([("mosaic", img)], coder, seed_nelbo=False, **kw)
         verify_roundtrip(data, [("mosaic", img)], coder)
     Path(out).write_bytes(data)
-    print(json.dumps({"method": rep.method, "bitsback_bytes": len(data), "estimated_bitsback_bytes": None,
-                      "skipped_chain": False}))
+    print(json.dumps({"method": rep.method, "bitsback_bytes": rep.bitsback_bytes or len(data),
+                      "estimated_bitsback_bytes": rep.estimated_bytes or None, "skipped_chain": False}))
 
 
 def estimate_only(pixels: np.ndarray, args, argv) -> None:
@@ -166,6 +174,6 @@ def estimate_only(pixels: np.ndarray, args, argv) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--compress-bitsback"]:
-        raise SystemExit(compress_bitsback(*sys.argv[2:6]))
+    if sys.argv[1:2] == ["--compress-child"]:
+        raise SystemExit(compress_child(*sys.argv[2:7]))
     main()

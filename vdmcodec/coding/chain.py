@@ -237,13 +237,15 @@ class CheckedRegions:
     def __init__(self):
         self.regions = 0  # regions checked
         self.taken = 0  # regions the verifying decode took from here
-        # key (stack after the push, setup, context, shape) -> (stack words before it, pixels)
-        self._outcomes: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        # key (stack after the push, setup, context, shape) -> the stack before it (as the
+        # length of the words it shares with the stack after, and its words beyond those:
+        # a capped region of a large photo pops a small part of a stack of many MB) and pixels
+        self._outcomes: dict[bytes, tuple[int, np.ndarray, np.ndarray]] = {}
 
     @staticmethod
-    def _key(stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None,
+    def _key(words: np.ndarray, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None,
              weights: ContextWeights | None) -> bytes:
-        h = hashlib.blake2b(stack.words().view(np.uint8), digest_size=32)
+        h = hashlib.blake2b(words.view(np.uint8), digest_size=32)
         h.update(repr((id(sm), tuple(sm.plan), sm.ensemble, sm.ensemble_steps, sm.z0_ensemble, sm.arith.name,
                        bytes(sm.net_tag), tuple(shape))).encode())
         h.update(b"-" if context is None else np.ascontiguousarray(context, dtype=np.uint8).tobytes())
@@ -261,20 +263,32 @@ class CheckedRegions:
         back = decode_region(probe, sm, x.shape, context=context, weights=weights)
         if not np.array_equal(back, x) or not np.array_equal(probe.words(), words_before):
             raise VerificationError("verification failed: a region does not decode to its pixels")
-        self._outcomes[self._key(stack, sm, x.shape, context, weights)] = (words_before, x.copy())
+        after = stack.words()
+        shared = _shared_prefix(after, words_before)
+        self._outcomes[self._key(after, sm, x.shape, context, weights)] = (shared, words_before[shared:].copy(),
+                                                                             x.copy())
         self.regions += 1
 
     def take(self, stack: AnsStack, sm: StepModel, shape: tuple[int, int, int], context: np.ndarray | None,
              weights: ContextWeights | None) -> np.ndarray | None:
         """The pixels of a checked region, with the stack set to what popping them leaves;
         None (the stack untouched) where this stack and setup were never checked."""
-        found = self._outcomes.get(self._key(stack, sm, shape, context, weights))
+        words = stack.words()
+        found = self._outcomes.get(self._key(words, sm, shape, context, weights))
         if found is None:
             return None
-        words, x = found
-        stack.restore(AnsStack(words) if len(words) else AnsStack())
+        shared, tail, x = found
+        before = np.concatenate([words[:shared], tail])
+        stack.restore(AnsStack(before) if len(before) else AnsStack())
         self.taken += 1
         return x.copy()
+
+
+def _shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading words a and b share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def _arrays(value) -> list[np.ndarray]:
