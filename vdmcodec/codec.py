@@ -668,7 +668,8 @@ def _check_pixel_hash(entry: dict, img: RasterImage) -> bytes:
 def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> bytes:
     """The same image with its planes in a classic section instead of on the stack."""
     name, img = image
-    codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)), jxl_efforts=JXL_IMAGE_EFFORTS)
+    codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)), jxl_efforts=JXL_IMAGE_EFFORTS,
+                              threads=coder.threads)
     entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context", "film")}
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import imagecodecs
 import numpy as np
@@ -47,20 +49,29 @@ def _to_pil(x: np.ndarray) -> Image.Image:
 
 
 def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
-                jxl_efforts: tuple = JXL_STRIP_EFFORTS) -> tuple[str, bytes]:
+                jxl_efforts: tuple = JXL_STRIP_EFFORTS, threads: int = 1) -> tuple[str, bytes]:
     """x: (C, H, W) uint8 with C in {1, 3}.  Returns (codec name, tagged bytes).
-    jxl_efforts: JXL_IMAGE_EFFORTS for a whole image (slower, smaller)."""
+    jxl_efforts: JXL_IMAGE_EFFORTS for a whole image (slower, smaller); threads > 1: JPEG XL
+    on that many threads while the other codes run beside it (a 12 MP mosaic at effort 9:
+    45 s on one thread, 22 s on two, the same bytes; its PNG and zlib codes another 12 s)."""
     c, h, w = x.shape
-    cands = [bytes([TAG_ZLIB]) + zlib.compress(np.ascontiguousarray(x).tobytes(), 9)]
-    im = _to_pil(x)
-    buf = io.BytesIO()
-    im.save(buf, "PNG", optimize=True)
-    cands.append(bytes([TAG_PNG]) + buf.getvalue())
-    if h * w <= webp_max_pixels and (webp := webp_rows(x)) is not None:
-        cands.append(webp)
     pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
     effort = jxl_effort(h * w, jxl_efforts)
-    cands.append(bytes([TAG_JXL]) + imagecodecs.jpegxl_encode(pixels, lossless=True, effort=effort))
+
+    def jxl() -> bytes:
+        return bytes([TAG_JXL]) + imagecodecs.jpegxl_encode(pixels, lossless=True, effort=effort,
+                                                            numthreads=threads if threads > 1 else None)
+
+    with ThreadPoolExecutor(max_workers=1) if threads > 1 else nullcontext() as pool:
+        jxl_code = pool.submit(jxl) if pool is not None else None
+        cands = [bytes([TAG_ZLIB]) + zlib.compress(np.ascontiguousarray(x).tobytes(), 9)]
+        im = _to_pil(x)
+        buf = io.BytesIO()
+        im.save(buf, "PNG", optimize=True)
+        cands.append(bytes([TAG_PNG]) + buf.getvalue())
+        if h * w <= webp_max_pixels and (webp := webp_rows(x)) is not None:
+            cands.append(webp)
+        cands.append(jxl_code.result() if jxl_code is not None else jxl())
     best = min(cands, key=len)
     return NAMES[best[0]], best
 
