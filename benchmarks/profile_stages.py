@@ -27,7 +27,6 @@ STAGES = {
     "network (EpsNet.forward)": ("model/network.py", "forward"),
     "network in exact arithmetic (ExactNet)": ("model/exact_net.py", "__call__"),
     "step model: network outputs (every step and z_0, memo included)": ("coding/steps.py", "_nets"),
-    "network memo: outputs read back from the spill file": ("coding/steps.py", "_read_spilled"),
     "pixel decoder: parameters of p(x|z0)": ("coding/steps.py", "pixel_params"),
     "pixel decoder: context network groups": ("coding/pixels.py", "group_refine"),
     "pixel decoder: linear spatial context": ("coding/pixels.py", "spatial_shift"),
@@ -44,7 +43,8 @@ STAGES = {
     "container pack/unpack": ("container.py", "pack_container|unpack_container"),
     "encode regions": ("coding/chain.py", "encode_region"),
     "decode regions": ("coding/chain.py", "decode_region"),
-    "verifying decode (compress)": ("codec.py", "verify_roundtrip"),
+    "region checks inside the encode (compress)": ("coding/chain.py", "check"),
+    "verifying decode of the file (compress)": ("codec.py", "verify_roundtrip"),
 }
 
 
