@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.experiments.effort_ablation import crop_coder, crop_parser, run_on_crops
 from vdmcodec.coding.adapt import fit_image_context
-from vdmcodec.coding.classic import JXL_IMAGE_EFFORTS, encode_rows
+from vdmcodec.coding.classic import JXL_IMAGE_SETTINGS, encode_rows
 from vdmcodec.coding.estimate import float_step_model
 from vdmcodec.coding.steps import LOG2E
 
@@ -43,7 +43,7 @@ def model_bits_by_row(sm, planes: np.ndarray, weights, seed: int = 0) -> tuple[n
 
 
 def classic_bytes(x: np.ndarray) -> int:
-    return len(encode_rows(x, jxl_efforts=JXL_IMAGE_EFFORTS)[1])
+    return len(encode_rows(x, jxl_table=JXL_IMAGE_SETTINGS)[1])
 
 
 def band_choice(x: np.ndarray, row_bits: np.ndarray, band: int) -> dict:

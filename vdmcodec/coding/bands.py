@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import imagecodecs
 import numpy as np
 
-from .classic import JXL_IMAGE_EFFORTS, encode_rows
+from .classic import JXL_IMAGE_SETTINGS, encode_rows
 
 BAND_ROWS = 64  # the unit of the choice: even, so every band and region starts at an even row
 BAND_EFFORT = 9  # JPEG XL effort of the per-band sizes that decide (effort 10: 0.6% smaller, 2.7x the time)
@@ -109,7 +109,7 @@ def code_strips(x: np.ndarray, plans: list[StripPlan]) -> list[ClassicStrip]:
     # no WebP: at method 6 it takes seconds, and JPEG XL codes photographs' strips about 11%
     # smaller (coding.classic)
     return [ClassicStrip(p.rows, *encode_rows(x[:, p.rows[0]:p.rows[1]], webp_max_pixels=0,
-                                              jxl_efforts=JXL_IMAGE_EFFORTS)) for p in plans]
+                                              jxl_table=JXL_IMAGE_SETTINGS)) for p in plans]
 
 
 def mixed_bits(model_row_bits: np.ndarray, strips: list[StripPlan]) -> float:

@@ -17,11 +17,13 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
+from .jpegxl import JxlSettings, encode_lossless
+
 TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL = 0, 1, 2, 3
 NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl"}
 WEBP_MAX_SIDE = 16383
 WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only for small strips
-# JPEG XL's effort by pixel count: (at most this many pixels, effort), the first that fits.
+# JPEG XL's settings by pixel count: (at most this many pixels, settings), the first that fits.
 # Strips (the seed): effort 9, about 0.2 s on 768 x 64.  A whole image (the fallback, where a
 # classic file beats bits-back): on 768x512 training photographs effort 7 / 9 / 10 give 2.4505
 # / 2.4077 / 2.3951 bpd in 0.35 / 1.4 / 3.6 s; a 12 MP mosaic takes 10 s at effort 7, with
@@ -29,18 +31,26 @@ WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only 
 # a large photo stored classic no longer pays for a chain first, so it gets effort 9: the
 # 12 MP mosaic 2.1797 / 2.1667 / 2.1625 bpd at effort 7 / 8 / 9 in 9.5 / 31 / 46 s, the 24 MP
 # one 2.1628 at effort 9 in 93 s and 0.15 GB; a 2 MP one 2.1527 / 2.1387 at effort 9 / 10
-# in 11 / 23 s, so effort 10 up to 4 MP (session 16)
-JXL_STRIP_EFFORTS = ((1 << 18, 9), (None, 7))
-JXL_IMAGE_EFFORTS = ((1 << 22, 10), (1 << 25, 9), (None, 8))
+# in 11 / 23 s, so effort 10 up to 4 MP (session 16).  Session 21: libjxl's modular settings
+# (coding.jpegxl) at effort 9, groups of 1024, trees learnt on every pixel and reading the
+# earlier channels, code 12 768x512 training photographs 1.3% smaller than effort 10 in
+# the same time, and their first 64 rows 1.9% smaller than effort 9 in 0.26 against 0.15 s
+# (benchmarks.experiments.jxl_settings); the 12 / 24 MP mosaics 3.2 / 3.1% smaller than
+# effort 9, in 50 / 102 s on two threads (22 / 45 s) and 0.9 / 1.5 GB.
+MODULAR_BEST = dict(group_size=3, tree_percent=100, prev_channels=3)
+JXL_STRIP_SETTINGS = ((1 << 18, JxlSettings(9, **MODULAR_BEST)), (None, JxlSettings(7)))
+JXL_IMAGE_SETTINGS = ((1 << 25, JxlSettings(9, **MODULAR_BEST)), (None, JxlSettings(8)))
 
 
-def jxl_effort(pixels: int, efforts: tuple = JXL_STRIP_EFFORTS) -> int:
-    """JPEG XL's encoder effort for an image of this many pixels.
+def jxl_settings(pixels: int, table: tuple = JXL_STRIP_SETTINGS) -> JxlSettings:
+    """JPEG XL's encoder settings for an image of this many pixels.
 
-    >>> jxl_effort(768 * 64), jxl_effort(768 * 512, JXL_IMAGE_EFFORTS), jxl_effort(12_000_000, JXL_IMAGE_EFFORTS)
-    (9, 10, 9)
+    >>> jxl_settings(768 * 64).effort, jxl_settings(768 * 512, JXL_IMAGE_SETTINGS).group_size
+    (9, 3)
+    >>> jxl_settings(40_000_000, JXL_IMAGE_SETTINGS)
+    JxlSettings(effort=8, group_size=-1, tree_percent=-1, prev_channels=-1)
     """
-    return next(e for most, e in efforts if most is None or pixels <= most)
+    return next(s for most, s in table if most is None or pixels <= most)
 
 
 def _to_pil(x: np.ndarray) -> Image.Image:
@@ -49,18 +59,17 @@ def _to_pil(x: np.ndarray) -> Image.Image:
 
 
 def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
-                jxl_efforts: tuple = JXL_STRIP_EFFORTS, threads: int = 1) -> tuple[str, bytes]:
+                jxl_table: tuple = JXL_STRIP_SETTINGS, threads: int = 1) -> tuple[str, bytes]:
     """x: (C, H, W) uint8 with C in {1, 3}.  Returns (codec name, tagged bytes).
-    jxl_efforts: JXL_IMAGE_EFFORTS for a whole image (slower, smaller); threads > 1: JPEG XL
+    jxl_table: JXL_IMAGE_SETTINGS for a whole image (slower, smaller); threads > 1: JPEG XL
     on that many threads while the other codes run beside it (a 12 MP mosaic at effort 9:
     45 s on one thread, 22 s on two, the same bytes; its PNG and zlib codes another 12 s)."""
     c, h, w = x.shape
     pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
-    effort = jxl_effort(h * w, jxl_efforts)
+    settings = jxl_settings(h * w, jxl_table)
 
     def jxl() -> bytes:
-        return bytes([TAG_JXL]) + imagecodecs.jpegxl_encode(pixels, lossless=True, effort=effort,
-                                                            numthreads=threads if threads > 1 else None)
+        return bytes([TAG_JXL]) + encode_lossless(pixels, settings, threads)
 
     with ThreadPoolExecutor(max_workers=1) if threads > 1 else nullcontext() as pool:
         jxl_code = pool.submit(jxl) if pool is not None else None
