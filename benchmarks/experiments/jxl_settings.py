@@ -5,9 +5,9 @@
 
 Each image (a centre crop; with --rows N only its first N rows, as the seed strip) is coded
 losslessly with each setting, `eE` the effort, then `gG` (modular groups of 128 << G),
-`EN` (earlier channels the MA trees read), `IP` (percent of pixels they learn from),
-joined by `/`; every code is decoded and compared.  Prints bytes and seconds per image and
-setting and the totals against the first setting.  Choose on training images, never on the
+`EN` (earlier channels the MA trees read), `IP` (percent of pixels they learn from), `PN`
+(the predictor, 15: all mixed), joined by `/`; every code is decoded and compared.  Prints
+bytes and seconds per image and setting and the totals against the first setting.  Choose on training images, never on the
 benchmark sets.
 """
 
@@ -27,9 +27,9 @@ def parse_settings(text: str) -> JxlSettings:
     """`e9/g3/E3/I100` -> JxlSettings(9, 3, 100.0, 3).
 
     >>> parse_settings("e9/g3/E3/I100")
-    JxlSettings(effort=9, group_size=3, tree_percent=100.0, prev_channels=3)
+    JxlSettings(effort=9, group_size=3, tree_percent=100.0, prev_channels=3, predictor=-1)
     """
-    fields = {"e": "effort", "g": "group_size", "I": "tree_percent", "E": "prev_channels"}
+    fields = {"e": "effort", "g": "group_size", "I": "tree_percent", "E": "prev_channels", "P": "predictor"}
     values = {fields[part[0]]: (float if part[0] == "I" else int)(part[1:]) for part in text.split("/")}
     return JxlSettings(**values)
 

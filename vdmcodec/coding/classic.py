@@ -48,7 +48,7 @@ def jxl_settings(pixels: int, table: tuple = JXL_STRIP_SETTINGS) -> JxlSettings:
     >>> jxl_settings(768 * 64).effort, jxl_settings(768 * 512, JXL_IMAGE_SETTINGS).group_size
     (9, 3)
     >>> jxl_settings(40_000_000, JXL_IMAGE_SETTINGS)
-    JxlSettings(effort=8, group_size=-1, tree_percent=-1, prev_channels=-1)
+    JxlSettings(effort=8, group_size=-1, tree_percent=-1, prev_channels=-1, predictor=-1)
     """
     return next(s for most, s in table if most is None or pixels <= most)
 

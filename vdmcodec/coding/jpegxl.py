@@ -27,7 +27,7 @@ import imagecodecs
 import numpy as np
 
 # libjxl's JxlEncoderFrameSettingId values (jxl/encode.h, stable since libjxl 0.7)
-_EFFORT, _GROUP_SIZE, _TREE_PERCENT, _PREV_CHANNELS = 0, 26, 28, 29
+_EFFORT, _GROUP_SIZE, _PREDICTOR, _TREE_PERCENT, _PREV_CHANNELS = 0, 26, 27, 28, 29
 _SUCCESS, _NEED_MORE_OUTPUT = 0, 2
 _TYPE_UINT8 = 2
 
@@ -40,6 +40,7 @@ class JxlSettings:
     group_size: int = -1  # 0..3: modular groups of 128 << group_size pixels a side
     tree_percent: float = -1  # share of pixels the MA trees learn from (cjxl -I)
     prev_channels: int = -1  # earlier channels the MA trees may read (cjxl -E)
+    predictor: int = -1  # 0..15, 15: every predictor mixed (cjxl -P)
 
 
 class _BasicInfo(ctypes.Structure):  # JxlBasicInfo (jxl/codestream_header.h)
@@ -131,7 +132,7 @@ def _encode_with(lib: ctypes.CDLL, pixels: np.ndarray, settings: JxlSettings, th
         frame = lib.JxlEncoderFrameSettingsCreate(enc, None)
         ok = frame and lib.JxlEncoderSetFrameLossless(frame, 1) == _SUCCESS
         for option, value in ((_EFFORT, settings.effort), (_GROUP_SIZE, settings.group_size),
-                              (_PREV_CHANNELS, settings.prev_channels)):
+                              (_PREV_CHANNELS, settings.prev_channels), (_PREDICTOR, settings.predictor)):
             ok = ok and lib.JxlEncoderFrameSettingsSetOption(frame, option, int(value)) == _SUCCESS
         if settings.tree_percent >= 0:
             ok = ok and lib.JxlEncoderFrameSettingsSetFloatOption(
