@@ -41,7 +41,8 @@ def measure(coder: Coder, name: str, img, full_diffusion: bool = False) -> dict:
     look = first_look(coder, img)
     row.update(first_s=time.perf_counter() - t, first_recon_bits=look.recon_bits,
                first_diffusion_bits=look.diffusion.bits, first_model_bits=look.model_bits,
-               first_mixed_bits=look.mixed_bits, first_bytes=look.estimated_bytes(0))
+               first_mixed_bits=look.mixed_bits, first_bytes=look.estimated_bytes(0),
+               first_strip_bits=look.strip_bits)
     t = time.perf_counter()
     film, saving, cost = fit_deltas(sm, planes, coder.film)
     if not any(k.any() for k in film.steps) or saving < KEEP_IF_SAVING_OVER_COST * cost:
@@ -58,8 +59,9 @@ def measure(coder: Coder, name: str, img, full_diffusion: bool = False) -> dict:
                    held_out_bpd_fitted=info.get("held_out_bpd_fitted"))
         report.context_bytes = len(pack_deltas(sm, weights)) if weights is not None else 0
         t = time.perf_counter()
-        _estimate_file(coder, img, weights, info, film, report, look)
+        plans = _estimate_file(coder, img, weights, info, film, report, look)
         row.update(after_s=time.perf_counter() - t, after_bytes=report.estimated_bytes,
+                   after_strip_bits=sum(p.bits for p in plans),
                    after_recon_bits=report.terms["recon"], after_diffusion_bits=report.terms["diffusion"])
         if look.classic_bands is not None:  # per band: what the first look's floor must stay under
             rows = model_rows_after_fits(look, info, report.terms["recon"], look.diffusion_less(saving))
