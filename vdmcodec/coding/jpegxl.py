@@ -3,7 +3,7 @@
 imagecodecs' ``jpegxl_encode`` takes an effort only.  libjxl's own API also takes the
 modular group size, the share of pixels its MA trees learn from and the number of earlier
 channels they may read (cjxl's ``-g``, ``-I``, ``-E``): with groups of 1024, trees learnt on
-every pixel and three earlier channels, effort 9 codes 768x512 training photographs 1.7%
+every pixel and three earlier channels, effort 9 codes 768x512 training photographs 1.3%
 smaller than effort 10 (session 21, ``benchmarks/experiments/jxl_settings.py``).  This
 module calls the libjxl that imagecodecs already loads, through ctypes.  Where that cannot
 be done (a build without the symbols, a setting the library refuses) it falls back to
