@@ -61,6 +61,9 @@ class Arith:
         return logistic_table_spec(self, loc, scale, offset, width)
 
 
+TABLE_SNAP = 2.0**-40  # the tables' grid
+
+
 def logistic_table_spec(arith: Arith, loc: np.ndarray, scale: np.ndarray, offset: np.ndarray,
                         width: int) -> np.ndarray:
     """Arith.logistic_table in numpy: the specification, and the float arithmetic's path."""
@@ -68,11 +71,8 @@ def logistic_table_spec(arith: Arith, loc: np.ndarray, scale: np.ndarray, offset
     upper = np.where(levels >= 255, np.inf, (levels + 0.5 - loc[:, None]) / scale[:, None])
     lower = np.where(levels <= 0, -np.inf, (levels - 0.5 - loc[:, None]) / scale[:, None])
     probs = arith.sigmoid_diff(upper, lower)
-    probs = np.rint(probs / TABLE_SNAP) * TABLE_SNAP + TABLE_SNAP
+    probs = np.rint(probs / TABLE_SNAP) * TABLE_SNAP + TABLE_SNAP  # grids.snap's rounding (grids imports arith)
     return probs / arith.row_sum(probs)
-
-
-TABLE_SNAP = 2.0**-40
 
 
 def _row_sum_in_order(probs: np.ndarray) -> np.ndarray:
