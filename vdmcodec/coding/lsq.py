@@ -1,0 +1,344 @@
+"""Lossless pixels by local least-squares prediction and rANS: vdmcodec's own classic code.
+
+Every sample (pixel x channel, in raster order, channels in `ORDER`) is predicted by a
+linear combination of its causal neighbours, with weights solved afresh for each sample by
+least squares over a causal window of `radius` rows above (2 radius + 1 columns) and
+`radius` samples to its left. Channels after the first also read the earlier channels at the
+same pixel, so colour correlation is learnt per image region. The sample is then coded with
+a discretised logistic around the prediction whose scale comes from a per-image table,
+indexed by the local size of recent prediction errors (a bin of `ENERGY_EDGES`).
+
+The decoder repeats the same arithmetic: the window sums are sums of products of 8-bit
+integers (exact in float64 in any order), the solve and the probabilities use only IEEE-754
+basic operations in a fixed order (`detmath` for the logistic), so a file decodes to the same
+pixels on every machine. Encoder and decoder run one walk (`_walk`), so they cannot drift.
+
+The only per-image side data is the scale table: one byte per (channel, error bin).
+
+>>> import numpy as np
+>>> x = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+>>> data = encode(x)
+>>> bool((decode(data, 6, 5, 3) == x).all())
+True
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vdmcodec.coding.detmath import sigmoid_scalar
+
+# causal neighbours (dy, dx) of the sample's own channel, and of each earlier channel
+OWN_OFFSETS = np.array([(0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-2, 1), (-1, -2),
+                        (-1, 2), (-2, -1)], dtype=np.int64)
+EARLIER_OFFSETS = np.array([(0, 0), (0, -1), (-1, 0), (-1, -1), (-1, 1)], dtype=np.int64)
+OUTSIDE = 128.0  # the value of a neighbour outside the image
+ORDER = {1: (0,), 3: (1, 0, 2)}  # channels coded in this order: green first for RGB
+RADIUS = 10
+RIDGE = 1e-3
+# bins of the error energy (sum of nearby |errors|): upper edges, hand-written so that they
+# are the same floats everywhere
+ENERGY_EDGES = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 19.0,
+                         24.0, 30.0, 38.0, 48.0, 60.0, 76.0, 96.0, 120.0, 150.0, 190.0])
+BINS = len(ENERGY_EDGES) + 1
+PROB_BITS = 24
+PROB_SCALE = 1 << PROB_BITS
+RANS_L = 1 << 31
+
+
+def _scale_table() -> np.ndarray:
+    """Logistic scales 0.125 * 1.05^i, i < 128, by repeated multiplication (exact rounding
+    at each step, so the same floats on every machine)."""
+    out, s = [], 0.125
+    for _ in range(128):
+        out.append(s)
+        s *= 1.05
+    return np.array(out)
+
+
+SCALES = _scale_table()
+
+
+@numba.njit(cache=True)
+def _value(x, y, xx, c):
+    if y < 0 or xx < 0 or xx >= x.shape[1]:
+        return OUTSIDE
+    return float(x[y, xx, c])
+
+
+@numba.njit(cache=True)
+def _features(x, order, k, y, xx, f):
+    """The sample (y, xx) of channel order[k]'s regressors into f; returns their count."""
+    c = order[k]
+    d = 0
+    for i in range(OWN_OFFSETS.shape[0]):
+        f[d] = _value(x, y + OWN_OFFSETS[i, 0], xx + OWN_OFFSETS[i, 1], c)
+        d += 1
+    for j in range(k):
+        for i in range(EARLIER_OFFSETS.shape[0]):
+            f[d] = _value(x, y + EARLIER_OFFSETS[i, 0], xx + EARLIER_OFFSETS[i, 1], order[j])
+            d += 1
+    f[d] = 1.0
+    return d + 1
+
+
+@numba.njit(cache=True)
+def _accumulate(acc, x, order, k, y, xx, sign, f):
+    """acc += sign * (f f^T (lower triangle), f t) of sample (y, xx); exact integers."""
+    d = _features(x, order, k, y, xx, f)
+    t = float(x[y, xx, order[k]])
+    m = 0
+    for i in range(d):
+        fi = sign * f[i]
+        for j in range(i + 1):
+            acc[m] += fi * f[j]
+            m += 1
+    for i in range(d):
+        acc[m] += sign * f[i] * t
+        m += 1
+
+
+@numba.njit(cache=True)
+def _solve_predict(acc, d, n, f, ridge, L, z, w):
+    """Least-squares weights from the window sums acc (Cholesky of A + ridge I), applied to f."""
+    m = 0
+    for i in range(d):
+        for j in range(i + 1):
+            s = acc[m]
+            if i == j and i < d - 1:
+                s += ridge * n + 1e-3
+            elif i == j:
+                s += 1e-6
+            for q in range(j):
+                s -= L[i, q] * L[j, q]
+            if i == j:
+                L[i, i] = np.sqrt(s) if s > 1e-12 else 1e-6
+            else:
+                L[i, j] = s / L[j, j]
+            m += 1
+    for i in range(d):
+        s = acc[m + i]
+        for q in range(i):
+            s -= L[i, q] * z[q]
+        z[i] = s / L[i, i]
+    for i in range(d - 1, -1, -1):
+        s = z[i]
+        for q in range(i + 1, d):
+            s -= L[q, i] * w[q]
+        w[i] = s / L[i, i]
+    p = 0.0
+    for i in range(d):
+        p += w[i] * f[i]
+    return min(max(p, 0.0), 255.0)
+
+
+@numba.njit(cache=True)
+def _energy_bin(err, order, k, y, xx):
+    c = order[k]
+    h, w = err.shape[0], err.shape[1]
+    e = 0.0
+    if xx >= 1:
+        e += abs(err[y, xx - 1, c])
+    if xx >= 2:
+        e += 0.3 * abs(err[y, xx - 2, c])
+    if y >= 1:
+        e += abs(err[y - 1, xx, c])
+        if xx >= 1:
+            e += 0.5 * abs(err[y - 1, xx - 1, c])
+        if xx + 1 < w:
+            e += 0.5 * abs(err[y - 1, xx + 1, c])
+    if y >= 2:
+        e += 0.3 * abs(err[y - 2, xx, c])
+    for j in range(k):
+        e += 0.3 * abs(err[y, xx, order[j]])
+    b = 0
+    while b < ENERGY_EDGES.shape[0] and e >= ENERGY_EDGES[b]:
+        b += 1
+    return b
+
+
+@numba.njit(cache=True)
+def _cdf(t, mu, s):
+    """Cumulative frequency below value t (0..256) of the discretised logistic(mu, s) on
+    0..255, out of PROB_SCALE; every value keeps a frequency of at least 1."""
+    if t <= 0:
+        return 0
+    if t >= 256:
+        return PROB_SCALE
+    p = sigmoid_scalar((t - 0.5 - mu) / s)
+    return int(np.floor(p * (PROB_SCALE - 256))) + t
+
+
+@numba.njit(cache=True)
+def _walk(x, order, radius, ridge, decoding, scales, words, mu_out, bin_out):
+    """Visit every sample in coding order; predict it, find its error bin, and (decoding)
+    pop its value from the rANS words into x. Returns the number of words read."""
+    h, w, nc = x.shape
+    err = np.zeros((h, w, nc))
+    dmax = OWN_OFFSETS.shape[0] + EARLIER_OFFSETS.shape[0] * (nc - 1) + 1
+    size = dmax * (dmax + 1) // 2 + dmax
+    cols = np.zeros((nc, w, size))  # per channel, per column: sums over the rows above
+    win = np.zeros((nc, size))      # window sums over those columns
+    row = np.zeros((nc, size))      # the current row's samples to the left
+    acc = np.zeros(size)
+    f = np.zeros(dmax)
+    L = np.zeros((dmax, dmax))
+    z = np.zeros(dmax)
+    wt = np.zeros(dmax)
+    state = np.uint64(0)
+    pos = 0
+    if decoding:
+        state = (np.uint64(words[0]) << np.uint64(32)) | np.uint64(words[1])
+        pos = 2
+    i = 0
+    for y in range(h):
+        for k in range(nc):
+            if y >= 1:
+                for xx in range(w):
+                    _accumulate(cols[k, xx], x, order, k, y - 1, xx, 1.0, f)
+            if y - radius - 1 >= 0:
+                for xx in range(w):
+                    _accumulate(cols[k, xx], x, order, k, y - radius - 1, xx, -1.0, f)
+            win[k, :] = 0.0
+            row[k, :] = 0.0
+            for xx in range(min(radius, w - 1) + 1):
+                win[k, :] += cols[k, xx]
+        for xx in range(w):
+            for k in range(nc):
+                c = order[k]
+                if xx >= 1:
+                    if xx + radius < w:
+                        win[k, :] += cols[k, xx + radius]
+                    if xx - radius - 1 >= 0:
+                        win[k, :] -= cols[k, xx - radius - 1]
+                    _accumulate(row[k], x, order, k, y, xx - 1, 1.0, f)
+                    if xx - radius - 1 >= 0:
+                        _accumulate(row[k], x, order, k, y, xx - radius - 1, -1.0, f)
+                n = min(y, radius) * (min(xx + radius, w - 1) - max(xx - radius, 0) + 1) + min(xx, radius)
+                d = _features(x, order, k, y, xx, f)
+                if n < 2 * d:
+                    mu = f[0] if xx >= 1 else f[1]
+                    if k >= 1 and y == 0 and xx == 0:
+                        mu = float(x[0, 0, order[0]])
+                else:
+                    for q in range(size):
+                        acc[q] = win[k, q] + row[k, q]
+                    mu = _solve_predict(acc, d, n, f, ridge, L, z, wt)
+                b = _energy_bin(err, order, k, y, xx)
+                if decoding:
+                    s = scales[k, b]
+                    cum = np.int64(state & np.uint64(PROB_SCALE - 1))
+                    lo, hi = 0, 256
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        if _cdf(mid, mu, s) <= cum:
+                            lo = mid
+                        else:
+                            hi = mid
+                    start = _cdf(lo, mu, s)
+                    freq = _cdf(lo + 1, mu, s) - start
+                    state = np.uint64(freq) * (state >> np.uint64(PROB_BITS)) + np.uint64(cum - start)
+                    if state < np.uint64(RANS_L):
+                        state = (state << np.uint64(32)) | np.uint64(words[pos])
+                        pos += 1
+                    x[y, xx, c] = lo
+                mu_out[i] = mu
+                bin_out[i] = b
+                err[y, xx, c] = float(x[y, xx, c]) - mu
+                i += 1
+    return pos
+
+
+@numba.njit(cache=True)
+def _rans_encode(values, mus, bins, scales_flat, chan_of, out):
+    """Push every sample in reverse coding order; returns the number of 32-bit words (the
+    first two are the final state), written at the end of `out`."""
+    state = np.uint64(RANS_L)
+    pos = out.shape[0]
+    for i in range(values.shape[0] - 1, -1, -1):
+        s = scales_flat[chan_of[i], bins[i]]
+        t = values[i]
+        start = _cdf(t, mus[i], s)
+        freq = _cdf(t + 1, mus[i], s) - start
+        limit = ((np.uint64(RANS_L) >> np.uint64(PROB_BITS)) << np.uint64(32)) * np.uint64(freq)
+        if state >= limit:
+            pos -= 1
+            out[pos] = np.uint32(state & np.uint64(0xFFFFFFFF))
+            state = state >> np.uint64(32)
+        state = ((state // np.uint64(freq)) << np.uint64(PROB_BITS)) + (state % np.uint64(freq)) + np.uint64(start)
+    pos -= 1
+    out[pos] = np.uint32(state & np.uint64(0xFFFFFFFF))
+    pos -= 1
+    out[pos] = np.uint32(state >> np.uint64(32))
+    return pos
+
+
+@numba.njit(cache=True)
+def _bits_by_scale(values, mus, bins, chan_of, nc, table):
+    """Ideal bits of every (channel, bin) under every candidate scale (encoder's choice)."""
+    out = np.zeros((nc, BINS, table.shape[0]))
+    for i in range(values.shape[0]):
+        k, b, t, mu = chan_of[i], bins[i], values[i], mus[i]
+        for j in range(table.shape[0]):
+            s = table[j]
+            up = 1.0 if t >= 255 else 1.0 / (1.0 + np.exp(-(t + 0.5 - mu) / s))
+            lo = 0.0 if t <= 0 else 1.0 / (1.0 + np.exp(-(t - 0.5 - mu) / s))
+            out[k, b, j] -= np.log2(max(up - lo, 1e-15))
+    return out
+
+
+def _order(channels: int) -> np.ndarray:
+    if channels not in ORDER:
+        raise ValueError(f"lsq codes 1 or 3 channels, not {channels}")
+    return np.array(ORDER[channels], dtype=np.int64)
+
+
+def analyse(x: np.ndarray, radius: int = RADIUS, ridge: float = RIDGE):
+    """(values, predictions, bins, channel index) of every sample in coding order."""
+    x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # a writable copy
+    order = _order(x.shape[2])
+    n = x.size
+    mus, bins = np.zeros(n), np.zeros(n, dtype=np.int64)
+    _walk(x, order, radius, ridge, False, np.zeros((1, 1)), np.zeros(1, dtype=np.uint32), mus, bins)
+    values = x[:, :, order].reshape(-1).astype(np.int64)
+    chan_of = np.tile(np.arange(x.shape[2]), x.shape[0] * x.shape[1])
+    return values, mus, bins, chan_of
+
+
+def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
+    """Index into SCALES per (channel, bin) that codes the samples in fewest bits."""
+    # a coarse grid of every fourth scale, then the neighbours of the best
+    bits = _bits_by_scale(values, mus, bins, chan_of, channels, SCALES)
+    return bits.argmin(axis=2).astype(np.uint8)
+
+
+def encode(x: np.ndarray, radius: int = RADIUS, ridge: float = RIDGE) -> bytes:
+    """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
+    (channels x BINS bytes), then the rANS words."""
+    planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
+    values, mus, bins, chan_of = analyse(planes, radius, ridge)
+    idx = choose_scales(values, mus, bins, chan_of, planes.shape[2])
+    out = np.zeros(values.size + 2, dtype=np.uint32)
+    start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
+    return idx.tobytes() + out[start:].astype("<u4").tobytes()
+
+
+def decode(data: bytes, height: int, width: int, channels: int, radius: int = RADIUS,
+           ridge: float = RIDGE) -> np.ndarray:
+    """Inverse of `encode`: uint8 pixels (H, W, C)."""
+    order = _order(channels)
+    head = channels * BINS
+    if len(data) < head + 8 or (len(data) - head) % 4:
+        raise ValueError("lsq data is truncated")
+    idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels, BINS)
+    if int(idx.max()) >= SCALES.size:
+        raise ValueError("lsq scale table is corrupt")
+    words = np.frombuffer(data[head:], dtype="<u4").astype(np.uint32)
+    # the decoder reads at most one word per sample beyond the state; pad so a corrupt
+    # stream cannot read past the end
+    words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
+    x = np.zeros((height, width, channels), dtype=np.uint8)
+    n = x.size
+    _walk(x, order, radius, ridge, True, SCALES[idx], words, np.zeros(n), np.zeros(n, dtype=np.int64))
+    return x
