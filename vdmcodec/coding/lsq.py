@@ -31,12 +31,16 @@ from vdmcodec.coding.detmath import sigmoid_scalar
 
 # causal neighbours (dy, dx) of the sample's own channel, and of each earlier channel
 OWN_OFFSETS = np.array([(0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-2, 1), (-1, -2),
-                        (-1, 2), (-2, -1)], dtype=np.int64)
-EARLIER_OFFSETS = np.array([(0, 0), (0, -1), (-1, 0), (-1, -1), (-1, 1)], dtype=np.int64)
+                        (-1, 2), (-2, -1), (-2, -2), (-2, 2), (0, -3), (-3, 0)], dtype=np.int64)
+EARLIER_OFFSETS = np.array([(0, 0), (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, 1), (1, 0), (1, -1),
+                            (1, 1)], dtype=np.int64)
 OUTSIDE = 128.0  # the value of a neighbour outside the image
 ORDER = {1: (0,), 3: (1, 0, 2)}  # channels coded in this order: green first for RGB
-RADIUS = 10
-RIDGE = 1e-3
+RADII = (16, 6)
+RIDGE = 0.02
+ALPHA = 3.0
+EARLIER_ERR_W = 0.3
+EARLIER_ERR_W2 = 0.15
 # bins of the error energy (sum of nearby |errors|): upper edges, hand-written so that they
 # are the same floats everywhere
 ENERGY_EDGES = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 19.0,
@@ -62,7 +66,7 @@ SCALES = _scale_table()
 
 @numba.njit(cache=True)
 def _value(x, y, xx, c):
-    if y < 0 or xx < 0 or xx >= x.shape[1]:
+    if y < 0 or xx < 0 or y >= x.shape[0] or xx >= x.shape[1]:
         return OUTSIDE
     return float(x[y, xx, c])
 
@@ -97,6 +101,7 @@ def _accumulate(acc, x, order, k, y, xx, sign, f):
     for i in range(d):
         acc[m] += sign * f[i] * t
         m += 1
+    acc[m] += sign * t * t
 
 
 @numba.njit(cache=True)
@@ -128,16 +133,19 @@ def _solve_predict(acc, d, n, f, ridge, L, z, w):
             s -= L[q, i] * w[q]
         w[i] = s / L[i, i]
     p = 0.0
+    fit = 0.0
     for i in range(d):
         p += w[i] * f[i]
-    return min(max(p, 0.0), 255.0)
+        fit += w[i] * acc[m + i]
+    sse = acc[m + d] - fit  # the window's residual sum of squares (less the ridge's share)
+    return min(max(p, 0.0), 255.0), max(sse, 0.0) / n
 
 
 @numba.njit(cache=True)
-def _energy_bin(err, order, k, y, xx):
+def _energy_bin(err, order, k, y, xx, extra):
     c = order[k]
     h, w = err.shape[0], err.shape[1]
-    e = 0.0
+    e = extra
     if xx >= 1:
         e += abs(err[y, xx - 1, c])
     if xx >= 2:
@@ -151,7 +159,12 @@ def _energy_bin(err, order, k, y, xx):
     if y >= 2:
         e += 0.3 * abs(err[y - 2, xx, c])
     for j in range(k):
-        e += 0.3 * abs(err[y, xx, order[j]])
+        cj = order[j]
+        e += EARLIER_ERR_W * abs(err[y, xx, cj])
+        if xx + 1 < w:
+            e += EARLIER_ERR_W2 * abs(err[y, xx + 1, cj])
+        if y + 1 < h:
+            e += EARLIER_ERR_W2 * abs(err[y + 1, xx, cj])
     b = 0
     while b < ENERGY_EDGES.shape[0] and e >= ENERGY_EDGES[b]:
         b += 1
@@ -171,16 +184,47 @@ def _cdf(t, mu, s):
 
 
 @numba.njit(cache=True)
-def _walk(x, order, radius, ridge, decoding, scales, words, mu_out, bin_out):
-    """Visit every sample in coding order; predict it, find its error bin, and (decoding)
-    pop its value from the rANS words into x. Returns the number of words read."""
+def _window_count(y, xx, w, radius):
+    """Samples in the causal window of `radius` around (y, xx)."""
+    return min(y, radius) * (min(xx + radius, w - 1) - max(xx - radius, 0) + 1) + min(xx, radius)
+
+
+@numba.njit(cache=True)
+def _pop(state, words, pos, mu, s):
+    """rANS: the value whose frequency interval holds the state's low bits; (value, state, pos)."""
+    cum = np.int64(state & np.uint64(PROB_SCALE - 1))
+    lo, hi = 0, 256
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _cdf(mid, mu, s) <= cum:
+            lo = mid
+        else:
+            hi = mid
+    start = _cdf(lo, mu, s)
+    freq = _cdf(lo + 1, mu, s) - start
+    state = np.uint64(freq) * (state >> np.uint64(PROB_BITS)) + np.uint64(cum - start)
+    if state < np.uint64(RANS_L):
+        state = (state << np.uint64(32)) | np.uint64(words[pos])
+        pos += 1
+    return lo, state, pos
+
+
+@numba.njit(cache=True)
+def _walk(x, order, radii, ridge, alpha, decoding, scales, words, mu_out, bin_out):
+    """Visit every sample in coding order (channel planes in `order`, each in raster order);
+    predict it, find its error bin, and (decoding) pop its value from the rANS words into x.
+
+    The least-squares sums of each window (radii: an outer and an inner one, added, so that
+    the nearest samples count twice) are kept as column sums over the rows above, slid along
+    the row, plus the current row's samples to the left. Returns the words read."""
     h, w, nc = x.shape
+    nwin = radii.shape[0]
     err = np.zeros((h, w, nc))
     dmax = OWN_OFFSETS.shape[0] + EARLIER_OFFSETS.shape[0] * (nc - 1) + 1
-    size = dmax * (dmax + 1) // 2 + dmax
-    cols = np.zeros((nc, w, size))  # per channel, per column: sums over the rows above
-    win = np.zeros((nc, size))      # window sums over those columns
-    row = np.zeros((nc, size))      # the current row's samples to the left
+    size = dmax * (dmax + 1) // 2 + dmax + 1  # f f^T (lower triangle), f t, t t
+    cols = np.zeros((nwin, w, size))
+    win = np.zeros((nwin, size))
+    row = np.zeros((nwin, size))
     acc = np.zeros(size)
     f = np.zeros(dmax)
     L = np.zeros((dmax, dmax))
@@ -192,57 +236,53 @@ def _walk(x, order, radius, ridge, decoding, scales, words, mu_out, bin_out):
         state = (np.uint64(words[0]) << np.uint64(32)) | np.uint64(words[1])
         pos = 2
     i = 0
-    for y in range(h):
-        for k in range(nc):
-            if y >= 1:
-                for xx in range(w):
-                    _accumulate(cols[k, xx], x, order, k, y - 1, xx, 1.0, f)
-            if y - radius - 1 >= 0:
-                for xx in range(w):
-                    _accumulate(cols[k, xx], x, order, k, y - radius - 1, xx, -1.0, f)
-            win[k, :] = 0.0
-            row[k, :] = 0.0
-            for xx in range(min(radius, w - 1) + 1):
-                win[k, :] += cols[k, xx]
-        for xx in range(w):
-            for k in range(nc):
-                c = order[k]
-                if xx >= 1:
-                    if xx + radius < w:
-                        win[k, :] += cols[k, xx + radius]
-                    if xx - radius - 1 >= 0:
-                        win[k, :] -= cols[k, xx - radius - 1]
-                    _accumulate(row[k], x, order, k, y, xx - 1, 1.0, f)
-                    if xx - radius - 1 >= 0:
-                        _accumulate(row[k], x, order, k, y, xx - radius - 1, -1.0, f)
-                n = min(y, radius) * (min(xx + radius, w - 1) - max(xx - radius, 0) + 1) + min(xx, radius)
+    for k in range(nc):
+        c = order[k]
+        cols[:, :, :] = 0.0
+        for y in range(h):
+            for p in range(nwin):
+                if y >= 1:
+                    for xx in range(w):
+                        _accumulate(cols[p, xx], x, order, k, y - 1, xx, 1.0, f)
+                if y - radii[p] - 1 >= 0:
+                    for xx in range(w):
+                        _accumulate(cols[p, xx], x, order, k, y - radii[p] - 1, xx, -1.0, f)
+                win[p, :] = 0.0
+                row[p, :] = 0.0
+                for xx in range(min(radii[p], w - 1) + 1):
+                    win[p, :] += cols[p, xx]
+            for xx in range(w):
+                n = 0
+                for p in range(nwin):
+                    r = radii[p]
+                    if xx >= 1:
+                        if xx + r < w:
+                            win[p, :] += cols[p, xx + r]
+                        if xx - r - 1 >= 0:
+                            win[p, :] -= cols[p, xx - r - 1]
+                        _accumulate(row[p], x, order, k, y, xx - 1, 1.0, f)
+                        if xx - r - 1 >= 0:
+                            _accumulate(row[p], x, order, k, y, xx - r - 1, -1.0, f)
+                    n += _window_count(y, xx, w, r)
                 d = _features(x, order, k, y, xx, f)
-                if n < 2 * d:
+                noise = 0.0
+                if n < 2 * d * nwin:
+                    # too few samples to fit: the west (or north) neighbour
                     mu = f[0] if xx >= 1 else f[1]
                     if k >= 1 and y == 0 and xx == 0:
                         mu = float(x[0, 0, order[0]])
                 else:
                     for q in range(size):
-                        acc[q] = win[k, q] + row[k, q]
-                    mu = _solve_predict(acc, d, n, f, ridge, L, z, wt)
-                b = _energy_bin(err, order, k, y, xx)
+                        acc[q] = 0.0
+                    for p in range(nwin):
+                        for q in range(size):
+                            acc[q] += win[p, q] + row[p, q]
+                    mu, var = _solve_predict(acc, d, n, f, ridge, L, z, wt)
+                    noise = np.sqrt(var)
+                b = _energy_bin(err, order, k, y, xx, alpha * noise)
                 if decoding:
-                    s = scales[k, b]
-                    cum = np.int64(state & np.uint64(PROB_SCALE - 1))
-                    lo, hi = 0, 256
-                    while hi - lo > 1:
-                        mid = (lo + hi) // 2
-                        if _cdf(mid, mu, s) <= cum:
-                            lo = mid
-                        else:
-                            hi = mid
-                    start = _cdf(lo, mu, s)
-                    freq = _cdf(lo + 1, mu, s) - start
-                    state = np.uint64(freq) * (state >> np.uint64(PROB_BITS)) + np.uint64(cum - start)
-                    if state < np.uint64(RANS_L):
-                        state = (state << np.uint64(32)) | np.uint64(words[pos])
-                        pos += 1
-                    x[y, xx, c] = lo
+                    v, state, pos = _pop(state, words, pos, mu, scales[k, b])
+                    x[y, xx, c] = v
                 mu_out[i] = mu
                 bin_out[i] = b
                 err[y, xx, c] = float(x[y, xx, c]) - mu
@@ -294,15 +334,15 @@ def _order(channels: int) -> np.ndarray:
     return np.array(ORDER[channels], dtype=np.int64)
 
 
-def analyse(x: np.ndarray, radius: int = RADIUS, ridge: float = RIDGE):
+def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA):
     """(values, predictions, bins, channel index) of every sample in coding order."""
     x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # a writable copy
     order = _order(x.shape[2])
     n = x.size
     mus, bins = np.zeros(n), np.zeros(n, dtype=np.int64)
-    _walk(x, order, radius, ridge, False, np.zeros((1, 1)), np.zeros(1, dtype=np.uint32), mus, bins)
-    values = x[:, :, order].reshape(-1).astype(np.int64)
-    chan_of = np.tile(np.arange(x.shape[2]), x.shape[0] * x.shape[1])
+    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, False, np.zeros((1, 1)), np.zeros(1, dtype=np.uint32), mus, bins)
+    values = x[:, :, order].transpose(2, 0, 1).reshape(-1).astype(np.int64)
+    chan_of = np.repeat(np.arange(x.shape[2]), x.shape[0] * x.shape[1])
     return values, mus, bins, chan_of
 
 
@@ -313,19 +353,19 @@ def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
     return bits.argmin(axis=2).astype(np.uint8)
 
 
-def encode(x: np.ndarray, radius: int = RADIUS, ridge: float = RIDGE) -> bytes:
+def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
     (channels x BINS bytes), then the rANS words."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
-    values, mus, bins, chan_of = analyse(planes, radius, ridge)
+    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2])
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
     return idx.tobytes() + out[start:].astype("<u4").tobytes()
 
 
-def decode(data: bytes, height: int, width: int, channels: int, radius: int = RADIUS,
-           ridge: float = RIDGE) -> np.ndarray:
+def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = RADII,
+           ridge: float = RIDGE, alpha: float = ALPHA) -> np.ndarray:
     """Inverse of `encode`: uint8 pixels (H, W, C)."""
     order = _order(channels)
     head = channels * BINS
@@ -340,5 +380,5 @@ def decode(data: bytes, height: int, width: int, channels: int, radius: int = RA
     words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
     x = np.zeros((height, width, channels), dtype=np.uint8)
     n = x.size
-    _walk(x, order, radius, ridge, True, SCALES[idx], words, np.zeros(n), np.zeros(n, dtype=np.int64))
+    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, True, SCALES[idx], words, np.zeros(n), np.zeros(n, dtype=np.int64))
     return x
