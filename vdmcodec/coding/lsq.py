@@ -24,6 +24,8 @@ True
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
@@ -209,10 +211,12 @@ def _pop(state, words, pos, mu, s):
     return lo, state, pos
 
 
-@numba.njit(cache=True)
-def _walk(x, order, radii, ridge, alpha, decoding, scales, words, mu_out, bin_out):
-    """Visit every sample in coding order (channel planes in `order`, each in raster order);
-    predict it, find its error bin, and (decoding) pop its value from the rANS words into x.
+@numba.njit(cache=True, nogil=True)
+def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out, bin_out):
+    """Visit every sample of planes first..last-1 in coding order (channel planes in `order`,
+    each in raster order) and predict it; decoding, also find its error bin and pop its value
+    from the rANS words into x.  (The encoder knows every pixel: it walks the planes in
+    parallel and finds the bins afterwards, `_bins`, from the same errors.)
 
     The least-squares sums of each window (radii: an outer and an inner one, added, so that
     the nearest samples count twice) are kept as column sums over the rows above, slid along
@@ -235,8 +239,8 @@ def _walk(x, order, radii, ridge, alpha, decoding, scales, words, mu_out, bin_ou
     if decoding:
         state = (np.uint64(words[0]) << np.uint64(32)) | np.uint64(words[1])
         pos = 2
-    i = 0
-    for k in range(nc):
+    i = first * h * w
+    for k in range(first, last):
         c = order[k]
         cols[:, :, :] = 0.0
         for y in range(h):
@@ -279,18 +283,39 @@ def _walk(x, order, radii, ridge, alpha, decoding, scales, words, mu_out, bin_ou
                             acc[q] += win[p, q] + row[p, q]
                     mu, var = _solve_predict(acc, d, n, f, ridge, L, z, wt)
                     noise = np.sqrt(var)
-                b = _energy_bin(err, order, k, y, xx, alpha * noise)
                 if decoding:
+                    b = _energy_bin(err, order, k, y, xx, alpha * noise)
                     v, state, pos = _pop(state, words, pos, mu, scales[k, b])
                     x[y, xx, c] = v
+                    bin_out[i] = b
                 mu_out[i] = mu
-                bin_out[i] = b
+                noise_out[i] = noise
                 err[y, xx, c] = float(x[y, xx, c]) - mu
                 i += 1
     return pos
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
+def _bins(x, order, alpha, mus, noise, bins):
+    """The error bin of every sample, from the predictions of every plane (the encoder's
+    second pass: the decoder finds the same bins as it goes, from the same errors)."""
+    h, w, nc = x.shape
+    err = np.zeros((h, w, nc))
+    i = 0
+    for k in range(nc):
+        for y in range(h):
+            for xx in range(w):
+                err[y, xx, order[k]] = float(x[y, xx, order[k]]) - mus[i]
+                i += 1
+    i = 0
+    for k in range(nc):
+        for y in range(h):
+            for xx in range(w):
+                bins[i] = _energy_bin(err, order, k, y, xx, alpha * noise[i])
+                i += 1
+
+
+@numba.njit(cache=True, nogil=True)
 def _rans_encode(values, mus, bins, scales_flat, chan_of, out):
     """Push every sample in reverse coding order; returns the number of 32-bit words (the
     first two are the final state), written at the end of `out`."""
@@ -314,7 +339,21 @@ def _rans_encode(values, mus, bins, scales_flat, chan_of, out):
     return pos
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
+def _bits_by_candidates(values, mus, bins, chan_of, cand):
+    """Ideal bits of every (channel, bin) under its own candidate scales cand[k, b, :]."""
+    out = np.zeros(cand.shape)
+    for i in range(values.shape[0]):
+        k, b, t, mu = chan_of[i], bins[i], values[i], mus[i]
+        for j in range(cand.shape[2]):
+            s = cand[k, b, j]
+            up = 1.0 if t >= 255 else 1.0 / (1.0 + np.exp(-(t + 0.5 - mu) / s))
+            lo = 0.0 if t <= 0 else 1.0 / (1.0 + np.exp(-(t - 0.5 - mu) / s))
+            out[k, b, j] -= np.log2(max(up - lo, 1e-15))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _bits_by_scale(values, mus, bins, chan_of, nc, table):
     """Ideal bits of every (channel, bin) under every candidate scale (encoder's choice)."""
     out = np.zeros((nc, BINS, table.shape[0]))
@@ -334,30 +373,48 @@ def _order(channels: int) -> np.ndarray:
     return np.array(ORDER[channels], dtype=np.int64)
 
 
-def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA):
-    """(values, predictions, bins, channel index) of every sample in coding order."""
-    x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # a writable copy
+def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
+            threads: int = 2):
+    """(values, predictions, bins, channel index) of every sample in coding order; the
+    planes are walked on up to `threads` threads."""
+    x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # writable: _walk's type
     order = _order(x.shape[2])
+    h, w, nc = x.shape
     n = x.size
-    mus, bins = np.zeros(n), np.zeros(n, dtype=np.int64)
-    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, False, np.zeros((1, 1)), np.zeros(1, dtype=np.uint32), mus, bins)
+    mus, noise, bins = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    r = np.array(radii, dtype=np.int64)
+    none_f, none_w = np.zeros((1, 1)), np.zeros(1, dtype=np.uint32)
+
+    def plane(k: int) -> None:
+        _walk(x, order, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise, bins)
+
+    # the last plane reads the most regressors: start it first
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(plane, reversed(range(nc))))
+    _bins(x, order, alpha, mus, noise, bins)
     values = x[:, :, order].transpose(2, 0, 1).reshape(-1).astype(np.int64)
-    chan_of = np.repeat(np.arange(x.shape[2]), x.shape[0] * x.shape[1])
+    chan_of = np.repeat(np.arange(nc), h * w)
     return values, mus, bins, chan_of
 
 
 def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
-    """Index into SCALES per (channel, bin) that codes the samples in fewest bits."""
-    # a coarse grid of every fourth scale, then the neighbours of the best
-    bits = _bits_by_scale(values, mus, bins, chan_of, channels, SCALES)
-    return bits.argmin(axis=2).astype(np.uint8)
+    """Index into SCALES per (channel, bin) that codes the samples in fewest bits: every
+    eighth scale first, then the neighbours of the best."""
+    coarse = np.arange(0, SCALES.size, 8)
+    bits = _bits_by_scale(values, mus, bins, chan_of, channels, SCALES[coarse])
+    best = coarse[bits.argmin(axis=2)]
+    fine = np.arange(-7, 8)
+    cand = np.clip(best[:, :, None] + fine, 0, SCALES.size - 1)  # (C, BINS, 15)
+    fbits = _bits_by_candidates(values, mus, bins, chan_of, SCALES[cand])
+    return np.take_along_axis(cand, fbits.argmin(axis=2)[:, :, None], axis=2)[:, :, 0].astype(np.uint8)
 
 
-def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA) -> bytes:
+def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
+           threads: int = 2) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
     (channels x BINS bytes), then the rANS words."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
-    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha)
+    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2])
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
@@ -380,5 +437,6 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
     x = np.zeros((height, width, channels), dtype=np.uint8)
     n = x.size
-    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, True, SCALES[idx], words, np.zeros(n), np.zeros(n, dtype=np.int64))
+    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, 0, channels, True, SCALES[idx], words,
+          np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64))
     return x
