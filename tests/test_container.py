@@ -79,7 +79,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 10
+    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 11
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)
@@ -167,11 +167,11 @@ def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     assert "newer" in message or version == 0
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 9, 10])
 def test_earlier_version_files_still_read(packed, version):
-    """Versions 2 to 9 only added optional header fields and section contents, and version 10
-    the header's preset dictionary, so earlier files (their header deflated without it) read
-    as before."""
+    """Versions 2 to 9 only added optional header fields and section contents, version 10
+    the header's preset dictionary and version 11 a classic code (tag 4), so earlier files
+    (before 10 their header deflated without the dictionary) read as before."""
     assert struct.unpack_from("<H", packed, len(MAGIC))[0] == FORMAT_VERSION
     start = len(MAGIC) + 6
     text = inflate(packed[start : start + header_length(packed)])

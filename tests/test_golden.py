@@ -269,3 +269,23 @@ def test_golden_file_with_a_classic_strip_between_bitsback_regions_decodes():
     ((name, img),) = decompress_bytes(data)
     with Image.open(DATA / name) as im:
         np.testing.assert_array_equal(img.planes, np.asarray(im))
+
+
+@pytest.mark.parametrize("kind,mode", [("rgb", "RGB"), ("grey", "L")])
+def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode):
+    """Written by session 22's code (make_golden.py lsq): a 48x64 photograph crop stored
+    whole in the own least-squares code (classic tag 4, coding.lsq), RGB and grey.  Its
+    prediction, error bins and probabilities are part of the format: any change to them
+    strands these files and fails here."""
+    import struct
+
+    data = (DATA / f"s22_v11_lsq_{kind}.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 11
+    header, sections = unpack_container(data)
+    (entry,) = header["images"]
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 4
+    ((name, img),) = decompress_bytes(data)
+    assert name == f"s22_{kind}.png" and img.mode == mode
+    with Image.open(DATA / name) as im:
+        want = np.asarray(im)
+    np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)

@@ -29,7 +29,7 @@ from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film
 from .coding.chain import CONTEXT_ROWS, MAX_REGION_PIXELS, CheckedRegions, RegionStats, decode_image, encode_image, encode_region
 from .coding.pixels import ContextWeights
 from .coding.steps import StepModel, plan_from_strides
-from .coding.classic import JXL_IMAGE_SETTINGS, decode_rows, encode_rows
+from .coding.classic import JXL_IMAGE_SETTINGS, LSQ_MAX_PIXELS, decode_rows, encode_rows
 from .coding.grids import PARAM_SNAP
 from .container import pack_container, share_image_fields, unpack_container
 from .header import (DecodeSettings, archive_pixel_sha256, decode_settings, pixel_hash_matches,
@@ -669,7 +669,7 @@ def _classic_file(coder: Coder, image: tuple[str, RasterImage], entry: dict) -> 
     """The same image with its planes in a classic section instead of on the stack."""
     name, img = image
     codec, blob = encode_rows(np.ascontiguousarray(img.planes.transpose(2, 0, 1)), jxl_table=JXL_IMAGE_SETTINGS,
-                              threads=coder.threads)
+                              threads=coder.threads, lsq_max_pixels=LSQ_MAX_PIXELS)
     entry = {k: v for k, v in entry.items() if k not in ("layout", "pixel_context", "film")}
     entry["method"] = "classic-planes"
     entry["planes_section"] = "planes0"

@@ -11,6 +11,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v9 ../../checkpoints/default.pt s14_v9_film.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v10 ../../checkpoints/default.pt s15_v10_zdict.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py strips ../../checkpoints/default.pt s17_v10_strip.vdmc
+    python tests/data/make_golden.py lsq ../../checkpoints/default.pt s22_v11_lsq
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -36,6 +37,9 @@ transpose) in format 10: the header deflated from the preset dictionary, JPEG XL
 "strips" (session 17, still format 10) codes the RGB crop alone at the default effort in
 exact arithmetic with a classic strip in the middle of its rows (coding.bands; forced: the
 crop is far too small for the encoder to choose one), between bits-back regions.
+"lsq" (session 22, format 11) writes two single-image files of a 48x64 crop of the chelsea
+example, RGB and its green plane as grey (s22_rgb.png, s22_grey.png), each stored whole in
+the own least-squares code (classic tag 4, coding.lsq; forced, though it wins on both).
 """
 
 import sys
@@ -119,6 +123,34 @@ def main_strips(ckpt_name: str, file_name: str) -> None:
     (HERE / file_name).write_bytes(data)
 
 
+def main_lsq(ckpt_name: str, stem: str) -> None:
+    import numpy as np
+
+    from vdmcodec.coding import classic
+
+    with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
+        rgb = np.asarray(im.convert("RGB"))[20:68, 40:104]
+    Image.fromarray(rgb).save(HERE / "s22_rgb.png")
+    Image.fromarray(rgb[:, :, 1]).save(HERE / "s22_grey.png")
+    plain = classic.encode_rows
+
+    def own_code_only(x, **kw):
+        kw["lsq_max_pixels"] = 1 << 30
+        name, blob = plain(x, **kw)
+        assert name == "lsq", name
+        return name, blob
+
+    classic.encode_rows = own_code_only
+    import vdmcodec.codec as codec
+
+    codec.encode_rows = own_code_only
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
+        data, reports = compress_images([(f"s22_{kind}.png", img)], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+
+
 def main_v4(ckpt_name: str, archive_name: str) -> None:
     from vdmcodec.metadata import ImageMetadata
 
@@ -163,6 +195,8 @@ if __name__ == "__main__":
         main_v9(sys.argv[2], sys.argv[3], z0_ensemble=8)
     elif sys.argv[1] == "strips":
         main_strips(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "lsq":
+        main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

@@ -1,7 +1,8 @@
 """Classic lossless codes for row strips: the seed of an image's first rows, and the fallback.
 
-The smallest of zlib on raw bytes, PNG, WebP lossless and (format 10) JPEG XL lossless,
-behind a one-byte tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
+The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
+(format 11, whole images) vdmcodec's own least-squares code (coding.lsq), behind a one-byte
+tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
 a second; its lossless decode is exact by the standard, whatever libjxl decodes it.
 """
@@ -17,10 +18,14 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
+from . import lsq
 from .jpegxl import JxlSettings, encode_lossless
 
-TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL = 0, 1, 2, 3
-NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl"}
+TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ = 0, 1, 2, 3, 4
+NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq"}
+# the own code (coding.lsq) takes about 10 us per pixel to encode on two threads and 17 us to
+# decode on one (a 768x512 photograph: 4 s and 7 s): whole images up to this many pixels
+LSQ_MAX_PIXELS = 1 << 22
 WEBP_MAX_SIDE = 16383
 WEBP_MAX_PIXELS = 1 << 16  # WebP at method 6 takes ~10 s per Kodak image: only for small strips
 # JPEG XL's settings by pixel count: (at most this many pixels, settings), the first that fits.
@@ -59,11 +64,13 @@ def _to_pil(x: np.ndarray) -> Image.Image:
 
 
 def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
-                jxl_table: tuple = JXL_STRIP_SETTINGS, threads: int = 1) -> tuple[str, bytes]:
+                jxl_table: tuple = JXL_STRIP_SETTINGS, threads: int = 1,
+                lsq_max_pixels: int = 0) -> tuple[str, bytes]:
     """x: (C, H, W) uint8 with C in {1, 3}.  Returns (codec name, tagged bytes).
     jxl_table: JXL_IMAGE_SETTINGS for a whole image (slower, smaller); threads > 1: JPEG XL
     on that many threads while the other codes run beside it (a 12 MP mosaic at effort 9:
-    45 s on one thread, 22 s on two, the same bytes; its PNG and zlib codes another 12 s)."""
+    45 s on one thread, 22 s on two, the same bytes; its PNG and zlib codes another 12 s).
+    lsq_max_pixels: rows of at most this many pixels are also tried with the own code."""
     c, h, w = x.shape
     pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
     settings = jxl_settings(h * w, jxl_table)
@@ -80,6 +87,8 @@ def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
         cands.append(bytes([TAG_PNG]) + buf.getvalue())
         if h * w <= webp_max_pixels and (webp := webp_rows(x)) is not None:
             cands.append(webp)
+        if h * w <= lsq_max_pixels:
+            cands.append(bytes([TAG_LSQ]) + lsq.encode(pixels.reshape(h, w, c), threads=max(1, threads)))
         cands.append(jxl_code.result() if jxl_code is not None else jxl())
     best = min(cands, key=len)
     return NAMES[best[0]], best
@@ -107,6 +116,9 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
             return np.frombuffer(zlib.decompress(body), dtype=np.uint8).reshape(channels, height, width)
         if data[0] == TAG_JXL:
             arr = imagecodecs.jpegxl_decode(body)
+        elif data[0] == TAG_LSQ:
+            arr = lsq.decode(body, height, width, channels)
+            arr = arr[:, :, 0] if channels == 1 else arr
         else:
             with Image.open(io.BytesIO(body)) as im:
                 im.load()

@@ -186,6 +186,32 @@ def _cdf(t, mu, s):
 
 
 @numba.njit(cache=True)
+def _med(x, c, y, xx):
+    """LOCO-I's median edge detector from the west, north and north-west neighbours (one of
+    them where the others are outside the image; OUTSIDE at the first pixel)."""
+    if y == 0:
+        return float(x[y, xx - 1, c]) if xx >= 1 else OUTSIDE
+    if xx == 0:
+        return float(x[y - 1, xx, c])
+    a, b, q = float(x[y, xx - 1, c]), float(x[y - 1, xx, c]), float(x[y - 1, xx - 1, c])
+    if q >= max(a, b):
+        return min(a, b)
+    if q <= min(a, b):
+        return max(a, b)
+    return a + b - q
+
+
+@numba.njit(cache=True)
+def _fallback(x, order, k, y, xx):
+    """The prediction where the window holds too few samples: the median edge detector, and
+    after the first channel, plus the first channel's own miss of it at this pixel."""
+    mu = _med(x, order[k], y, xx)
+    if k >= 1:
+        mu += float(x[y, xx, order[0]]) - _med(x, order[0], y, xx)
+    return min(max(mu, 0.0), 255.0)
+
+
+@numba.njit(cache=True)
 def _window_count(y, xx, w, radius):
     """Samples in the causal window of `radius` around (y, xx)."""
     return min(y, radius) * (min(xx + radius, w - 1) - max(xx - radius, 0) + 1) + min(xx, radius)
@@ -271,10 +297,8 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                 d = _features(x, order, k, y, xx, f)
                 noise = 0.0
                 if n < 2 * d * nwin:
-                    # too few samples to fit: the west (or north) neighbour
-                    mu = f[0] if xx >= 1 else f[1]
-                    if k >= 1 and y == 0 and xx == 0:
-                        mu = float(x[0, 0, order[0]])
+                    # too few samples to fit (the first rows and columns)
+                    mu = _fallback(x, order, k, y, xx)
                 else:
                     for q in range(size):
                         acc[q] = 0.0

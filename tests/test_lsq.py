@@ -1,0 +1,102 @@
+"""coding.lsq: the own least-squares code, exact on every image and close to its ideal bits."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REPO, noise_array
+from vdmcodec.coding import classic, lsq
+from vdmcodec.coding.jpegxl import JxlSettings, encode_lossless
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    with Image.open(REPO / "examples" / "chelsea-128x96.png") as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def assert_lsq_roundtrip(x: np.ndarray) -> bytes:
+    """The shared round-trip helper: encode, decode, compare every pixel."""
+    planes = x.reshape(x.shape[0], x.shape[1], -1)
+    data = lsq.encode(x)
+    back = lsq.decode(data, *planes.shape)
+    np.testing.assert_array_equal(back, planes)
+    return data
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(lsq, raise_on_error=True).attempted > 0
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_a_photograph_round_trips_smaller_than_jpeg_xl_at_its_best_settings(photo, grey):
+    x = np.ascontiguousarray(photo[..., 1]) if grey else photo
+    data = assert_lsq_roundtrip(x)
+    best_jxl = encode_lossless(x, JxlSettings(9, group_size=3, tree_percent=100, prev_channels=3))
+    assert len(data) < len(best_jxl)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 40, 3), (40, 1, 3), (3, 2, 1), (33, 47, 3)])
+def test_odd_shapes_round_trip(shape):
+    assert_lsq_roundtrip(noise_array(shape[0], shape[1], shape[2], seed=sum(shape)).reshape(shape))
+
+
+@pytest.mark.parametrize("value", [0, 255, 17])
+def test_flat_images_and_the_value_range_ends_round_trip_in_few_bytes(value):
+    data = assert_lsq_roundtrip(np.full((40, 50, 3), value, dtype=np.uint8))
+    assert len(data) < 3 * lsq.BINS + 200  # the scale table and a few hundred bits
+
+
+def test_extreme_jumps_round_trip(photo):
+    x = photo.copy()
+    x[::3, ::2] = 255
+    x[1::4, 1::3] = 0
+    assert_lsq_roundtrip(x)
+
+
+def test_the_file_is_within_a_fraction_of_a_percent_of_its_ideal_bits(photo):
+    values, mus, bins, chan_of = lsq.analyse(photo)
+    idx = lsq.choose_scales(values, mus, bins, chan_of, 3)
+    bits = lsq._bits_by_scale(values, mus, bins, chan_of, 3, lsq.SCALES)
+    ideal = sum(bits[k, b, idx[k, b]] for k in range(3) for b in range(lsq.BINS))
+    data = lsq.encode(photo)
+    coded = 8 * (len(data) - idx.size)
+    assert ideal <= coded <= ideal * 1.003 + 64
+
+
+def test_threads_do_not_change_the_bytes(photo):
+    assert lsq.encode(photo, threads=1) == lsq.encode(photo, threads=2)
+
+
+def test_truncated_or_corrupt_data_is_a_value_error_or_other_pixels(photo):
+    data = lsq.encode(photo)
+    with pytest.raises(ValueError, match="truncated"):
+        lsq.decode(data[:40], *photo.shape)
+    with pytest.raises(ValueError, match="truncated"):
+        lsq.decode(data[:-1], *photo.shape)
+    bad_table = bytes([200]) + data[1:]
+    with pytest.raises(ValueError, match="scale table"):
+        lsq.decode(bad_table, *photo.shape)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    back = lsq.decode(bytes(flipped), *photo.shape)  # decodes to something, never crashes
+    assert back.shape == photo.shape and not np.array_equal(back, photo)
+
+
+def test_classic_rows_take_the_own_code_where_it_is_smaller_and_decode_it(photo):
+    x = np.ascontiguousarray(photo.transpose(2, 0, 1))
+    name, blob = classic.encode_rows(x, lsq_max_pixels=photo.shape[0] * photo.shape[1])
+    assert name == "lsq" and blob[0] == classic.TAG_LSQ
+    np.testing.assert_array_equal(classic.decode_rows(blob, 3, *photo.shape[:2]), x)
+    assert classic.encode_rows(x)[0] != "lsq"  # only where asked (whole images)
+    with pytest.raises(ValueError):
+        classic.decode_rows(blob[:30], 3, *photo.shape[:2])
+
+
+def test_unsupported_channel_counts_are_refused():
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        lsq.encode(np.zeros((4, 4, 2), dtype=np.uint8))
