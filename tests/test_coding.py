@@ -65,14 +65,14 @@ def test_roundtrip_with_classic_fallback_allowed(coder):
 
 
 def test_a_classic_file_replaces_a_larger_bitsback_one_and_the_report_keeps_both(coder):
-    """A photograph-like crop the tiny test model codes badly: the classic file (a JPEG XL
-    of the whole image) is kept, decodes exactly, and the report still gives the size of the
-    bits-back file it replaced."""
+    """A photograph-like crop the tiny test model codes badly: the classic file (the own
+    least-squares code of the whole image, smaller than its JPEG XL) is kept, decodes
+    exactly, and the report still gives the size of the bits-back file it replaced."""
     img = raster(kodak_crop(64, 96, index=4))
     data, reports, _ = assert_roundtrip(coder, [img], allow_fallback=True)
     header, sections = unpack_container(data)
     assert reports[0].method == "classic" and header["images"][0]["method"] == "classic-planes"
-    assert sections["planes0"][0] == 3  # the JPEG XL tag (coding.classic.TAG_JXL)
+    assert sections["planes0"][0] == 4  # the least-squares tag (coding.classic.TAG_LSQ)
     assert reports[0].bitsback_bytes > len(data)
 
 

@@ -159,7 +159,7 @@ def test_wrong_magic(bad):
     expect_error(bad, CorruptFileError, ("not a .vdmc file",))
 
 
-@pytest.mark.parametrize("version", [0, 11, 65535])
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, 65535])
 def test_other_version_is_unsupported_even_if_crc_is_wrong(packed, version):
     damaged = bytearray(packed)
     struct.pack_into("<H", damaged, len(MAGIC), version)  # the header CRC no longer matches
@@ -219,7 +219,7 @@ def test_header_dictionary_shrinks_a_photographs_header():
 
 
 def test_version_checked_on_short_newer_file():
-    expect_error(MAGIC + struct.pack("<H", 11), UnsupportedVersionError)
+    expect_error(MAGIC + struct.pack("<H", FORMAT_VERSION + 1), UnsupportedVersionError)
 
 
 @pytest.mark.parametrize("garbage", [b"\x00", b"trailing garbage" * 10])
@@ -286,7 +286,7 @@ def test_read_header_errors(tmp_path, packed):
     with pytest.raises(CorruptFileError, match="not a .vdmc"):
         read_header(path)
     damaged = bytearray(packed)
-    struct.pack_into("<H", damaged, len(MAGIC), 11)
+    struct.pack_into("<H", damaged, len(MAGIC), FORMAT_VERSION + 1)
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedVersionError):
         read_header(path)
