@@ -41,6 +41,7 @@ ORDER = {1: (0,), 3: (1, 0, 2)}  # channels coded in this order: green first for
 RADII = (16, 6)
 RIDGE = 0.02
 ALPHA = 3.0
+DIFF = True
 EARLIER_ERR_W = 0.3
 EARLIER_ERR_W2 = 0.15
 # bins of the error energy (sum of nearby |errors|): upper edges, hand-written so that they
@@ -80,6 +81,8 @@ def _features(x, order, k, y, xx, f):
     d = 0
     for i in range(OWN_OFFSETS.shape[0]):
         f[d] = _value(x, y + OWN_OFFSETS[i, 0], xx + OWN_OFFSETS[i, 1], c)
+        if DIFF and k >= 1:
+            f[d] -= _value(x, y + OWN_OFFSETS[i, 0], xx + OWN_OFFSETS[i, 1], order[0])
         d += 1
     for j in range(k):
         for i in range(EARLIER_OFFSETS.shape[0]):
@@ -90,10 +93,20 @@ def _features(x, order, k, y, xx, f):
 
 
 @numba.njit(cache=True)
+def _target(x, order, k, y, xx):
+    """What the least squares predict: the value, or after the first plane its difference
+    from the first plane's value at the pixel."""
+    t = float(x[y, xx, order[k]])
+    if DIFF and k >= 1:
+        t -= float(x[y, xx, order[0]])
+    return t
+
+
+@numba.njit(cache=True)
 def _accumulate(acc, x, order, k, y, xx, sign, f):
     """acc += sign * (f f^T (lower triangle), f t) of sample (y, xx); exact integers."""
     d = _features(x, order, k, y, xx, f)
-    t = float(x[y, xx, order[k]])
+    t = _target(x, order, k, y, xx)
     m = 0
     for i in range(d):
         fi = sign * f[i]
@@ -140,7 +153,7 @@ def _solve_predict(acc, d, n, f, ridge, L, z, w):
         p += w[i] * f[i]
         fit += w[i] * acc[m + i]
     sse = acc[m + d] - fit  # the window's residual sum of squares (less the ridge's share)
-    return min(max(p, 0.0), 255.0), max(sse, 0.0) / n
+    return p, max(sse, 0.0) / n
 
 
 @numba.njit(cache=True)
@@ -306,6 +319,9 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                         for q in range(size):
                             acc[q] += win[p, q] + row[p, q]
                     mu, var = _solve_predict(acc, d, n, f, ridge, L, z, wt)
+                    if DIFF and k >= 1:
+                        mu += float(x[y, xx, order[0]])
+                    mu = min(max(mu, 0.0), 255.0)
                     noise = np.sqrt(var)
                 if decoding:
                     b = _energy_bin(err, order, k, y, xx, alpha * noise)
