@@ -103,20 +103,21 @@ def _target(x, order, k, y, xx):
 
 
 @numba.njit(cache=True)
-def _accumulate(acc, x, order, k, y, xx, sign, f):
-    """acc += sign * (f f^T (lower triangle), f t) of sample (y, xx); exact integers."""
+def _product(out, x, order, k, y, xx, f):
+    """out = (f f^T (lower triangle), f t, t t) of sample (y, xx): exact integers, so sums of
+    them are exact in any order."""
     d = _features(x, order, k, y, xx, f)
     t = _target(x, order, k, y, xx)
     m = 0
     for i in range(d):
-        fi = sign * f[i]
+        fi = f[i]
         for j in range(i + 1):
-            acc[m] += fi * f[j]
+            out[m] = fi * f[j]
             m += 1
     for i in range(d):
-        acc[m] += sign * f[i] * t
+        out[m] = f[i] * t
         m += 1
-    acc[m] += sign * t * t
+    out[m] = t * t
 
 
 @numba.njit(cache=True)
@@ -268,6 +269,11 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
     cols = np.zeros((nwin, w, size))
     win = np.zeros((nwin, size))
     row = np.zeros((nwin, size))
+    span = 0
+    for p in range(nwin):
+        span = max(span, radii[p])
+    span += 2  # the rows whose products the windows still need, and the current one
+    prod = np.zeros((span, w, size))  # each sample's products, computed once it is known
     acc = np.zeros(size)
     f = np.zeros(dmax)
     L = np.zeros((dmax, dmax))
@@ -281,31 +287,38 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
     i = first * h * w
     for k in range(first, last):
         c = order[k]
+        dk = OWN_OFFSETS.shape[0] + EARLIER_OFFSETS.shape[0] * k + 1
+        sk = dk * (dk + 1) // 2 + dk + 1  # this plane's share of the sums
         cols[:, :, :] = 0.0
         for y in range(h):
+            here = prod[y % span]
             for p in range(nwin):
                 if y >= 1:
+                    above = prod[(y - 1) % span]
                     for xx in range(w):
-                        _accumulate(cols[p, xx], x, order, k, y - 1, xx, 1.0, f)
+                        for q in range(sk):
+                            cols[p, xx, q] += above[xx, q]
                 if y - radii[p] - 1 >= 0:
+                    gone = prod[(y - radii[p] - 1) % span]
                     for xx in range(w):
-                        _accumulate(cols[p, xx], x, order, k, y - radii[p] - 1, xx, -1.0, f)
+                        for q in range(sk):
+                            cols[p, xx, q] -= gone[xx, q]
                 win[p, :] = 0.0
                 row[p, :] = 0.0
                 for xx in range(min(radii[p], w - 1) + 1):
-                    win[p, :] += cols[p, xx]
+                    win[p, :sk] += cols[p, xx, :sk]
             for xx in range(w):
                 n = 0
                 for p in range(nwin):
                     r = radii[p]
                     if xx >= 1:
                         if xx + r < w:
-                            win[p, :] += cols[p, xx + r]
+                            win[p, :sk] += cols[p, xx + r, :sk]
                         if xx - r - 1 >= 0:
-                            win[p, :] -= cols[p, xx - r - 1]
-                        _accumulate(row[p], x, order, k, y, xx - 1, 1.0, f)
+                            win[p, :sk] -= cols[p, xx - r - 1, :sk]
+                        row[p, :sk] += here[xx - 1, :sk]
                         if xx - r - 1 >= 0:
-                            _accumulate(row[p], x, order, k, y, xx - r - 1, -1.0, f)
+                            row[p, :sk] -= here[xx - r - 1, :sk]
                     n += _window_count(y, xx, w, r)
                 d = _features(x, order, k, y, xx, f)
                 noise = 0.0
@@ -313,10 +326,10 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                     # too few samples to fit (the first rows and columns)
                     mu = _fallback(x, order, k, y, xx)
                 else:
-                    for q in range(size):
+                    for q in range(sk):
                         acc[q] = 0.0
                     for p in range(nwin):
-                        for q in range(size):
+                        for q in range(sk):
                             acc[q] += win[p, q] + row[p, q]
                     mu, var = _solve_predict(acc, d, n, f, ridge, L, z, wt)
                     if DIFF and k >= 1:
@@ -331,6 +344,7 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                 mu_out[i] = mu
                 noise_out[i] = noise
                 err[y, xx, c] = float(x[y, xx, c]) - mu
+                _product(here[xx], x, order, k, y, xx, f)
                 i += 1
     return pos
 
