@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import doctest
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -151,6 +153,19 @@ def test_the_first_look_decides_on_its_estimate_less_the_strip_slack_above_the_r
     assert look.mixed_bits == pytest.approx(640.0 + 500.0 + 640.0)
     line = (8.0 * look.estimated_bytes(10) - codec.STRIP_PRICE_SLACK * 500.0) / (1.0 + codec.FIRST_LOOK_MARGIN)
     assert look.above_the_line(10, line - 1.0) and not look.above_the_line(10, line + 1.0)
+
+
+def test_a_first_look_with_every_band_classic_skips_whatever_its_estimate():
+    rows = np.full(128, 10.0)  # two bands of 64 rows
+    half = rows / 2
+    diffusion = estimate.DiffusionEstimate(float(half.sum()), 0, 0.0, half)
+    every = codec.FirstLook(float(half.sum()), diffusion, half, np.array([100.0, 100.0]),
+                            strips=(StripPlan((0, 128), 200.0),))
+    some = replace(every, strips=(StripPlan((64, 128), 100.0),))
+    assert every.every_band_classic and not some.every_band_classic
+    assert every.above_the_line(10, 1e9) and not some.above_the_line(10, 1e9)
+    assert not codec.FirstLook(1.0, diffusion).every_band_classic  # no bands: the estimate decides
+    assert not every.above_the_line(10, float("inf"))  # a margin of inf never skips
 
 
 def test_small_images_and_no_margin_always_run_the_chain(coder):
