@@ -1,17 +1,22 @@
 """Lossless pixels by local least-squares prediction and rANS: vdmcodec's own classic code.
 
-Every sample (pixel x channel, in raster order, channels in `ORDER`) is predicted by a
-linear combination of its causal neighbours, with weights solved afresh for each sample by
-least squares over a causal window of `radius` rows above (2 radius + 1 columns) and
-`radius` samples to its left. Channels after the first also read the earlier channels at the
-same pixel, so colour correlation is learnt per image region. The sample is then coded with
-a discretised logistic around the prediction whose scale comes from a per-image table,
-indexed by the local size of recent prediction errors (a bin of `ENERGY_EDGES`).
+The channels are coded as planes, in `ORDER` (G, R, B), each in raster order. Every sample
+is predicted by a linear combination of its regressors, with weights solved afresh for each
+sample by least squares over two causal windows of the plane (`RADII`: the rows above, 2r + 1
+columns wide, and r samples to the left; a sample in both counts twice): 14 causal
+neighbours in its own plane, the earlier planes' 3x3 neighbourhoods around it (they are whole
+by then, so below and right count too: colour correlation is learnt per region) and a
+constant. R and B are predicted as their difference from G (`DIFF`), from the differences at
+their neighbours. The sample is coded with a discretised logistic around the prediction
+whose scale comes from a per-image table, indexed by the bin (`ENERGY_EDGES`) of the local
+error energy: nearby prediction errors plus `ALPHA` times the window's residual deviation.
 
 The decoder repeats the same arithmetic: the window sums are sums of products of 8-bit
 integers (exact in float64 in any order), the solve and the probabilities use only IEEE-754
 basic operations in a fixed order (`detmath` for the logistic), so a file decodes to the same
 pixels on every machine. Encoder and decoder run one walk (`_walk`), so they cannot drift.
+Every constant here is part of format 11 (docs/FORMAT.md, "Least-squares code"): changing
+one strands the files written with it (tests/test_golden.py).
 
 The only per-image side data is the scale table: one byte per (channel, error bin).
 
@@ -38,12 +43,12 @@ EARLIER_OFFSETS = np.array([(0, 0), (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, 1),
                             (1, 1)], dtype=np.int64)
 OUTSIDE = 128.0  # the value of a neighbour outside the image
 ORDER = {1: (0,), 3: (1, 0, 2)}  # channels coded in this order: green first for RGB
-RADII = (16, 6)
-RIDGE = 0.02
-ALPHA = 3.0
-DIFF = True
-EARLIER_ERR_W = 0.3
-EARLIER_ERR_W2 = 0.15
+RADII = (16, 6)  # the two windows (chosen on training photographs: docs/RESULTS.md, session 22)
+RIDGE = 0.02  # added to the normal equations' diagonal per window sample
+ALPHA = 3.0  # weight of the window's residual deviation in the error energy
+DIFF = True  # planes after the first predicted as differences from the first
+EARLIER_ERR_W = 0.3  # weight of an earlier plane's |error| at the pixel in the energy
+EARLIER_ERR_W2 = 0.15  # ... and east and south of it
 # bins of the error energy (sum of nearby |errors|): upper edges, hand-written so that they
 # are the same floats everywhere
 ENERGY_EDGES = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 19.0,
