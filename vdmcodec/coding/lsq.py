@@ -257,11 +257,12 @@ def _pop(state, words, pos, mu, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out, bin_out):
+def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out):
     """Visit every sample of planes first..last-1 in coding order (channel planes in `order`,
-    each in raster order) and predict it; decoding, also find its error bin and pop its value
-    from the rANS words into x.  (The encoder knows every pixel: it walks the planes in
-    parallel and finds the bins afterwards, `_bins`, from the same errors.)
+    each in raster order) and predict it; encoding, record its prediction and window noise
+    in mu_out and noise_out; decoding, find its error bin and pop its value from the rANS
+    words into x.  (The encoder knows every pixel: it walks the planes in parallel and finds
+    the bins afterwards, `_bins`, from the same errors.)
 
     The least-squares sums of each window (radii: an outer and an inner one, added, so that
     the nearest samples count twice) are kept as column sums over the rows above, slid along
@@ -345,9 +346,9 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                     b = _energy_bin(err, order, k, y, xx, alpha * noise)
                     v, state, pos = _pop(state, words, pos, mu, scales[k, b])
                     x[y, xx, c] = v
-                    bin_out[i] = b
-                mu_out[i] = mu
-                noise_out[i] = noise
+                else:
+                    mu_out[i] = mu
+                    noise_out[i] = noise
                 err[y, xx, c] = float(x[y, xx, c]) - mu
                 _product(here[xx], x, order, k, y, xx, f)
                 i += 1
@@ -412,18 +413,10 @@ def _bits_by_candidates(values, mus, bins, chan_of, cand):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _bits_by_scale(values, mus, bins, chan_of, nc, table):
-    """Ideal bits of every (channel, bin) under every candidate scale (encoder's choice)."""
-    out = np.zeros((nc, BINS, table.shape[0]))
-    for i in range(values.shape[0]):
-        k, b, t, mu = chan_of[i], bins[i], values[i], mus[i]
-        for j in range(table.shape[0]):
-            s = table[j]
-            up = 1.0 if t >= 255 else 1.0 / (1.0 + np.exp(-(t + 0.5 - mu) / s))
-            lo = 0.0 if t <= 0 else 1.0 / (1.0 + np.exp(-(t - 0.5 - mu) / s))
-            out[k, b, j] -= np.log2(max(up - lo, 1e-15))
-    return out
+def _bits_by_scale(values, mus, bins, chan_of, nc: int, table: np.ndarray) -> np.ndarray:
+    """Ideal bits of every (channel, bin) under every scale of `table`."""
+    cand = np.ascontiguousarray(np.broadcast_to(table, (nc, BINS, table.size)))
+    return _bits_by_candidates(values, mus, bins, chan_of, cand)
 
 
 def _order(channels: int) -> np.ndarray:
@@ -445,7 +438,7 @@ def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: fl
     none_f, none_w = np.zeros((1, 1)), np.zeros(1, dtype=np.uint32)
 
     def plane(k: int) -> None:
-        _walk(x, order, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise, bins)
+        _walk(x, order, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise)
 
     # the last plane reads the most regressors: start it first
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -495,7 +488,6 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     # stream cannot read past the end
     words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
     x = np.zeros((height, width, channels), dtype=np.uint8)
-    n = x.size
     _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, 0, channels, True, SCALES[idx], words,
-          np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64))
+          np.zeros(1), np.zeros(1))
     return x
