@@ -10,6 +10,7 @@ from PIL import Image
 
 from helpers import REPO, noise_array
 from vdmcodec.coding import classic, lsq
+from vdmcodec.coding.classic import MODULAR_BEST
 from vdmcodec.coding.jpegxl import JxlSettings, encode_lossless
 
 
@@ -36,7 +37,7 @@ def test_docstring_examples_run():
 def test_a_photograph_round_trips_smaller_than_jpeg_xl_at_its_best_settings(photo, grey):
     x = np.ascontiguousarray(photo[..., 1]) if grey else photo
     data = assert_lsq_roundtrip(x)
-    best_jxl = encode_lossless(x, JxlSettings(9, group_size=3, tree_percent=100, prev_channels=3))
+    best_jxl = encode_lossless(x, JxlSettings(9, **MODULAR_BEST))
     assert len(data) < len(best_jxl)
 
 
