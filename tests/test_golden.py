@@ -289,3 +289,20 @@ def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode
     with Image.open(DATA / name) as im:
         want = np.asarray(im)
     np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
+
+
+def test_version_12_golden_file_in_the_own_code_of_jpeg_ycbcr_planes_decodes():
+    """Written by session 23's code (make_golden.py ycc): the same crop, a JPEG decode, stored
+    whole in the own code of its libjpeg YCbCr planes (classic tag 5, coding.ycc), with 31
+    escapes.  libjpeg's tables, the plane order and the escape section are part of the format."""
+    import struct
+
+    data = (DATA / "s23_v12_ycc_rgb.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 12
+    header, sections = unpack_container(data)
+    (entry,) = header["images"]
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 5
+    ((name, img),) = decompress_bytes(data)
+    assert name == "s22_rgb.png" and img.mode == "RGB"
+    with Image.open(DATA / name) as im:
+        np.testing.assert_array_equal(img.planes, np.asarray(im))

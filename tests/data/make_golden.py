@@ -12,6 +12,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v10 ../../checkpoints/default.pt s15_v10_zdict.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py strips ../../checkpoints/default.pt s17_v10_strip.vdmc
     python tests/data/make_golden.py lsq ../../checkpoints/default.pt s22_v11_lsq
+    python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc_rgb.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -40,6 +41,8 @@ crop is far too small for the encoder to choose one), between bits-back regions.
 "lsq" (session 22, format 11) writes two single-image files of a 48x64 crop of the chelsea
 example, RGB and its green plane as grey (s22_rgb.png, s22_grey.png), each stored whole in
 the own least-squares code (classic tag 4, coding.lsq; forced, though it wins on both).
+"ycc" (session 23, format 12) stores s22_rgb.png whole in the own code of its libjpeg
+YCbCr planes (classic tag 5, coding.ycc; the crop is a JPEG decode with 31 escapes).
 """
 
 import sys
@@ -123,6 +126,29 @@ def main_strips(ckpt_name: str, file_name: str) -> None:
     (HERE / file_name).write_bytes(data)
 
 
+def main_ycc(ckpt_name: str, file_name: str) -> None:
+    import numpy as np
+
+    from vdmcodec.coding import classic
+    import vdmcodec.codec as codec
+
+    with Image.open(HERE / "s22_rgb.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    plain = classic.encode_rows
+
+    def ycc_only(x, **kw):
+        kw["lsq_max_pixels"] = 1 << 30
+        name, blob = plain(x, **kw)
+        assert name == "lsq-ycc", name
+        return name, blob
+
+    codec.encode_rows = ycc_only
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    data, reports = compress_images([("s22_rgb.png", raster(rgb))], coder)
+    assert reports[0].method == "classic"
+    (HERE / file_name).write_bytes(data)
+
+
 def main_lsq(ckpt_name: str, stem: str) -> None:
     import numpy as np
 
@@ -195,6 +221,8 @@ if __name__ == "__main__":
         main_v9(sys.argv[2], sys.argv[3], z0_ensemble=8)
     elif sys.argv[1] == "strips":
         main_strips(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "ycc":
+        main_ycc(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq":
         main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":

@@ -1,8 +1,8 @@
 """Classic lossless codes for row strips: the seed of an image's first rows, and the fallback.
 
 The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
-(format 11, whole images) vdmcodec's own least-squares code (coding.lsq), behind a one-byte
-tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
+(format 11, whole images) vdmcodec's own least-squares code (coding.lsq), or (format 12)
+the same code of a JPEG decode's own YCbCr planes (coding.ycc), behind a one-byte tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
 a second; its lossless decode is exact by the standard, whatever libjxl decodes it.
 """
@@ -18,11 +18,11 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from . import lsq
+from . import lsq, ycc
 from .jpegxl import JxlSettings, encode_lossless
 
-TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ = 0, 1, 2, 3, 4
-NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq"}
+TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ, TAG_YCC = 0, 1, 2, 3, 4, 5
+NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq", TAG_YCC: "lsq-ycc"}
 # the own code (coding.lsq) takes about 10 us per pixel to encode on two threads and 17 us to
 # decode on one (a 768x512 photograph: 4 s and 7 s): whole images up to this many pixels
 LSQ_MAX_PIXELS = 1 << 22
@@ -70,7 +70,8 @@ def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
     jxl_table: JXL_IMAGE_SETTINGS for a whole image (slower, smaller); threads > 1: JPEG XL
     on that many threads while the other codes run beside it (a 12 MP mosaic at effort 9:
     45 s on one thread, 22 s on two, the same bytes; its PNG and zlib codes another 12 s).
-    lsq_max_pixels: rows of at most this many pixels are also tried with the own code."""
+    lsq_max_pixels: rows of at most this many pixels are also tried with the own code: of
+    their libjpeg YCbCr planes where they are a JPEG decode (coding.ycc), else of the pixels."""
     c, h, w = x.shape
     pixels = x[0] if c == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
     settings = jxl_settings(h * w, jxl_table)
@@ -88,10 +89,18 @@ def encode_rows(x: np.ndarray, webp_max_pixels: int = WEBP_MAX_PIXELS,
         if h * w <= webp_max_pixels and (webp := webp_rows(x)) is not None:
             cands.append(webp)
         if h * w <= lsq_max_pixels:
-            cands.append(bytes([TAG_LSQ]) + lsq.encode(pixels.reshape(h, w, c), threads=max(1, threads)))
+            cands.append(_own_code(pixels.reshape(h, w, c), max(1, threads)))
         cands.append(jxl_code.result() if jxl_code is not None else jxl())
     best = min(cands, key=len)
     return NAMES[best[0]], best
+
+
+def _own_code(x: np.ndarray, threads: int) -> bytes:
+    """The own least-squares code of pixels (H, W, C), tagged: in the JPEG decoder's YCbCr
+    where the pixels are a JPEG decode (a quarter smaller there), else of the pixels."""
+    if x.shape[2] == 3 and (code := ycc.encode(x, threads)) is not None:
+        return bytes([TAG_YCC]) + code
+    return bytes([TAG_LSQ]) + lsq.encode(x, threads=threads)
 
 
 def webp_rows(x: np.ndarray) -> bytes | None:
@@ -119,6 +128,10 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
         elif data[0] == TAG_LSQ:
             arr = lsq.decode(body, height, width, channels)
             arr = arr[:, :, 0] if channels == 1 else arr
+        elif data[0] == TAG_YCC:
+            if channels != 3:
+                raise ValueError("a YCbCr code needs three channels")
+            arr = ycc.decode(body, height, width)
         else:
             with Image.open(io.BytesIO(body)) as im:
                 im.load()

@@ -80,13 +80,13 @@ def _value(x, y, xx, c):
 
 
 @numba.njit(cache=True)
-def _features(x, order, k, y, xx, f):
+def _features(x, order, k, y, xx, f, diff):
     """The sample (y, xx) of channel order[k]'s regressors into f; returns their count."""
     c = order[k]
     d = 0
     for i in range(OWN_OFFSETS.shape[0]):
         f[d] = _value(x, y + OWN_OFFSETS[i, 0], xx + OWN_OFFSETS[i, 1], c)
-        if DIFF and k >= 1:
+        if diff and k >= 1:
             f[d] -= _value(x, y + OWN_OFFSETS[i, 0], xx + OWN_OFFSETS[i, 1], order[0])
         d += 1
     for j in range(k):
@@ -98,21 +98,21 @@ def _features(x, order, k, y, xx, f):
 
 
 @numba.njit(cache=True)
-def _target(x, order, k, y, xx):
+def _target(x, order, k, y, xx, diff):
     """What the least squares predict: the value, or after the first plane its difference
     from the first plane's value at the pixel."""
     t = float(x[y, xx, order[k]])
-    if DIFF and k >= 1:
+    if diff and k >= 1:
         t -= float(x[y, xx, order[0]])
     return t
 
 
 @numba.njit(cache=True)
-def _product(out, x, order, k, y, xx, f):
+def _product(out, x, order, k, y, xx, f, diff):
     """out = (f f^T (lower triangle), f t, t t) of sample (y, xx): exact integers, so sums of
     them are exact in any order."""
-    d = _features(x, order, k, y, xx, f)
-    t = _target(x, order, k, y, xx)
+    d = _features(x, order, k, y, xx, f, diff)
+    t = _target(x, order, k, y, xx, diff)
     m = 0
     for i in range(d):
         fi = f[i]
@@ -221,11 +221,11 @@ def _med(x, c, y, xx):
 
 
 @numba.njit(cache=True)
-def _fallback(x, order, k, y, xx):
+def _fallback(x, order, k, y, xx, diff):
     """The prediction where the window holds too few samples: the median edge detector, and
     after the first channel, plus the first channel's own miss of it at this pixel."""
     mu = _med(x, order[k], y, xx)
-    if k >= 1:
+    if diff and k >= 1:
         mu += float(x[y, xx, order[0]]) - _med(x, order[0], y, xx)
     return min(max(mu, 0.0), 255.0)
 
@@ -257,7 +257,7 @@ def _pop(state, words, pos, mu, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out):
+def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out):
     """Visit every sample of planes first..last-1 in coding order (channel planes in `order`,
     each in raster order) and predict it; encoding, record its prediction and window noise
     in mu_out and noise_out; decoding, find its error bin and pop its value from the rANS
@@ -326,11 +326,11 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                         if xx - r - 1 >= 0:
                             row[p, :sk] -= here[xx - r - 1, :sk]
                     n += _window_count(y, xx, w, r)
-                d = _features(x, order, k, y, xx, f)
+                d = _features(x, order, k, y, xx, f, diff)
                 noise = 0.0
                 if n < 2 * d * nwin:
                     # too few samples to fit (the first rows and columns)
-                    mu = _fallback(x, order, k, y, xx)
+                    mu = _fallback(x, order, k, y, xx, diff)
                 else:
                     for q in range(sk):
                         acc[q] = 0.0
@@ -338,7 +338,7 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                         for q in range(sk):
                             acc[q] += win[p, q] + row[p, q]
                     mu, var = _solve_predict(acc, d, n, f, ridge, L, z, wt)
-                    if DIFF and k >= 1:
+                    if diff and k >= 1:
                         mu += float(x[y, xx, order[0]])
                     mu = min(max(mu, 0.0), 255.0)
                     noise = np.sqrt(var)
@@ -350,7 +350,7 @@ def _walk(x, order, radii, ridge, alpha, first, last, decoding, scales, words, m
                     mu_out[i] = mu
                     noise_out[i] = noise
                 err[y, xx, c] = float(x[y, xx, c]) - mu
-                _product(here[xx], x, order, k, y, xx, f)
+                _product(here[xx], x, order, k, y, xx, f, diff)
                 i += 1
     return pos
 
@@ -419,18 +419,21 @@ def _bits_by_scale(values, mus, bins, chan_of, nc: int, table: np.ndarray) -> np
     return _bits_by_candidates(values, mus, bins, chan_of, cand)
 
 
-def _order(channels: int) -> np.ndarray:
+def _order(channels: int, order: tuple | None = None) -> np.ndarray:
     if channels not in ORDER:
         raise ValueError(f"lsq codes 1 or 3 channels, not {channels}")
-    return np.array(ORDER[channels], dtype=np.int64)
+    if order is not None and sorted(order) != list(range(channels)):
+        raise ValueError(f"lsq plane order {order} is not an order of {channels} channels")
+    return np.array(ORDER[channels] if order is None else order, dtype=np.int64)
 
 
 def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
-            threads: int = 2):
+            threads: int = 2, order: tuple | None = None, diff: bool = DIFF):
     """(values, predictions, bins, channel index) of every sample in coding order; the
-    planes are walked on up to `threads` threads."""
+    planes are walked on up to `threads` threads.  order: the planes' coding order (default
+    ORDER); diff: planes after the first predicted as differences from it."""
     x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # writable: _walk's type
-    order = _order(x.shape[2])
+    order = _order(x.shape[2], order)
     h, w, nc = x.shape
     n = x.size
     mus, noise, bins = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
@@ -438,7 +441,7 @@ def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: fl
     none_f, none_w = np.zeros((1, 1)), np.zeros(1, dtype=np.uint32)
 
     def plane(k: int) -> None:
-        _walk(x, order, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise)
+        _walk(x, order, diff, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise)
 
     # the last plane reads the most regressors: start it first
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -462,11 +465,12 @@ def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
 
 
 def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
-           threads: int = 2) -> bytes:
+           threads: int = 2, order: tuple | None = None, diff: bool = DIFF) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
-    (channels x BINS bytes), then the rANS words."""
+    (channels x BINS bytes), then the rANS words.  order, diff: as `analyse` (the decoder
+    must be given the same)."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
-    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads)
+    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2])
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
@@ -474,9 +478,10 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
 
 
 def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = RADII,
-           ridge: float = RIDGE, alpha: float = ALPHA) -> np.ndarray:
+           ridge: float = RIDGE, alpha: float = ALPHA, order: tuple | None = None,
+           diff: bool = DIFF) -> np.ndarray:
     """Inverse of `encode`: uint8 pixels (H, W, C)."""
-    order = _order(channels)
+    order = _order(channels, order)
     head = channels * BINS
     if len(data) < head + 8 or (len(data) - head) % 4:
         raise ValueError("lsq data is truncated")
@@ -488,6 +493,6 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     # stream cannot read past the end
     words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
     x = np.zeros((height, width, channels), dtype=np.uint8)
-    _walk(x, order, np.array(radii, dtype=np.int64), ridge, alpha, 0, channels, True, SCALES[idx], words,
+    _walk(x, order, diff, np.array(radii, dtype=np.int64), ridge, alpha, 0, channels, True, SCALES[idx], words,
           np.zeros(1), np.zeros(1))
     return x

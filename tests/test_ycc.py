@@ -1,0 +1,113 @@
+"""coding.ycc: JPEG decodes coded in the decoder's own YCbCr planes, exact on every image."""
+
+from __future__ import annotations
+
+import doctest
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REPO, noise_array
+from vdmcodec.coding import classic, lsq, ycc
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    with Image.open(REPO / "examples" / "chelsea-128x96.png") as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def jpeg_decode(x: np.ndarray, quality: int = 90, subsampling: int = 2) -> np.ndarray:
+    """x through Pillow's JPEG (libjpeg-turbo) encoder and decoder."""
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def assert_ycc_roundtrip(x: np.ndarray, **kw) -> bytes:
+    """The shared round-trip helper: encode, decode, compare every pixel."""
+    data = ycc.encode(x, **kw)
+    assert data is not None
+    np.testing.assert_array_equal(ycc.decode(data, x.shape[0], x.shape[1]), x)
+    return data
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(ycc, raise_on_error=True).attempted > 0
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0
+def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller(photo, subsampling):
+    x = jpeg_decode(photo, subsampling=subsampling)
+    planes, escapes = ycc.to_planes(x)
+    assert not escapes.any()
+    np.testing.assert_array_equal(ycc.to_rgb(planes), x)
+    data = assert_ycc_roundtrip(x)
+    assert len(data) < 0.85 * len(lsq.encode(x))  # the RGB code of the same pixels
+
+
+def test_edited_pixels_are_escapes_and_round_trip(photo):
+    x = jpeg_decode(photo).copy()
+    rng = np.random.default_rng(3)
+    ys, xs = rng.integers(0, x.shape[0], 40), rng.integers(0, x.shape[1], 40)
+    x[ys, xs] = rng.integers(0, 256, (40, 3), dtype=np.uint8)
+    _, escapes = ycc.to_planes(x)
+    assert 0 < escapes.sum() <= 40
+    assert_ycc_roundtrip(x)
+
+
+def test_clamped_pixels_find_a_triple_and_saturated_colours_round_trip(photo):
+    # strong colours push R, G or B past the range, where libjpeg clamps them
+    x = np.clip(photo.astype(np.int64) * 3 - 200, 0, 255).astype(np.uint8)
+    x = jpeg_decode(x)
+    assert ((x == 0) | (x == 255)).any(axis=2).mean() > 0.2
+    planes, escapes = ycc.to_planes(x)
+    assert escapes.mean() < 0.01
+    ok = ~escapes
+    np.testing.assert_array_equal(ycc.to_rgb(planes)[ok], x[ok])
+    assert_ycc_roundtrip(x)
+
+
+def test_pixels_that_are_no_jpeg_decode_are_left_to_the_rgb_code():
+    x = noise_array(30, 40, 3, seed=5)
+    assert ycc.encode(x) is None
+    assert_ycc_roundtrip(x, max_escape_share=1.0)  # still exact when forced
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (23, 1), (17, 29)])
+def test_odd_shapes_round_trip(photo, shape):
+    x = jpeg_decode(photo)[: shape[0], : shape[1]].copy()
+    assert_ycc_roundtrip(x, max_escape_share=1.0)
+
+
+def test_the_classic_code_takes_the_ycbcr_planes_of_a_jpeg_decode(photo):
+    x = jpeg_decode(photo)
+    name, blob = classic.encode_rows(np.ascontiguousarray(x.transpose(2, 0, 1)), lsq_max_pixels=1 << 20)
+    assert name == "lsq-ycc" and blob[0] == classic.TAG_YCC
+    np.testing.assert_array_equal(classic.decode_rows(blob, 3, *x.shape[:2]), x.transpose(2, 0, 1))
+    # a grey strip never carries it
+    with pytest.raises(ValueError):
+        classic.decode_rows(blob, 1, *x.shape[:2])
+
+
+def test_damaged_codes_raise_value_error(photo):
+    x = jpeg_decode(photo).copy()
+    x[5, 5] = (255, 0, 255)  # one escape
+    data = assert_ycc_roundtrip(x)
+    (n,) = struct.unpack_from("<I", data)
+    for bad in (data[:3], data[: 4 + n - 1], struct.pack("<I", len(data)) + data[4:], data[:4] + b"\0" * n + data[4 + n:]):
+        with pytest.raises(ValueError):
+            ycc.decode(bad, *x.shape[:2])
+    # an escape section whose count promises more escapes than it holds, or than the image has
+    raw = zlib.decompress(data[4:4 + n])
+    for count in (2, x.shape[0] * x.shape[1] + 1):
+        section = zlib.compress(struct.pack("<I", count) + raw[4:])
+        with pytest.raises(ValueError):
+            ycc.decode(struct.pack("<I", len(section)) + section + data[4 + n:], *x.shape[:2])
+    with pytest.raises(ValueError):
+        ycc.decode(data[: len(data) - 5], *x.shape[:2])  # the planes' code cut short
