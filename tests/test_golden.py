@@ -291,18 +291,21 @@ def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode
     np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
 
 
-def test_version_12_golden_file_in_the_own_code_of_jpeg_ycbcr_planes_decodes():
-    """Written by session 23's code (make_golden.py ycc): the same crop, a JPEG decode, stored
-    whole in the own code of its libjpeg YCbCr planes (classic tag 5, coding.ycc), with 31
-    escapes.  libjpeg's tables, the plane order and the escape section are part of the format."""
+@pytest.mark.parametrize("kind,png,mode", [("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)])
+def test_version_12_golden_files_in_the_own_code_of_jpeg_ycbcr_planes_decode(kind, png, mode):
+    """Written by session 23's code (make_golden.py ycc): two JPEG decodes stored whole in
+    the own code of their libjpeg YCbCr planes (classic tag 5, coding.ycc): the crop above
+    (31 escapes) with its chroma whole, and the 128x96 example through Pillow's JPEG at
+    4:2:0 with its chroma at half resolution.  libjpeg's tables and upsampling, the plane order
+    and the escape section are part of the format."""
     import struct
 
-    data = (DATA / "s23_v12_ycc_rgb.vdmc").read_bytes()
+    data = (DATA / f"s23_v12_ycc_{kind}.vdmc").read_bytes()
     assert struct.unpack_from("<H", data, 8)[0] == 12
     header, sections = unpack_container(data)
     (entry,) = header["images"]
-    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 5
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][:2] == bytes([5, mode])
     ((name, img),) = decompress_bytes(data)
-    assert name == "s22_rgb.png" and img.mode == "RGB"
+    assert name == png and img.mode == "RGB"
     with Image.open(DATA / name) as im:
         np.testing.assert_array_equal(img.planes, np.asarray(im))

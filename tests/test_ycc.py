@@ -41,14 +41,37 @@ def test_docstring_examples_run():
     assert doctest.testmod(ycc, raise_on_error=True).attempted > 0
 
 
-@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0
-def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller(photo, subsampling):
+@pytest.mark.parametrize("subsampling,mode", [(0, ycc.WHOLE), (2, ycc.HALF)])  # 4:4:4 and 4:2:0
+def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller(photo, subsampling, mode):
     x = jpeg_decode(photo, subsampling=subsampling)
     planes, escapes = ycc.to_planes(x)
     assert not escapes.any()
     np.testing.assert_array_equal(ycc.to_rgb(planes), x)
     data = assert_ycc_roundtrip(x)
+    assert data[0] == mode
     assert len(data) < 0.85 * len(lsq.encode(x))  # the RGB code of the same pixels
+
+
+def test_half_resolution_chroma_is_found_and_pays(photo, monkeypatch):
+    x = jpeg_decode(photo, subsampling=2)
+    planes, escapes = ycc.to_planes(x)
+    low = ycc.half_chroma(x, planes, escapes)
+    assert low.shape == (48, 64, 2)
+    planes2, escapes2 = ycc.with_chroma(x, ycc.upsample(low, *x.shape[:2]))
+    assert escapes2.mean() < 0.01  # the descent finds (nearly) the decoder's own samples
+    ok = ~escapes2
+    np.testing.assert_array_equal(ycc.to_rgb(planes2)[ok], x[ok])
+    half = assert_ycc_roundtrip(x)
+    monkeypatch.setattr(ycc, "SUBSAMPLED_MISFIT", -1.0)  # never half: the whole planes
+    whole = assert_ycc_roundtrip(x)
+    assert half[0] == ycc.HALF and whole[0] == ycc.WHOLE
+    assert len(half) < 0.95 * len(whole)
+
+
+def test_chroma_at_full_resolution_is_not_taken_for_half(photo):
+    x = jpeg_decode(photo, subsampling=0)
+    planes, escapes = ycc.to_planes(x)
+    assert ycc.half_chroma(x, planes, escapes) is None
 
 
 def test_edited_pixels_are_escapes_and_round_trip(photo):
@@ -99,15 +122,17 @@ def test_damaged_codes_raise_value_error(photo):
     x = jpeg_decode(photo).copy()
     x[5, 5] = (255, 0, 255)  # one escape
     data = assert_ycc_roundtrip(x)
-    (n,) = struct.unpack_from("<I", data)
-    for bad in (data[:3], data[: 4 + n - 1], struct.pack("<I", len(data)) + data[4:], data[:4] + b"\0" * n + data[4 + n:]):
+    (n,) = struct.unpack_from("<I", data, 1)
+    head = data[:1]
+    for bad in (b"", b"\x07" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
+                head + data[1:5] + b"\0" * n + data[5 + n:]):
         with pytest.raises(ValueError):
             ycc.decode(bad, *x.shape[:2])
     # an escape section whose count promises more escapes than it holds, or than the image has
-    raw = zlib.decompress(data[4:4 + n])
+    raw = zlib.decompress(data[5:5 + n])
     for count in (2, x.shape[0] * x.shape[1] + 1):
         section = zlib.compress(struct.pack("<I", count) + raw[4:])
         with pytest.raises(ValueError):
-            ycc.decode(struct.pack("<I", len(section)) + section + data[4 + n:], *x.shape[:2])
+            ycc.decode(head + struct.pack("<I", len(section)) + section + data[5 + n:], *x.shape[:2])
     with pytest.raises(ValueError):
         ycc.decode(data[: len(data) - 5], *x.shape[:2])  # the planes' code cut short

@@ -12,7 +12,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py v10 ../../checkpoints/default.pt s15_v10_zdict.vdmc
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py strips ../../checkpoints/default.pt s17_v10_strip.vdmc
     python tests/data/make_golden.py lsq ../../checkpoints/default.pt s22_v11_lsq
-    python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc_rgb.vdmc
+    python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -42,7 +42,9 @@ crop is far too small for the encoder to choose one), between bits-back regions.
 example, RGB and its green plane as grey (s22_rgb.png, s22_grey.png), each stored whole in
 the own least-squares code (classic tag 4, coding.lsq; forced, though it wins on both).
 "ycc" (session 23, format 12) stores s22_rgb.png whole in the own code of its libjpeg
-YCbCr planes (classic tag 5, coding.ycc; the crop is a JPEG decode with 31 escapes).
+YCbCr planes (classic tag 5, coding.ycc; the crop is a JPEG decode with 31 escapes, its
+chroma whole), and the 128x96 example through Pillow's JPEG at quality 90, 4:2:0
+(s23_jpeg420.png), whose chroma is coded at half resolution.
 """
 
 import sys
@@ -57,6 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 from helpers import kodak_crop, raster, tiny_config  # noqa: E402
 from vdmcodec.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from vdmcodec.codec import Coder, compress_images  # noqa: E402
+from vdmcodec.container import unpack_container  # noqa: E402
 from vdmcodec.model.vdm import VDM  # noqa: E402
 
 
@@ -126,14 +129,19 @@ def main_strips(ckpt_name: str, file_name: str) -> None:
     (HERE / file_name).write_bytes(data)
 
 
-def main_ycc(ckpt_name: str, file_name: str) -> None:
+def main_ycc(ckpt_name: str, stem: str) -> None:
+    import io
+
     import numpy as np
 
-    from vdmcodec.coding import classic
     import vdmcodec.codec as codec
+    from vdmcodec.coding import classic
 
-    with Image.open(HERE / "s22_rgb.png") as im:
-        rgb = np.asarray(im.convert("RGB"))
+    buf = io.BytesIO()
+    with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
+        im.convert("RGB").save(buf, "JPEG", quality=90, subsampling=2)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        Image.fromarray(np.asarray(im.convert("RGB"))).save(HERE / "s23_jpeg420.png")
     plain = classic.encode_rows
 
     def ycc_only(x, **kw):
@@ -144,9 +152,14 @@ def main_ycc(ckpt_name: str, file_name: str) -> None:
 
     codec.encode_rows = ycc_only
     coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
-    data, reports = compress_images([("s22_rgb.png", raster(rgb))], coder)
-    assert reports[0].method == "classic"
-    (HERE / file_name).write_bytes(data)
+    for kind, png, mode in (("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)):
+        with Image.open(HERE / png) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        data, reports = compress_images([(png, raster(pixels))], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+        header, sections = unpack_container(data)
+        assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, mode])
 
 
 def main_lsq(ckpt_name: str, stem: str) -> None:

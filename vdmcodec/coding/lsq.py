@@ -356,19 +356,20 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
 
 
 @numba.njit(cache=True, nogil=True)
-def _bins(x, order, alpha, mus, noise, bins):
-    """The error bin of every sample, from the predictions of every plane (the encoder's
-    second pass: the decoder finds the same bins as it goes, from the same errors)."""
+def _bins(x, order, alpha, mus, noise, bins, first):
+    """The error bin of every sample of planes first.. (mus, noise, bins indexed over all
+    planes), from their predictions (the encoder's second pass: the decoder finds the same
+    bins as it goes, from the same errors; planes before `first` are given, their errors 0)."""
     h, w, nc = x.shape
     err = np.zeros((h, w, nc))
-    i = 0
-    for k in range(nc):
+    i = first * h * w
+    for k in range(first, nc):
         for y in range(h):
             for xx in range(w):
                 err[y, xx, order[k]] = float(x[y, xx, order[k]]) - mus[i]
                 i += 1
-    i = 0
-    for k in range(nc):
+    i = first * h * w
+    for k in range(first, nc):
         for y in range(h):
             for xx in range(w):
                 bins[i] = _energy_bin(err, order, k, y, xx, alpha * noise[i])
@@ -420,7 +421,7 @@ def _bits_by_scale(values, mus, bins, chan_of, nc: int, table: np.ndarray) -> np
 
 
 def _order(channels: int, order: tuple | None = None) -> np.ndarray:
-    if channels not in ORDER:
+    if order is None and channels not in ORDER:
         raise ValueError(f"lsq codes 1 or 3 channels, not {channels}")
     if order is not None and sorted(order) != list(range(channels)):
         raise ValueError(f"lsq plane order {order} is not an order of {channels} channels")
@@ -428,10 +429,11 @@ def _order(channels: int, order: tuple | None = None) -> np.ndarray:
 
 
 def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
-            threads: int = 2, order: tuple | None = None, diff: bool = DIFF):
+            threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0):
     """(values, predictions, bins, channel index) of every sample in coding order; the
     planes are walked on up to `threads` threads.  order: the planes' coding order (default
-    ORDER); diff: planes after the first predicted as differences from it."""
+    ORDER); diff: planes after the first predicted as differences from it; first: the
+    planes before it in the order are given (the decoder has them), only the rest coded."""
     x = np.array(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)  # writable: _walk's type
     order = _order(x.shape[2], order)
     h, w, nc = x.shape
@@ -445,11 +447,12 @@ def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: fl
 
     # the last plane reads the most regressors: start it first
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(plane, reversed(range(nc))))
-    _bins(x, order, alpha, mus, noise, bins)
-    values = x[:, :, order].transpose(2, 0, 1).reshape(-1).astype(np.int64)
-    chan_of = np.repeat(np.arange(nc), h * w)
-    return values, mus, bins, chan_of
+        list(pool.map(plane, reversed(range(first, nc))))
+    _bins(x, order, alpha, mus, noise, bins, first)
+    values = x[:, :, order[first:]].transpose(2, 0, 1).reshape(-1).astype(np.int64)
+    chan_of = np.repeat(np.arange(nc - first), h * w)
+    rest = slice(first * h * w, None)
+    return values, mus[rest], bins[rest], chan_of
 
 
 def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
@@ -465,13 +468,13 @@ def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
 
 
 def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
-           threads: int = 2, order: tuple | None = None, diff: bool = DIFF) -> bytes:
+           threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
-    (channels x BINS bytes), then the rANS words.  order, diff: as `analyse` (the decoder
-    must be given the same)."""
+    (coded channels x BINS bytes), then the rANS words.  order, diff, first: as `analyse`
+    (the decoder must be given the same, and the planes before first)."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
-    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff)
-    idx = choose_scales(values, mus, bins, chan_of, planes.shape[2])
+    values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
+    idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
     return idx.tobytes() + out[start:].astype("<u4").tobytes()
@@ -479,20 +482,22 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
 
 def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = RADII,
            ridge: float = RIDGE, alpha: float = ALPHA, order: tuple | None = None,
-           diff: bool = DIFF) -> np.ndarray:
-    """Inverse of `encode`: uint8 pixels (H, W, C)."""
+           diff: bool = DIFF, given: np.ndarray | None = None, first: int = 0) -> np.ndarray:
+    """Inverse of `encode`: uint8 pixels (H, W, C); given: (H, W, C) holding the planes
+    before `first` in the order (the rest is overwritten)."""
     order = _order(channels, order)
-    head = channels * BINS
+    head = (channels - first) * BINS
     if len(data) < head + 8 or (len(data) - head) % 4:
         raise ValueError("lsq data is truncated")
-    idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels, BINS)
+    idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels - first, BINS)
     if int(idx.max()) >= SCALES.size:
         raise ValueError("lsq scale table is corrupt")
     words = np.frombuffer(data[head:], dtype="<u4").astype(np.uint32)
     # the decoder reads at most one word per sample beyond the state; pad so a corrupt
     # stream cannot read past the end
     words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
-    x = np.zeros((height, width, channels), dtype=np.uint8)
-    _walk(x, order, diff, np.array(radii, dtype=np.int64), ridge, alpha, 0, channels, True, SCALES[idx], words,
+    x = np.zeros((height, width, channels), dtype=np.uint8) if given is None else np.array(given, dtype=np.uint8)
+    scales = np.concatenate([np.ones((first, BINS)), SCALES[idx]])  # the walk reads row k of plane k
+    _walk(x, order, diff, np.array(radii, dtype=np.int64), ridge, alpha, first, channels, True, scales, words,
           np.zeros(1), np.zeros(1))
     return x

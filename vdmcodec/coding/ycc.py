@@ -15,10 +15,17 @@ JPEG-decoded at their size: docs/RESULTS.md, session 23).  Pixels no triple give
 image edited after decoding, or decoded by another decoder) are escapes: their planes hold
 a neighbour's chroma, and their true values are sent beside the planes.
 
-The code: 4 bytes (little-endian) giving the length of the escape section, the section
-(zlib: the escape count, each escape's distance from the previous in raster order, LEB128,
-then for each its three bytes R, G, B minus what the planes give, modulo 256), then the own
-code (coding.lsq) of the planes Y, Cb, Cr, in the order Cb, Cr, Y, none as a difference.
+A camera JPEG also keeps Cb and Cr at half resolution (4:2:0), which libjpeg-turbo scales
+up with a fixed integer filter; where an image's chroma is that, the encoder finds
+half-resolution planes that the filter turns into it (a descent, below) and codes those:
+another 10-15% (Pillow's JPEG decodes of training photographs, and most of CBSD68).
+
+The code: a mode byte (WHOLE: chroma at full resolution; HALF: at half), a u32 length
+(little-endian) and the escape section (zlib: the escape count, each escape's distance from
+the previous in raster order, LEB128, then for each its three bytes R, G, B minus what the
+planes give, modulo 256); WHOLE: the own code (coding.lsq) of the planes Y, Cb, Cr, in the
+order Cb, Cr, Y, none as a difference; HALF: a u32 length and the own code of the
+half-resolution Cb, Cr planes, then the own code of Y alone, Cb and Cr (upsampled) given.
 
 >>> import numpy as np
 >>> rgb = to_rgb(np.full((2, 3, 3), (90, 100, 160), dtype=np.uint8))
@@ -63,6 +70,10 @@ def _inverse_table() -> np.ndarray:
 INVERSE = _inverse_table()
 ORDER = (1, 2, 0)  # the planes (Y, Cb, Cr) coded Cb, Cr, Y: smooth chroma first, luma reads both
 MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as RGB
+WHOLE, HALF = 0, 1  # the chroma planes: whole, or at half resolution (4:2:0, fancy upsampling)
+SUBSAMPLED_MISFIT = 0.08  # chroma is taken as 4:2:0 where the descent leaves fewer misses
+HALF_ESCAPE_SLACK = 0.01
+CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y  # ... and the half-resolution planes add at most this share of escapes
 CLAMP_SEARCH = 16  # a clamped pixel's chroma is sought this far from its neighbour's first,
 WIDE_SEARCHES = 4096  # then everywhere, for at most this many pixels of an image (0.2 ms each)
 
@@ -76,6 +87,22 @@ def _clamp(v):
 def _gives(yv, cb, cr, r, g, b, cr_r, cb_b, g_off):
     return (_clamp(yv + cr_r[cr]) == r and _clamp(yv + g_off[cb, cr]) == g
             and _clamp(yv + cb_b[cb]) == b)
+
+
+@numba.njit(cache=True)
+def _luma_for(cb, cr, r, g, b, cr_r, cb_b, g_off):
+    """A Y that gives (r, g, b) with chroma (cb, cr), or -1: each channel v with offset o asks
+    Y = v - o, or Y >= 255 - o where v is 255 (clamped), or Y <= -o where v is 0."""
+    lo, hi = 0, 255
+    for v, o in ((r, cr_r[cr]), (g, g_off[cb, cr]), (b, cb_b[cb])):
+        if v == 255:
+            lo = max(lo, 255 - o)
+        elif v == 0:
+            hi = min(hi, -o)
+        else:
+            lo = max(lo, v - o)
+            hi = min(hi, v - o)
+    return lo if lo <= hi else -1
 
 
 @numba.njit(cache=True)
@@ -169,6 +196,177 @@ def _to_rgb(planes, cr_r, cb_b, g_off, out):
             out[y, xx, 2] = _clamp(yv + cb_b[cb])
 
 
+# ---------------------------------------------------------------- chroma at half resolution
+# A camera JPEG keeps Cb and Cr at half the resolution in both directions (4:2:0), and
+# libjpeg-turbo scales them up with its "fancy" triangle filter (jdsample.c,
+# h2v2_fancy_upsample): every full-resolution chroma sample is (9 a + 3 b + 3 c + d + 8 or 7)
+# >> 4 of the four nearest half-resolution ones.  Where an image's chroma is that, the
+# half-resolution planes are coded instead (a quarter of the samples).
+
+
+@numba.njit(cache=True)
+def _low_at(low, i, j):
+    return low[min(max(i, 0), low.shape[0] - 1), min(max(j, 0), low.shape[1] - 1)]
+
+
+@numba.njit(cache=True)
+def _fancy(low, y, x):
+    """Sample (y, x) of the h2v2 fancy upsampling of low: the nearer row three times plus the
+    farther one (edges repeated), then along the row the nearer column sum three times plus
+    the farther one, + 8 (even columns) or + 7 (odd), >> 4; the first and last columns take
+    their own column sum four times."""
+    i, j = y >> 1, x >> 1
+    di = -1 if (y & 1) == 0 else 1
+    cs = 3 * _low_at(low, i, j) + _low_at(low, i + di, j)
+    if (x & 1) == 0:
+        if j == 0:
+            return (cs * 4 + 8) >> 4
+        return (cs * 3 + 3 * _low_at(low, i, j - 1) + _low_at(low, i + di, j - 1) + 8) >> 4
+    if j == low.shape[1] - 1:
+        return (cs * 4 + 7) >> 4
+    return (cs * 3 + 3 * _low_at(low, i, j + 1) + _low_at(low, i + di, j + 1) + 7) >> 4
+
+
+@numba.njit(cache=True)
+def _upsample(low, out):
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            out[y, x] = _fancy(low, y, x)
+
+
+def upsample(low: np.ndarray, height: int, width: int) -> np.ndarray:
+    """libjpeg-turbo's h2v2 fancy upsampling of each plane of low (h, w, C) to (height, width, C)."""
+    out = np.zeros((height, width, low.shape[2]), dtype=np.uint8)
+    for c in range(low.shape[2]):
+        plane = np.zeros((height, width), dtype=np.int64)
+        _upsample(np.ascontiguousarray(low[:, :, c], dtype=np.int64), plane)
+        out[:, :, c] = plane
+    return out
+
+
+@numba.njit(cache=True)
+def _misfit(low, full, pin, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g_off):
+    """The misfit of low[i0..i1, j0..j1] over the samples they reach: |upsampled - full| where
+    the pixel pins its chroma (pin 1), and CLAMPED_MISS where a clamped pixel (pin 2) has no Y
+    that gives it with the upsampled chroma and the other plane's (other)."""
+    c = 0
+    for y in range(max(0, 2 * i0 - 2), min(full.shape[0], 2 * i1 + 4)):
+        for x in range(max(0, 2 * j0 - 2), min(full.shape[1], 2 * j1 + 4)):
+            if pin[y, x] == 1:
+                c += abs(_fancy(low, y, x) - full[y, x])
+            elif pin[y, x] == 2:
+                mine, theirs = _fancy(low, y, x), np.int64(other[y, x])
+                cb, cr = (mine, theirs) if is_cb else (theirs, mine)
+                if _luma_for(cb, cr, np.int64(rgb[y, x, 0]), np.int64(rgb[y, x, 1]), np.int64(rgb[y, x, 2]),
+                             cr_r, cb_b, g_off) < 0:
+                    c += CLAMPED_MISS
+    return c
+
+
+@numba.njit(cache=True)
+def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b, g_off):
+    """Half-resolution samples whose fancy upsampling gives full wherever pin: from 2x2 means,
+    coordinate descent (each sample's best value within span, sweep after sweep), then
+    `rounds` passes of joint +-1 moves of 2x2 groups (out of the descent's local minima);
+    improves low in place."""
+    h, w = low.shape
+    for _ in range(sweeps):
+        changed = 0
+        for i in range(h):
+            for j in range(w):
+                cur = low[i, j]
+                best = _misfit(low, full, pin, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
+                bv = cur
+                if best == 0:
+                    continue
+                for v in range(max(0, cur - span), min(255, cur + span) + 1):
+                    low[i, j] = v
+                    c = _misfit(low, full, pin, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
+                    if c < best:
+                        best, bv = c, v
+                low[i, j] = bv
+                changed += bv != cur
+        if changed == 0:
+            break
+    if rounds == 0:
+        return
+    orig = np.zeros(4, np.int64)
+    for _ in range(rounds):
+        for i in range(h - 1):
+            for j in range(w - 1):
+                base = _misfit(low, full, pin, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                if base == 0:
+                    continue
+                orig[0], orig[1], orig[2], orig[3] = low[i, j], low[i, j + 1], low[i + 1, j], low[i + 1, j + 1]
+                best, bcode = base, 40  # 40: all four unchanged
+                for code in range(81):
+                    d0, d1, d2, d3 = code % 3 - 1, (code // 3) % 3 - 1, (code // 9) % 3 - 1, code // 27 - 1
+                    low[i, j], low[i, j + 1] = min(max(orig[0] + d0, 0), 255), min(max(orig[1] + d1, 0), 255)
+                    low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
+                    c = _misfit(low, full, pin, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                    if c < best:
+                        best, bcode = c, code
+                d0, d1, d2, d3 = bcode % 3 - 1, (bcode // 3) % 3 - 1, (bcode // 9) % 3 - 1, bcode // 27 - 1
+                low[i, j], low[i, j + 1] = min(max(orig[0] + d0, 0), 255), min(max(orig[1] + d1, 0), 255)
+                low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
+
+
+def _box_means(full: np.ndarray) -> np.ndarray:
+    """Each 2x2 block's rounded mean (the blocks cut at the edges): where the descent starts."""
+    h, w = (full.shape[0] + 1) // 2, (full.shape[1] + 1) // 2
+    pad = np.pad(full, ((0, 2 * h - full.shape[0]), (0, 2 * w - full.shape[1])), mode="edge")
+    return (pad.reshape(h, 2, w, 2).sum(axis=(1, 3)) + 2) // 4
+
+
+def half_chroma(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> np.ndarray | None:
+    """Half-resolution Cb and Cr (h, w, 2) whose fancy upsampling gives the planes' chroma
+    at (nearly) every pixel that pins it (no channel clamped, no escape), and chroma with
+    which every clamped pixel has a Y; None where the chroma is not so (more than
+    SUBSAMPLED_MISFIT of the pinning pixels miss after a first descent)."""
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    pin = np.where(escapes, 0, np.where(clamped, 2, 1)).astype(np.int64)
+    if (pin == 1).sum() == 0 or min(x.shape[:2]) < 4:
+        return None
+    full = [np.ascontiguousarray(planes[:, :, c], dtype=np.int64) for c in (1, 2)]
+    lows = [_box_means(f) for f in full]
+    ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
+    first = np.where(pin == 1, 1, 0)  # the first descent: pinning pixels only
+    for c in (0, 1):
+        _recover(lows[c], full[c], first, 30, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+        _upsample(lows[c], ups[c])
+        if ((ups[c] != full[c]) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum():
+            return None
+    for _ in range(2):  # then with the clamped pixels too, each plane against the other's
+        for c in (0, 1):
+            _recover(lows[c], full[c], pin, 30, 6, 3, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+            _upsample(lows[c], ups[c])
+    return np.stack(lows, axis=-1).astype(np.uint8)
+
+
+@numba.njit(cache=True)
+def _with_chroma(x, chroma, cr_r, cb_b, g_off, planes, escapes):
+    """planes = (Y, Cb, Cr) with the given chroma and, per pixel, a Y that gives the pixel
+    with it (escapes where none does)."""
+    for y in range(x.shape[0]):
+        for xx in range(x.shape[1]):
+            r, g, b = np.int64(x[y, xx, 0]), np.int64(x[y, xx, 1]), np.int64(x[y, xx, 2])
+            cb, cr = np.int64(chroma[y, xx, 0]), np.int64(chroma[y, xx, 1])
+            yv = _luma_for(cb, cr, r, g, b, cr_r, cb_b, g_off)
+            if yv < 0:
+                escapes[y, xx] = True
+                yv = _clamp(g - g_off[cb, cr])
+            planes[y, xx, 0], planes[y, xx, 1], planes[y, xx, 2] = yv, cb, cr
+
+
+def with_chroma(x: np.ndarray, chroma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(planes, escapes) as to_planes, with the chroma (H, W, 2) given."""
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    planes = np.zeros(x.shape, dtype=np.uint8)
+    escapes = np.zeros(x.shape[:2], dtype=np.bool_)
+    _with_chroma(x, np.ascontiguousarray(chroma, dtype=np.uint8), CR_R, CB_B, G_OFF, planes, escapes)
+    return planes, escapes
+
+
 def to_planes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 RGB (H, W, 3) -> (planes uint8 (H, W, 3) of Y, Cb, Cr; escapes bool (H, W)):
     to_rgb(planes) == x wherever escapes is False."""
@@ -224,39 +422,70 @@ def _escape_section(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> b
 def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE_SHARE) -> bytes | None:
     """The code of uint8 RGB pixels (H, W, 3), or None when more than max_escape_share of
     them are not a libjpeg decode (then the RGB code is the better one)."""
-    if _plain_misses(np.ascontiguousarray(x, dtype=np.uint8), INVERSE, CR_R, CB_B, G_OFF) > max_escape_share * x.shape[0] * x.shape[1]:
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    if _plain_misses(x, INVERSE, CR_R, CB_B, G_OFF) > max_escape_share * x.shape[0] * x.shape[1]:
         return None  # most are no JPEG decode: not worth the clamped pixels' search
     planes, escapes = to_planes(x)
     if escapes.mean() > max_escape_share:
         return None
+    low = half_chroma(x, planes, escapes)
+    if low is not None:
+        planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2]))
+        if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
+            section = _escape_section(x, planes2, escapes2)
+            chroma = lsq.encode(low, threads=threads, order=(0, 1), diff=False)
+            luma = lsq.encode(planes2, threads=threads, order=ORDER, diff=False, first=2)
+            return (bytes([HALF]) + struct.pack("<I", len(section)) + section
+                    + struct.pack("<I", len(chroma)) + chroma + luma)
     section = _escape_section(x, planes, escapes)
-    return struct.pack("<I", len(section)) + section + lsq.encode(planes, threads=threads, order=ORDER, diff=False)
+    return (bytes([WHOLE]) + struct.pack("<I", len(section)) + section
+            + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
 
 
-def decode(data: bytes, height: int, width: int) -> np.ndarray:
-    """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
-    if len(data) < 4:
-        raise ValueError("ycc data is truncated")
-    (n,) = struct.unpack_from("<I", data)
-    if 4 + n > len(data):
-        raise ValueError("ycc data is truncated")
+def _read_escapes(section: bytes, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(raster indices, bytes to add (count, 3)) of an escape section."""
     try:
-        raw = zlib.decompress(data[4:4 + n])
+        raw = zlib.decompress(section)
     except zlib.error:
         raise ValueError("ycc escape section is corrupt") from None
     if len(raw) < 4:
         raise ValueError("ycc escape section is corrupt")
     (count,) = struct.unpack_from("<I", raw)
-    if count > height * width:
+    if count > pixels:
         raise ValueError("ycc escape section is corrupt")
     gaps, pos = _read_leb128(raw, 4, count)
     if len(raw) != pos + 3 * count:
         raise ValueError("ycc escape section is corrupt")
     where = np.cumsum(np.array(gaps, dtype=np.int64) + 1) - 1
-    if count and where[-1] >= height * width:
+    if count and where[-1] >= pixels:
         raise ValueError("ycc escape section is corrupt")
-    planes = lsq.decode(data[4 + n:], height, width, 3, order=ORDER, diff=False)
+    return where, np.frombuffer(raw[pos:], dtype=np.uint8).reshape(count, 3)
+
+
+def _take(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A u32-length-prefixed part of data at pos, and the position after it."""
+    if pos + 4 > len(data):
+        raise ValueError("ycc data is truncated")
+    (n,) = struct.unpack_from("<I", data, pos)
+    if pos + 4 + n > len(data):
+        raise ValueError("ycc data is truncated")
+    return data[pos + 4:pos + 4 + n], pos + 4 + n
+
+
+def decode(data: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
+    if not data or data[0] not in (WHOLE, HALF):
+        raise ValueError("ycc data has an unknown chroma mode")
+    section, pos = _take(data, 1)
+    where, fixes = _read_escapes(section, height * width)
+    if data[0] == HALF:
+        chroma, pos = _take(data, pos)
+        low = lsq.decode(chroma, (height + 1) // 2, (width + 1) // 2, 2, order=(0, 1), diff=False)
+        given = np.zeros((height, width, 3), dtype=np.uint8)
+        given[:, :, 1:] = upsample(low, height, width)
+        planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
+    else:
+        planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False)
     rgb = to_rgb(planes).reshape(-1, 3)
-    fixes = np.frombuffer(raw[pos:], dtype=np.uint8).reshape(count, 3)
     rgb[where] = ((rgb[where].astype(np.int64) + fixes) % 256).astype(np.uint8)
     return rgb.reshape(height, width, 3)
