@@ -883,3 +883,10 @@ def test_a_reader_that_leaves_early_is_not_an_internal_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.vdmc")], capture_output=True, text=True)
     rc, err = out.stdout.split(" ", 1)
     assert rc == "141" and "error" not in err, out.stdout
+
+
+def test_info_names_the_classic_code_inside():
+    here = Path(__file__).resolve().parent / "data"
+    result = ok(invoke("info", here / "s23_v12_ycc_half.vdmc"))
+    assert "classic-planes (lsq-ycc: libjpeg YCbCr, chroma at half resolution)" in result.output
+    assert "classic-planes (lsq)" in ok(invoke("info", here / "s22_v11_lsq_grey.vdmc")).output

@@ -476,6 +476,7 @@ def info(file, as_json):
     images = header.get("images", [])
     rate = file_rate(header, size)
     metadata = _metadata_labels(file, images)  # before any output: a damaged section is an error alone
+    codes = _classic_codes(file, images)
     if as_json:
         click.echo(json.dumps({"file": str(file), "bytes": size, "bpd": rate["bpd"],
                                "metadata": [metadata.get(i, []) for i in range(len(images))], "header": header}))
@@ -503,12 +504,22 @@ def info(file, as_json):
     for i, e in enumerate(images):
         regions = len(e.get("layout", []))
         click.echo(f"image:    {e.get('name')}: {e.get('width')}x{e.get('height')} {e.get('mode')}, "
-                   f"{e.get('method')}" + (f", {regions} regions" if regions else "")
+                   f"{e.get('method')}" + (f" ({codes[i]})" if i in codes else "")
+                   + (f", {regions} regions" if regions else "")
                    + (", own pixel context" if e.get("pixel_context") else "")
                    + (", own FiLM deltas" if e.get("film") else ""))
         kept = ([f"icc profile ({sizes.get(e['icc'], 0):,} bytes)"] if e.get("icc") else []) + metadata.get(i, [])
         if kept:
             click.echo(f"metadata: {'; '.join(kept)}")
+
+
+def _classic_codes(file, images: list[dict]) -> dict[int, str]:
+    """The classic code inside each image stored whole as classic planes, in words."""
+    from .coding.classic import describe
+    from .container import read_sections
+
+    names = {e["planes_section"]: i for i, e in enumerate(images) if e.get("planes_section")}
+    return {names[name]: describe(blob[:2]) for name, blob in read_sections(file, set(names)).items()}
 
 
 def _metadata_labels(file, images: list[dict]) -> dict[int, list[str]]:

@@ -103,6 +103,20 @@ def _own_code(x: np.ndarray, threads: int) -> bytes:
     return bytes([TAG_LSQ]) + lsq.encode(x, threads=threads)
 
 
+def describe(data: bytes) -> str:
+    """The code inside tagged classic rows, in words.
+
+    >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_JXL]))
+    ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'jxl')
+    """
+    if not data or data[0] not in NAMES:
+        return "unknown"
+    name = NAMES[data[0]]
+    if data[0] == TAG_YCC and len(data) > 1:
+        name += ": libjpeg YCbCr, chroma at " + ("half resolution" if data[1] == ycc.HALF else "full resolution")
+    return name
+
+
 def webp_rows(x: np.ndarray) -> bytes | None:
     """WebP lossless at method 6 of RGB rows x (3, H, W), tagged as encode_rows tags it (None
     for grey rows, or rows too wide for WebP).  The slowest candidate: about 10 s per Kodak
