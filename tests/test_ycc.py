@@ -41,7 +41,7 @@ def test_docstring_examples_run():
     assert doctest.testmod(ycc, raise_on_error=True).attempted > 0
 
 
-@pytest.mark.parametrize("subsampling,mode", [(0, ycc.WHOLE), (2, ycc.HALF)])  # 4:4:4 and 4:2:0
+@pytest.mark.parametrize("subsampling,mode", [(0, ycc.WHOLE), (1, ycc.HALF_ROWS), (2, ycc.HALF)])  # 4:4:4, 4:2:2, 4:2:0
 def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller(photo, subsampling, mode):
     x = jpeg_decode(photo, subsampling=subsampling)
     planes, escapes = ycc.to_planes(x)
@@ -52,19 +52,20 @@ def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller
     assert len(data) < 0.85 * len(lsq.encode(x))  # the RGB code of the same pixels
 
 
-def test_half_resolution_chroma_is_found_and_pays(photo, monkeypatch):
-    x = jpeg_decode(photo, subsampling=2)
+@pytest.mark.parametrize("subsampling,fy,shape", [(2, 2, (48, 64, 2)), (1, 1, (96, 64, 2))])
+def test_half_resolution_chroma_is_found_and_pays(photo, monkeypatch, subsampling, fy, shape):
+    x = jpeg_decode(photo, subsampling=subsampling)
     planes, escapes = ycc.to_planes(x)
-    low = ycc.half_chroma(x, planes, escapes)
-    assert low.shape == (48, 64, 2)
-    planes2, escapes2 = ycc.with_chroma(x, ycc.upsample(low, *x.shape[:2]))
-    assert escapes2.mean() < 0.01  # the descent finds (nearly) the decoder's own samples
+    found, low = ycc.half_chroma(x, planes, escapes)
+    assert found == fy and low.shape == shape
+    planes2, escapes2 = ycc.with_chroma(x, ycc.upsample(low, *x.shape[:2], fy))
+    assert escapes2.mean() < 0.02  # the descent finds (nearly) the decoder's own samples
     ok = ~escapes2
     np.testing.assert_array_equal(ycc.to_rgb(planes2)[ok], x[ok])
     half = assert_ycc_roundtrip(x)
     monkeypatch.setattr(ycc, "SUBSAMPLED_MISFIT", -1.0)  # never half: the whole planes
     whole = assert_ycc_roundtrip(x)
-    assert half[0] == ycc.HALF and whole[0] == ycc.WHOLE
+    assert half[0] == (ycc.HALF if fy == 2 else ycc.HALF_ROWS) and whole[0] == ycc.WHOLE
     assert len(half) < 0.95 * len(whole)
 
 

@@ -70,9 +70,11 @@ def _inverse_table() -> np.ndarray:
 INVERSE = _inverse_table()
 ORDER = (1, 2, 0)  # the planes (Y, Cb, Cr) coded Cb, Cr, Y: smooth chroma first, luma reads both
 MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as RGB
-WHOLE, HALF = 0, 1  # the chroma planes: whole, or at half resolution (4:2:0, fancy upsampling)
+# the chroma planes: whole, or at half resolution (fancy upsampling): in both directions
+# (4:2:0) or along the rows only (4:2:2)
+WHOLE, HALF, HALF_ROWS = 0, 1, 2
 SUBSAMPLED_MISFIT = 0.08  # chroma is taken as 4:2:0 where the descent leaves fewer misses
-HALF_ESCAPE_SLACK = 0.01
+HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
 CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y  # ... and the half-resolution planes add at most this share of escapes
 CLAMP_SEARCH = 16  # a clamped pixel's chroma is sought this far from its neighbour's first,
 WIDE_SEARCHES = 4096  # then everywhere, for at most this many pixels of an image (0.2 ms each)
@@ -210,12 +212,20 @@ def _low_at(low, i, j):
 
 
 @numba.njit(cache=True)
-def _fancy(low, y, x):
-    """Sample (y, x) of the h2v2 fancy upsampling of low: the nearer row three times plus the
-    farther one (edges repeated), then along the row the nearer column sum three times plus
-    the farther one, + 8 (even columns) or + 7 (odd), >> 4; the first and last columns take
-    their own column sum four times."""
-    i, j = y >> 1, x >> 1
+def _fancy(low, y, x, fy):
+    """Sample (y, x) of the fancy upsampling of low.  fy = 2 (h2v2, 4:2:0): the nearer row
+    three times plus the farther one (edges repeated), then along the row the nearer column
+    sum three times plus the farther one, + 8 (even columns) or + 7 (odd), >> 4; the first
+    and last columns take their own column sum four times.  fy = 1 (h2v1, 4:2:2): along the
+    row only, the nearer sample three times plus the farther one, + 1 (even) or + 2 (odd),
+    >> 2; the first and last columns are their sample."""
+    j = x >> 1
+    if fy == 1:
+        v = low[y, j]
+        if (x & 1) == 0:
+            return v if j == 0 else (3 * v + low[y, j - 1] + 1) >> 2
+        return v if j == low.shape[1] - 1 else (3 * v + low[y, j + 1] + 2) >> 2
+    i = y >> 1
     di = -1 if (y & 1) == 0 else 1
     cs = 3 * _low_at(low, i, j) + _low_at(low, i + di, j)
     if (x & 1) == 0:
@@ -228,43 +238,57 @@ def _fancy(low, y, x):
 
 
 @numba.njit(cache=True)
-def _upsample(low, out):
+def _upsample(low, out, fy):
     for y in range(out.shape[0]):
         for x in range(out.shape[1]):
-            out[y, x] = _fancy(low, y, x)
+            out[y, x] = _fancy(low, y, x, fy)
 
 
-def upsample(low: np.ndarray, height: int, width: int) -> np.ndarray:
-    """libjpeg-turbo's h2v2 fancy upsampling of each plane of low (h, w, C) to (height, width, C)."""
+def low_shape(height: int, width: int, fy: int) -> tuple[int, int]:
+    """The half-resolution planes' size: half the columns, and half the rows where fy = 2."""
+    return (height + fy - 1) // fy, (width + 1) // 2
+
+
+def upsample(low: np.ndarray, height: int, width: int, fy: int = 2) -> np.ndarray:
+    """libjpeg-turbo's fancy upsampling (fy = 2: h2v2, 1: h2v1) of each plane of low (h, w,
+    C) to (height, width, C)."""
     out = np.zeros((height, width, low.shape[2]), dtype=np.uint8)
     for c in range(low.shape[2]):
         plane = np.zeros((height, width), dtype=np.int64)
-        _upsample(np.ascontiguousarray(low[:, :, c], dtype=np.int64), plane)
+        _upsample(np.ascontiguousarray(low[:, :, c], dtype=np.int64), plane, fy)
         out[:, :, c] = plane
     return out
 
 
 @numba.njit(cache=True)
-def _misfit(low, full, pin, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g_off):
-    """The misfit of low[i0..i1, j0..j1] over the samples they reach: |upsampled - full| where
-    the pixel pins its chroma (pin 1), and CLAMPED_MISS where a clamped pixel (pin 2) has no Y
-    that gives it with the upsampled chroma and the other plane's (other)."""
+def _pixel_misfit(low, full, pin, fy, y, x, rgb, other, is_cb, cr_r, cb_b, g_off):
+    """|upsampled - full| at (y, x) where the pixel pins its chroma (pin 1); CLAMPED_MISS where
+    a clamped pixel (pin 2) has no Y that gives it with the upsampled chroma and the other
+    plane's (other); 0 elsewhere."""
+    if pin[y, x] == 1:
+        return abs(_fancy(low, y, x, fy) - full[y, x])
+    if pin[y, x] == 2:
+        mine, theirs = _fancy(low, y, x, fy), np.int64(other[y, x])
+        cb, cr = (mine, theirs) if is_cb else (theirs, mine)
+        if _luma_for(cb, cr, np.int64(rgb[y, x, 0]), np.int64(rgb[y, x, 1]), np.int64(rgb[y, x, 2]),
+                     cr_r, cb_b, g_off) < 0:
+            return CLAMPED_MISS
+    return 0
+
+
+@numba.njit(cache=True)
+def _misfit(low, full, pin, fy, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g_off):
+    """The misfit (_pixel_misfit) of low[i0..i1, j0..j1] over the samples they reach."""
     c = 0
-    for y in range(max(0, 2 * i0 - 2), min(full.shape[0], 2 * i1 + 4)):
+    y0, y1 = (2 * i0 - 2, 2 * i1 + 4) if fy == 2 else (i0, i1 + 1)
+    for y in range(max(0, y0), min(full.shape[0], y1)):
         for x in range(max(0, 2 * j0 - 2), min(full.shape[1], 2 * j1 + 4)):
-            if pin[y, x] == 1:
-                c += abs(_fancy(low, y, x) - full[y, x])
-            elif pin[y, x] == 2:
-                mine, theirs = _fancy(low, y, x), np.int64(other[y, x])
-                cb, cr = (mine, theirs) if is_cb else (theirs, mine)
-                if _luma_for(cb, cr, np.int64(rgb[y, x, 0]), np.int64(rgb[y, x, 1]), np.int64(rgb[y, x, 2]),
-                             cr_r, cb_b, g_off) < 0:
-                    c += CLAMPED_MISS
+            c += _pixel_misfit(low, full, pin, fy, y, x, rgb, other, is_cb, cr_r, cb_b, g_off)
     return c
 
 
 @numba.njit(cache=True)
-def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b, g_off):
+def _recover(low, full, pin, fy, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b, g_off):
     """Half-resolution samples whose fancy upsampling gives full wherever pin: from 2x2 means,
     coordinate descent (each sample's best value within span, sweep after sweep), then
     `rounds` passes of joint +-1 moves of 2x2 groups (out of the descent's local minima);
@@ -275,13 +299,13 @@ def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b
         for i in range(h):
             for j in range(w):
                 cur = low[i, j]
-                best = _misfit(low, full, pin, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
+                best = _misfit(low, full, pin, fy, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
                 bv = cur
                 if best == 0:
                     continue
                 for v in range(max(0, cur - span), min(255, cur + span) + 1):
                     low[i, j] = v
-                    c = _misfit(low, full, pin, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
+                    c = _misfit(low, full, pin, fy, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
                     if c < best:
                         best, bv = c, v
                 low[i, j] = bv
@@ -294,7 +318,7 @@ def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b
     for _ in range(rounds):
         for i in range(h - 1):
             for j in range(w - 1):
-                base = _misfit(low, full, pin, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                base = _misfit(low, full, pin, fy, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
                 if base == 0:
                     continue
                 orig[0], orig[1], orig[2], orig[3] = low[i, j], low[i, j + 1], low[i + 1, j], low[i + 1, j + 1]
@@ -303,7 +327,7 @@ def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b
                     d0, d1, d2, d3 = code % 3 - 1, (code // 3) % 3 - 1, (code // 9) % 3 - 1, code // 27 - 1
                     low[i, j], low[i, j + 1] = min(max(orig[0] + d0, 0), 255), min(max(orig[1] + d1, 0), 255)
                     low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
-                    c = _misfit(low, full, pin, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                    c = _misfit(low, full, pin, fy, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
                     if c < best:
                         best, bcode = c, code
                 d0, d1, d2, d3 = bcode % 3 - 1, (bcode // 3) % 3 - 1, (bcode // 9) % 3 - 1, bcode // 27 - 1
@@ -311,36 +335,40 @@ def _recover(low, full, pin, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b
                 low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
 
 
-def _box_means(full: np.ndarray) -> np.ndarray:
-    """Each 2x2 block's rounded mean (the blocks cut at the edges): where the descent starts."""
-    h, w = (full.shape[0] + 1) // 2, (full.shape[1] + 1) // 2
-    pad = np.pad(full, ((0, 2 * h - full.shape[0]), (0, 2 * w - full.shape[1])), mode="edge")
-    return (pad.reshape(h, 2, w, 2).sum(axis=(1, 3)) + 2) // 4
+def _box_means(full: np.ndarray, fy: int) -> np.ndarray:
+    """Each fy x 2 block's rounded mean (the blocks cut at the edges): where the descent starts."""
+    h, w = low_shape(*full.shape, fy)
+    pad = np.pad(full, ((0, fy * h - full.shape[0]), (0, 2 * w - full.shape[1])), mode="edge")
+    n = 2 * fy
+    return (pad.reshape(h, fy, w, 2).sum(axis=(1, 3)) + n // 2) // n
 
 
-def half_chroma(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> np.ndarray | None:
-    """Half-resolution Cb and Cr (h, w, 2) whose fancy upsampling gives the planes' chroma
-    at (nearly) every pixel that pins it (no channel clamped, no escape), and chroma with
-    which every clamped pixel has a Y; None where the chroma is not so (more than
-    SUBSAMPLED_MISFIT of the pinning pixels miss after a first descent)."""
+def half_chroma(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(fy, half-resolution Cb and Cr (h, w, 2)) whose fancy upsampling (fy = 2: 4:2:0, 1:
+    4:2:2) gives the planes' chroma at (nearly) every pixel that pins it (no channel clamped,
+    no escape), with which every clamped pixel has a Y; None where the chroma is neither (more
+    than SUBSAMPLED_MISFIT of the pinning pixels miss after a first descent, for both)."""
     clamped = ((x == 0) | (x == 255)).any(axis=2)
     pin = np.where(escapes, 0, np.where(clamped, 2, 1)).astype(np.int64)
     if (pin == 1).sum() == 0 or min(x.shape[:2]) < 4:
         return None
     full = [np.ascontiguousarray(planes[:, :, c], dtype=np.int64) for c in (1, 2)]
-    lows = [_box_means(f) for f in full]
-    ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
     first = np.where(pin == 1, 1, 0)  # the first descent: pinning pixels only
-    for c in (0, 1):
-        _recover(lows[c], full[c], first, 30, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
-        _upsample(lows[c], ups[c])
-        if ((ups[c] != full[c]) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum():
-            return None
-    for _ in range(2):  # then with the clamped pixels too, each plane against the other's
+    for fy in (2, 1):
+        lows = [_box_means(f, fy) for f in full]
+        ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
         for c in (0, 1):
-            _recover(lows[c], full[c], pin, 30, 6, 3, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
-            _upsample(lows[c], ups[c])
-    return np.stack(lows, axis=-1).astype(np.uint8)
+            _recover(lows[c], full[c], first, fy, 30, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+            _upsample(lows[c], ups[c], fy)
+            if ((ups[c] != full[c]) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum():
+                break
+        else:
+            for _ in range(2):  # then with the clamped pixels too, each plane against the other's
+                for c in (0, 1):
+                    _recover(lows[c], full[c], pin, fy, 30, 6, 3, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+                    _upsample(lows[c], ups[c], fy)
+            return fy, np.stack(lows, axis=-1).astype(np.uint8)
+    return None
 
 
 @numba.njit(cache=True)
@@ -428,15 +456,23 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
     planes, escapes = to_planes(x)
     if escapes.mean() > max_escape_share:
         return None
-    low = half_chroma(x, planes, escapes)
-    if low is not None:
-        planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2]))
-        if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
+    half = half_chroma(x, planes, escapes)
+    if half is not None:
+        fy, low = half
+        planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2], fy))
+        if escapes2.mean() <= escapes.mean() + max_escape_share:
             section = _escape_section(x, planes2, escapes2)
             chroma = lsq.encode(low, threads=threads, order=(0, 1), diff=False)
             luma = lsq.encode(planes2, threads=threads, order=ORDER, diff=False, first=2)
-            return (bytes([HALF]) + struct.pack("<I", len(section)) + section
+            code = (bytes([HALF if fy == 2 else HALF_ROWS]) + struct.pack("<I", len(section)) + section
                     + struct.pack("<I", len(chroma)) + chroma + luma)
+            if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
+                return code  # clearly the smaller: the whole planes are not tried
+            return min(code, _whole_code(x, planes, escapes, threads), key=len)
+    return _whole_code(x, planes, escapes, threads)
+
+
+def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int) -> bytes:
     section = _escape_section(x, planes, escapes)
     return (bytes([WHOLE]) + struct.pack("<I", len(section)) + section
             + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
@@ -474,15 +510,16 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
 
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
-    if not data or data[0] not in (WHOLE, HALF):
+    if not data or data[0] not in (WHOLE, HALF, HALF_ROWS):
         raise ValueError("ycc data has an unknown chroma mode")
     section, pos = _take(data, 1)
     where, fixes = _read_escapes(section, height * width)
-    if data[0] == HALF:
+    if data[0] != WHOLE:
+        fy = 2 if data[0] == HALF else 1
         chroma, pos = _take(data, pos)
-        low = lsq.decode(chroma, (height + 1) // 2, (width + 1) // 2, 2, order=(0, 1), diff=False)
+        low = lsq.decode(chroma, *low_shape(height, width, fy), 2, order=(0, 1), diff=False)
         given = np.zeros((height, width, 3), dtype=np.uint8)
-        given[:, :, 1:] = upsample(low, height, width)
+        given[:, :, 1:] = upsample(low, height, width, fy)
         planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
     else:
         planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False)
