@@ -35,65 +35,66 @@ def _descale(x, n):
     return (x + (1 << (n - 1))) >> n
 
 @numba.njit(cache=True)
+def _butterfly(d, out):
+    """jidctint.c's 1-D pass on d[0..7] (dequantised, or the first pass's outputs): out[k] =
+    the k-th output before its descale (scaled by 2^CONST_BITS)."""
+    z1 = (d[2] + d[6]) * F0541
+    tmp2 = z1 + d[6] * (-F1847)
+    tmp3 = z1 + d[2] * F0765
+    tmp0 = (d[0] + d[4]) << CONST_BITS
+    tmp1 = (d[0] - d[4]) << CONST_BITS
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    tmp3, tmp2, tmp1, tmp0 = d[1], d[3], d[5], d[7]
+    z4, z3, z2, z1 = tmp1 + tmp3, tmp0 + tmp2, tmp1 + tmp2, tmp0 + tmp3
+    z5 = (z3 + z4) * F1175
+    tmp3, tmp2, tmp1, tmp0 = tmp3 * F1501, tmp2 * F3072, tmp1 * F2053, tmp0 * F0298
+    z4 = z4 * (-F0390) + z5
+    z3 = z3 * (-F1961) + z5
+    z1 = z1 * (-F0899)
+    z2 = z2 * (-F2562)
+    tmp3 += z1 + z4
+    tmp2 += z2 + z3
+    tmp1 += z2 + z4
+    tmp0 += z1 + z3
+    out[0], out[7] = tmp10 + tmp3, tmp10 - tmp3
+    out[1], out[6] = tmp11 + tmp2, tmp11 - tmp2
+    out[2], out[5] = tmp12 + tmp1, tmp12 - tmp1
+    out[3], out[4] = tmp13 + tmp0, tmp13 - tmp0
+
+
+@numba.njit(cache=True)
+def _ac_zero(d):
+    return d[1] == 0 and d[2] == 0 and d[3] == 0 and d[4] == 0 and d[5] == 0 and d[6] == 0 and d[7] == 0
+
+
+@numba.njit(cache=True)
 def idct_islow(coef, q, out):
-    """coef (8,8) int64 quantised, q (8,8) int64; out (8,8) int64 samples 0..255 (clamped)."""
+    """libjpeg's integer IDCT ("islow") of quantised coefficients coef (8, 8) with table q
+    (8, 8), both int64, into out (8, 8): samples 0..255 (clamped).  Columns first, then rows,
+    each a 1-D pass; a column or row whose AC terms are zero is its DC term alone."""
     ws = np.zeros((8, 8), np.int64)
+    d = np.empty(8, np.int64)
+    t = np.empty(8, np.int64)
     for col in range(8):
-        d = np.empty(8, np.int64)
         for r in range(8):
             d[r] = coef[r, col] * q[r, col]
-        if d[1] == 0 and d[2] == 0 and d[3] == 0 and d[4] == 0 and d[5] == 0 and d[6] == 0 and d[7] == 0:
-            dc = d[0] << PASS1_BITS
+        if _ac_zero(d):
             for r in range(8):
-                ws[r, col] = dc
+                ws[r, col] = d[0] << PASS1_BITS
             continue
-        z2 = d[2]; z3 = d[6]
-        z1 = (z2 + z3) * F0541
-        tmp2 = z1 + z3 * (-F1847)
-        tmp3 = z1 + z2 * F0765
-        z2 = d[0]; z3 = d[4]
-        tmp0 = (z2 + z3) << CONST_BITS
-        tmp1 = (z2 - z3) << CONST_BITS
-        tmp10 = tmp0 + tmp3; tmp13 = tmp0 - tmp3; tmp11 = tmp1 + tmp2; tmp12 = tmp1 - tmp2
-        tmp3 = d[1]; tmp2 = d[3]; tmp1 = d[5]; tmp0 = d[7]
-        z4 = tmp1 + tmp3; z3 = tmp0 + tmp2; z2 = tmp1 + tmp2; z1 = tmp0 + tmp3
-        z5 = (z3 + z4) * F1175
-        tmp3 = tmp3 * F1501; tmp2 = tmp2 * F3072; tmp1 = tmp1 * F2053; tmp0 = tmp0 * F0298
-        z4 = z4 * (-F0390) + z5; z3 = z3 * (-F1961) + z5
-        z1 = z1 * (-F0899); z2 = z2 * (-F2562)
-        tmp3 += z1 + z4; tmp2 += z2 + z3; tmp1 += z2 + z4; tmp0 += z1 + z3
-        n = CONST_BITS - PASS1_BITS
-        ws[0, col] = _descale(tmp10 + tmp3, n); ws[7, col] = _descale(tmp10 - tmp3, n)
-        ws[1, col] = _descale(tmp11 + tmp2, n); ws[6, col] = _descale(tmp11 - tmp2, n)
-        ws[2, col] = _descale(tmp12 + tmp1, n); ws[5, col] = _descale(tmp12 - tmp1, n)
-        ws[3, col] = _descale(tmp13 + tmp0, n); ws[4, col] = _descale(tmp13 - tmp0, n)
-    n = CONST_BITS + PASS1_BITS + 3
+        _butterfly(d, t)
+        for r in range(8):
+            ws[r, col] = _descale(t[r], CONST_BITS - PASS1_BITS)
     for r in range(8):
-        w = ws[r]
-        if w[1] == 0 and w[2] == 0 and w[3] == 0 and w[4] == 0 and w[5] == 0 and w[6] == 0 and w[7] == 0:
-            v = _descale(w[0], PASS1_BITS + 3) + 128
-            v = min(max(v, 0), 255)
+        if _ac_zero(ws[r]):
+            v = min(max(_descale(ws[r, 0], PASS1_BITS + 3) + 128, 0), 255)
             for c in range(8):
                 out[r, c] = v
             continue
-        z2 = w[2]; z3 = w[6]
-        z1 = (z2 + z3) * F0541
-        tmp0 = (w[0] + w[4]) << CONST_BITS
-        tmp3 = z1 + z2 * F0765
-        tmp1 = (w[0] - w[4]) << CONST_BITS
-        tmp2 = z1 + z3 * (-F1847)
-        tmp10 = tmp0 + tmp3; tmp13 = tmp0 - tmp3; tmp11 = tmp1 + tmp2; tmp12 = tmp1 - tmp2
-        tmp3 = w[1]; tmp2 = w[3]; tmp1 = w[5]; tmp0 = w[7]
-        z4 = tmp1 + tmp3; z3 = tmp0 + tmp2; z2 = tmp1 + tmp2; z1 = tmp0 + tmp3
-        z5 = (z3 + z4) * F1175
-        tmp3 = tmp3 * F1501; tmp2 = tmp2 * F3072; tmp1 = tmp1 * F2053; tmp0 = tmp0 * F0298
-        z4 = z4 * (-F0390) + z5; z3 = z3 * (-F1961) + z5
-        z2 = z2 * (-F2562); z1 = z1 * (-F0899)
-        tmp3 += z1 + z4; tmp2 += z2 + z3; tmp1 += z2 + z4; tmp0 += z1 + z3
-        vals = (tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0, tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3)
+        _butterfly(ws[r], t)
         for c in range(8):
-            v = _descale(vals[c], n) + 128
-            out[r, c] = min(max(v, 0), 255)
+            out[r, c] = min(max(_descale(t[c], CONST_BITS + PASS1_BITS + 3) + 128, 0), 255)
+
 
 # forward DCT (float), JPEG scaling
 _C = np.array([[np.sqrt(1 / 8) if k == 0 else 0.5 * np.cos((2 * n + 1) * k * np.pi / 16) for n in range(8)] for k in range(8)])

@@ -129,12 +129,28 @@ def main_strips(ckpt_name: str, file_name: str) -> None:
     (HERE / file_name).write_bytes(data)
 
 
+def _force_own_code(want: str) -> None:
+    """Make compress store every image whole in the own code `want` ("lsq" or "lsq-ycc"),
+    which it must pick."""
+    import vdmcodec.codec as codec
+    from vdmcodec.coding import classic
+
+    plain = classic.encode_rows
+
+    def own_code_only(x, **kw):
+        kw["lsq_max_pixels"] = 1 << 30
+        name, blob = plain(x, **kw)
+        assert name == want, name
+        return name, blob
+
+    classic.encode_rows = codec.encode_rows = own_code_only
+
+
 def main_ycc(ckpt_name: str, stem: str) -> None:
     import io
 
     import numpy as np
 
-    import vdmcodec.codec as codec
     from vdmcodec.coding import classic
 
     buf = io.BytesIO()
@@ -142,15 +158,7 @@ def main_ycc(ckpt_name: str, stem: str) -> None:
         im.convert("RGB").save(buf, "JPEG", quality=90, subsampling=2)
     with Image.open(io.BytesIO(buf.getvalue())) as im:
         Image.fromarray(np.asarray(im.convert("RGB"))).save(HERE / "s23_jpeg420.png")
-    plain = classic.encode_rows
-
-    def ycc_only(x, **kw):
-        kw["lsq_max_pixels"] = 1 << 30
-        name, blob = plain(x, **kw)
-        assert name == "lsq-ycc", name
-        return name, blob
-
-    codec.encode_rows = ycc_only
+    _force_own_code("lsq-ycc")
     coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
     for kind, png, mode in (("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)):
         with Image.open(HERE / png) as im:
@@ -165,24 +173,11 @@ def main_ycc(ckpt_name: str, stem: str) -> None:
 def main_lsq(ckpt_name: str, stem: str) -> None:
     import numpy as np
 
-    from vdmcodec.coding import classic
-
     with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
         rgb = np.asarray(im.convert("RGB"))[20:68, 40:104]
     Image.fromarray(rgb).save(HERE / "s22_rgb.png")
     Image.fromarray(rgb[:, :, 1]).save(HERE / "s22_grey.png")
-    plain = classic.encode_rows
-
-    def own_code_only(x, **kw):
-        kw["lsq_max_pixels"] = 1 << 30
-        name, blob = plain(x, **kw)
-        assert name == "lsq", name
-        return name, blob
-
-    classic.encode_rows = own_code_only
-    import vdmcodec.codec as codec
-
-    codec.encode_rows = own_code_only
+    _force_own_code("lsq")
     coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
     for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
         data, reports = compress_images([(f"s22_{kind}.png", img)], coder)
