@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -76,8 +75,6 @@ MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as R
 WHOLE, HALF, HALF_ROWS = 0, 1, 2
 SUBSAMPLED_MISFIT = 0.08  # chroma is taken as 4:2:0 where the descent leaves fewer misses
 HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
-DESCENT_SWEEPS = 4  # sweeps of the descent (misfits: 0.57% after 2, 0.31% after 4, 0.30% after 30)
-QUAD_MAX_PIXELS = 1 << 20  # the 2x2 moves (misses 1.0% -> 0.15%, 17 s a plane at 1 MP) up to here
 CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y  # ... and the half-resolution planes add at most this share of escapes
 CLAMP_SEARCH = 16  # a clamped pixel's chroma is sought this far from its neighbour's first,
 WIDE_SEARCHES = 4096  # then everywhere, for at most this many pixels of an image (0.2 ms each)
@@ -291,36 +288,16 @@ def _misfit(low, full, pin, fy, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g
 
 
 @numba.njit(cache=True)
-def _hot(low, full, pin, fy, rgb, other, is_cb, cr_r, cb_b, g_off):
-    """The samples of low that reach a pixel with a misfit (the only ones worth a move)."""
-    h, w = low.shape
-    hot = np.zeros((h, w), np.bool_)
-    for y in range(full.shape[0]):
-        for x in range(full.shape[1]):
-            if _pixel_misfit(low, full, pin, fy, y, x, rgb, other, is_cb, cr_r, cb_b, g_off) == 0:
-                continue
-            # the samples whose reach (see _misfit) holds (y, x)
-            i0, i1 = ((y - 3) // 2, (y + 2) // 2) if fy == 2 else (y - 1, y)
-            for i in range(max(0, i0), min(h, i1 + 1)):
-                for j in range(max(0, (x - 3) // 2), min(w, (x + 2) // 2 + 1)):
-                    hot[i, j] = True
-    return hot
-
-
-@numba.njit(cache=True, nogil=True)
 def _recover(low, full, pin, fy, sweeps, span, rounds, rgb, other, is_cb, cr_r, cb_b, g_off):
-    """Half-resolution samples whose fancy upsampling gives full wherever pin: coordinate
-    descent (each sample's best value within span, sweep after sweep), then `rounds` passes
-    of joint +-1 moves of 2x2 groups (out of the descent's local minima); only samples that
-    reach a misfit move; improves low in place."""
+    """Half-resolution samples whose fancy upsampling gives full wherever pin: from 2x2 means,
+    coordinate descent (each sample's best value within span, sweep after sweep), then
+    `rounds` passes of joint +-1 moves of 2x2 groups (out of the descent's local minima);
+    improves low in place."""
     h, w = low.shape
     for _ in range(sweeps):
-        hot = _hot(low, full, pin, fy, rgb, other, is_cb, cr_r, cb_b, g_off)
         changed = 0
         for i in range(h):
             for j in range(w):
-                if not hot[i, j]:
-                    continue
                 cur = low[i, j]
                 best = _misfit(low, full, pin, fy, i, i, j, j, rgb, other, is_cb, cr_r, cb_b, g_off)
                 bv = cur
@@ -335,13 +312,12 @@ def _recover(low, full, pin, fy, sweeps, span, rounds, rgb, other, is_cb, cr_r, 
                 changed += bv != cur
         if changed == 0:
             break
+    if rounds == 0:
+        return
     orig = np.zeros(4, np.int64)
     for _ in range(rounds):
-        hot = _hot(low, full, pin, fy, rgb, other, is_cb, cr_r, cb_b, g_off)
         for i in range(h - 1):
             for j in range(w - 1):
-                if not (hot[i, j] or hot[i, j + 1] or hot[i + 1, j] or hot[i + 1, j + 1]):
-                    continue
                 base = _misfit(low, full, pin, fy, i, i + 1, j, j + 1, rgb, other, is_cb, cr_r, cb_b, g_off)
                 if base == 0:
                     continue
@@ -359,10 +335,8 @@ def _recover(low, full, pin, fy, sweeps, span, rounds, rgb, other, is_cb, cr_r, 
                 low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
 
 
-def _start(full: np.ndarray, fy: int) -> np.ndarray:
-    """Where the descent starts: each fy x 2 block's rounded mean (the blocks cut at the edges).
-    (Jacobi steps that undo the filter's blur of the means miss at 2.5% of the pixels at the
-    start instead of 14%, but the descent and moves then end with more misses: not kept.)"""
+def _box_means(full: np.ndarray, fy: int) -> np.ndarray:
+    """Each fy x 2 block's rounded mean (the blocks cut at the edges): where the descent starts."""
     h, w = low_shape(*full.shape, fy)
     pad = np.pad(full, ((0, fy * h - full.shape[0]), (0, 2 * w - full.shape[1])), mode="edge")
     n = 2 * fy
@@ -373,31 +347,26 @@ def half_chroma(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> tuple
     """(fy, half-resolution Cb and Cr (h, w, 2)) whose fancy upsampling (fy = 2: 4:2:0, 1:
     4:2:2) gives the planes' chroma at (nearly) every pixel that pins it (no channel clamped,
     no escape), with which every clamped pixel has a Y; None where the chroma is neither (more
-    than SUBSAMPLED_MISFIT of the pinning pixels miss after a first descent, for both).  The
-    two planes are worked on two threads; clamped pixels couple them, so each reads the
-    other's upsampling as it was after the first descent."""
+    than SUBSAMPLED_MISFIT of the pinning pixels miss after a first descent, for both)."""
     clamped = ((x == 0) | (x == 255)).any(axis=2)
     pin = np.where(escapes, 0, np.where(clamped, 2, 1)).astype(np.int64)
     if (pin == 1).sum() == 0 or min(x.shape[:2]) < 4:
         return None
     full = [np.ascontiguousarray(planes[:, :, c], dtype=np.int64) for c in (1, 2)]
     first = np.where(pin == 1, 1, 0)  # the first descent: pinning pixels only
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for fy in (2, 1):
-            lows = [_start(f, fy) for f in full]
-            ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
-
-            def descend(c: int, pins: np.ndarray, rounds: int, other: np.ndarray) -> None:
-                _recover(lows[c], full[c], pins, fy, DESCENT_SWEEPS, 6, rounds, x, other, c == 0, CR_R, CB_B, G_OFF)
-
-            list(pool.map(descend, (0, 1), (first, first), (0, 0), (ups[1], ups[0])))
-            for c in (0, 1):
-                _upsample(lows[c], ups[c], fy)
-            if any(((u != f) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum() for u, f in zip(ups, full)):
-                continue
-            # then with the clamped pixels too, each plane against the other's first upsampling
-            rounds = 1 if x.shape[0] * x.shape[1] <= QUAD_MAX_PIXELS else 0
-            list(pool.map(descend, (0, 1), (pin, pin), (rounds, rounds), (ups[1].copy(), ups[0].copy())))
+    for fy in (2, 1):
+        lows = [_box_means(f, fy) for f in full]
+        ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
+        for c in (0, 1):
+            _recover(lows[c], full[c], first, fy, 30, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+            _upsample(lows[c], ups[c], fy)
+            if ((ups[c] != full[c]) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum():
+                break
+        else:
+            for _ in range(2):  # then with the clamped pixels too, each plane against the other's
+                for c in (0, 1):
+                    _recover(lows[c], full[c], pin, fy, 30, 6, 3, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+                    _upsample(lows[c], ups[c], fy)
             return fy, np.stack(lows, axis=-1).astype(np.uint8)
     return None
 
