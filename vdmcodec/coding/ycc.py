@@ -73,9 +73,9 @@ MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as R
 # the chroma planes: whole, or at half resolution (fancy upsampling): in both directions
 # (4:2:0) or along the rows only (4:2:2)
 WHOLE, HALF, HALF_ROWS = 0, 1, 2
-SUBSAMPLED_MISFIT = 0.08  # chroma is taken as 4:2:0 where the descent leaves fewer misses
+SUBSAMPLED_MISFIT = 0.08  # chroma is taken as half resolution where the first descent leaves fewer misses
 HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
-CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y  # ... and the half-resolution planes add at most this share of escapes
+CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y
 CLAMP_SEARCH = 16  # a clamped pixel's chroma is sought this far from its neighbour's first,
 WIDE_SEARCHES = 4096  # then everywhere, for at most this many pixels of an image (0.2 ms each)
 
