@@ -86,12 +86,6 @@ def _clamp(v):
 
 
 @numba.njit(cache=True)
-def _gives(yv, cb, cr, r, g, b, cr_r, cb_b, g_off):
-    return (_clamp(yv + cr_r[cr]) == r and _clamp(yv + g_off[cb, cr]) == g
-            and _clamp(yv + cb_b[cb]) == b)
-
-
-@numba.njit(cache=True)
 def _luma_for(cb, cr, r, g, b, cr_r, cb_b, g_off):
     """A Y that gives (r, g, b) with chroma (cb, cr), or -1: each channel v with offset o asks
     Y = v - o, or Y >= 255 - o where v is 255 (clamped), or Y <= -o where v is 0."""
@@ -117,20 +111,10 @@ def _clamped_triple(r, g, b, pcb, pcr, radius, cr_r, cb_b, g_off, out):
             dist = abs(cb - pcb) + abs(cr - pcr)
             if dist >= best:
                 continue
-            # Y follows from any channel that is not clamped; if all are, try every Y
-            if 0 < g < 255:
-                lo = hi = g - g_off[cb, cr]
-            elif 0 < r < 255:
-                lo = hi = r - cr_r[cr]
-            elif 0 < b < 255:
-                lo = hi = b - cb_b[cb]
-            else:
-                lo, hi = 0, 255
-            for yv in range(max(lo, 0), min(hi, 255) + 1):
-                if _gives(yv, cb, cr, r, g, b, cr_r, cb_b, g_off):
-                    best = dist
-                    out[0], out[1], out[2] = yv, cb, cr
-                    break
+            yv = _luma_for(cb, cr, r, g, b, cr_r, cb_b, g_off)
+            if yv >= 0:
+                best = dist
+                out[0], out[1], out[2] = yv, cb, cr
     return best < (1 << 30)
 
 
@@ -413,30 +397,32 @@ def to_rgb(planes: np.ndarray) -> np.ndarray:
 
 
 def _leb128(values: np.ndarray) -> bytes:
-    out = bytearray()
-    for v in values.tolist():
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-    return bytes(out)
+    """Unsigned LEB128 of every value (7 bits a byte, low first, the high bit set on all but a
+    value's last byte), vectorised."""
+    v = np.asarray(values, dtype=np.int64)
+    nbytes = np.maximum(1, (np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) + 7) // 7)
+    owner = np.repeat(np.arange(v.size), nbytes)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(nbytes) - nbytes, nbytes)  # byte index in its value
+    out = (v[owner] >> (7 * k)) & 0x7F
+    out |= np.where(k < nbytes[owner] - 1, 0x80, 0)
+    return out.astype(np.uint8).tobytes()
 
 
-def _read_leb128(buf: bytes, pos: int, count: int) -> tuple[list[int], int]:
-    vals = []
-    for _ in range(count):
-        v, shift = 0, 0
-        while True:
-            if pos >= len(buf) or shift > 35:
-                raise ValueError("ycc escape section is corrupt")
-            byte = buf[pos]
-            pos += 1
-            v |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        vals.append(v)
-    return vals, pos
+def _read_leb128(buf: bytes, pos: int, count: int) -> tuple[np.ndarray, int]:
+    """The first `count` LEB128 values of buf from pos, and the position after them."""
+    b = np.frombuffer(buf, dtype=np.uint8)[pos:].astype(np.int64)
+    last = np.flatnonzero(b < 0x80)[:count]  # each value's last byte
+    if last.size < count:
+        raise ValueError("ycc escape section is corrupt")
+    end = int(last[-1]) + 1 if count else 0
+    starts = np.concatenate([[0], last[:-1] + 1]) if count else last
+    if count and int(np.max(last - starts)) > 5:
+        raise ValueError("ycc escape section is corrupt")
+    owner = np.repeat(np.arange(count), last - starts + 1)
+    k = np.arange(end) - starts[owner]
+    vals = np.zeros(count, dtype=np.int64)
+    np.add.at(vals, owner, (b[:end] & 0x7F) << (7 * k))
+    return vals, pos + end
 
 
 def _escape_section(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> bytes:
@@ -492,7 +478,7 @@ def _read_escapes(section: bytes, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     gaps, pos = _read_leb128(raw, 4, count)
     if len(raw) != pos + 3 * count:
         raise ValueError("ycc escape section is corrupt")
-    where = np.cumsum(np.array(gaps, dtype=np.int64) + 1) - 1
+    where = np.cumsum(gaps + 1) - 1
     if count and where[-1] >= pixels:
         raise ValueError("ycc escape section is corrupt")
     return where, np.frombuffer(raw[pos:], dtype=np.uint8).reshape(count, 3)
