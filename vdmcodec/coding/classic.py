@@ -2,7 +2,8 @@
 
 The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
 (format 11, whole images) vdmcodec's own least-squares code (coding.lsq), or (format 12)
-the same code of a JPEG decode's own YCbCr planes (coding.ycc), behind a one-byte tag.  JPEG XL codes a photograph's seed strip about 11% smaller than WebP
+the same code of a JPEG decode's own YCbCr planes (coding.ycc), behind a one-byte tag.
+JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
 a second; its lossless decode is exact by the standard, whatever libjxl decodes it.
 """
@@ -106,14 +107,15 @@ def _own_code(x: np.ndarray, threads: int) -> bytes:
 def describe(data: bytes) -> str:
     """The code inside tagged classic rows, in words.
 
-    >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_JXL]))
-    ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'jxl')
+    >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_YCC, ycc.HALF_ROWS]))[-23:], describe(bytes([TAG_JXL]))
+    ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'half resolution in the rows', 'jxl')
     """
     if not data or data[0] not in NAMES:
         return "unknown"
     name = NAMES[data[0]]
+    chroma = {ycc.WHOLE: "full resolution", ycc.HALF: "half resolution", ycc.HALF_ROWS: "half resolution in the rows"}
     if data[0] == TAG_YCC and len(data) > 1:
-        name += ": libjpeg YCbCr, chroma at " + ("half resolution" if data[1] == ycc.HALF else "full resolution")
+        name += ": libjpeg YCbCr, chroma at " + chroma.get(data[1], "an unknown resolution")
     return name
 
 
