@@ -107,7 +107,7 @@ def _own_code(x: np.ndarray, threads: int) -> bytes:
 def describe(data: bytes) -> str:
     """The code inside tagged classic rows, in words.
 
-    >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_YCC, ycc.HALF_ROWS]))[-23:], describe(bytes([TAG_JXL]))
+    >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_YCC, ycc.HALF_ROWS]))[-27:], describe(bytes([TAG_JXL]))
     ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'half resolution in the rows', 'jxl')
     """
     if not data or data[0] not in NAMES:
