@@ -13,6 +13,7 @@
     VDMCODEC_DATA=../shared/data python tests/data/make_golden.py strips ../../checkpoints/default.pt s17_v10_strip.vdmc
     python tests/data/make_golden.py lsq ../../checkpoints/default.pt s22_v11_lsq
     python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc
+    python tests/data/make_golden.py coef ../../checkpoints/default.pt s24_v13_coef
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -45,6 +46,9 @@ the own least-squares code (classic tag 4, coding.lsq; forced, though it wins on
 YCbCr planes (classic tag 5, coding.ycc; the crop is a JPEG decode with 31 escapes, its
 chroma whole), and the 128x96 example through Pillow's JPEG at quality 90, 4:2:0
 (s23_jpeg420.png), whose chroma is coded at half resolution.
+"coef" (session 24, format 13) stores the 128x96 example through Pillow's JPEG at quality 75,
+4:2:0 (s24_jpeg420_q75.png) and 4:4:4 (s24_jpeg444_q75.png), in the own code of their
+YCbCr planes with Y as the JPEG's DCT coefficients (coding.jpegcoef; ycc mode byte 5 and 4).
 """
 
 import sys
@@ -170,6 +174,30 @@ def main_ycc(ckpt_name: str, stem: str) -> None:
         assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, mode])
 
 
+def main_coef(ckpt_name: str, stem: str) -> None:
+    import io
+
+    import numpy as np
+
+    from vdmcodec.coding import classic, ycc
+
+    _force_own_code("lsq-ycc")
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    for kind, subsampling, mode in (("half", 2, ycc.HALF), ("whole", 0, ycc.WHOLE)):
+        png = f"s24_jpeg{'420' if subsampling else '444'}_q75.png"
+        buf = io.BytesIO()
+        with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
+            im.convert("RGB").save(buf, "JPEG", quality=75, subsampling=subsampling)
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        Image.fromarray(pixels).save(HERE / png)
+        data, reports = compress_images([(png, raster(pixels))], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+        header, sections = unpack_container(data)
+        assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, mode | ycc.COEF_LUMA])
+
+
 def main_lsq(ckpt_name: str, stem: str) -> None:
     import numpy as np
 
@@ -231,6 +259,8 @@ if __name__ == "__main__":
         main_strips(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "ycc":
         main_ycc(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "coef":
+        main_coef(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq":
         main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":

@@ -44,7 +44,7 @@ import zlib
 import numba
 import numpy as np
 
-from . import lsq
+from . import jpegcoef, lsq
 
 # libjpeg's fixed-point constants: FIX(1.40200), FIX(1.77200), FIX(0.71414), FIX(0.34414)
 _SHIFT, _HALF = 16, 1 << 15
@@ -73,6 +73,7 @@ MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as R
 # the chroma planes: whole, or at half resolution (fancy upsampling): in both directions
 # (4:2:0) or along the rows only (4:2:2)
 WHOLE, HALF, HALF_ROWS = 0, 1, 2
+COEF_LUMA = 4  # or-ed into the mode: Y coded as the JPEG's DCT coefficients (coding.jpegcoef, format 13)
 SUBSAMPLED_MISFIT = 0.08  # chroma is taken as half resolution where the first descent leaves fewer misses
 HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
 CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y
@@ -447,21 +448,45 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
         fy, low = half
         planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2], fy))
         if escapes2.mean() <= escapes.mean() + max_escape_share:
-            section = _escape_section(x, planes2, escapes2)
             chroma = lsq.encode(low, threads=threads, order=(0, 1), diff=False)
-            luma = lsq.encode(planes2, threads=threads, order=ORDER, diff=False, first=2)
-            code = (bytes([HALF if fy == 2 else HALF_ROWS]) + struct.pack("<I", len(section)) + section
-                    + struct.pack("<I", len(chroma)) + chroma + luma)
+            code = _smaller_luma(x, HALF if fy == 2 else HALF_ROWS, planes2, escapes2, chroma, threads)
             if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
                 return code  # clearly the smaller: the whole planes are not tried
             return min(code, _whole_code(x, planes, escapes, threads), key=len)
     return _whole_code(x, planes, escapes, threads)
 
 
+def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
+                  threads: int) -> bytes:
+    """The code of half-resolution chroma (coded: `chroma`) with Y as JPEG coefficients, or
+    as the own code given the chroma, whichever is smaller."""
+    own = (bytes([mode]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2))
+    return min(own, _coef_code(x, mode, planes, escapes, chroma), key=len)
+
+
 def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int) -> bytes:
-    section = _escape_section(x, planes, escapes)
-    return (bytes([WHOLE]) + struct.pack("<I", len(section)) + section
-            + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
+    """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr in it
+    and Y as JPEG coefficients, whichever is smaller."""
+    own = (bytes([WHOLE]) + _part(_escape_section(x, planes, escapes))
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
+    chroma = lsq.encode(np.ascontiguousarray(planes[:, :, 1:]), threads=threads, order=(0, 1), diff=False)
+    return min(own, _coef_code(x, WHOLE, planes, escapes, chroma), key=len)
+
+
+def _coef_code(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes) -> bytes:
+    """mode | COEF_LUMA: the escapes, the chroma's code, then Y as JPEG coefficients (fitted
+    where no channel is clamped; an escape's Y is the IDCT's, its fix bytes against that)."""
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    coef, luma = jpegcoef.encode(planes[:, :, 0], ~(escapes | clamped), escapes)
+    planes = planes.copy()
+    planes[:, :, 0] = luma
+    return bytes([mode | COEF_LUMA]) + _part(_escape_section(x, planes, escapes)) + _part(chroma) + coef
+
+
+def _part(data: bytes) -> bytes:
+    """data behind its u32 length."""
+    return struct.pack("<I", len(data)) + data
 
 
 def _read_escapes(section: bytes, pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -496,17 +521,25 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
 
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
-    if not data or data[0] not in (WHOLE, HALF, HALF_ROWS):
+    if not data or data[0] & ~COEF_LUMA not in (WHOLE, HALF, HALF_ROWS):
         raise ValueError("ycc data has an unknown chroma mode")
+    mode, coef = data[0] & ~COEF_LUMA, bool(data[0] & COEF_LUMA)
     section, pos = _take(data, 1)
     where, fixes = _read_escapes(section, height * width)
-    if data[0] != WHOLE:
-        fy = 2 if data[0] == HALF else 1
+    if mode != WHOLE or coef:
         chroma, pos = _take(data, pos)
-        low = lsq.decode(chroma, *low_shape(height, width, fy), 2, order=(0, 1), diff=False)
         given = np.zeros((height, width, 3), dtype=np.uint8)
-        given[:, :, 1:] = upsample(low, height, width, fy)
-        planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
+        if mode == WHOLE:
+            given[:, :, 1:] = lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False)
+        else:
+            fy = 2 if mode == HALF else 1
+            low = lsq.decode(chroma, *low_shape(height, width, fy), 2, order=(0, 1), diff=False)
+            given[:, :, 1:] = upsample(low, height, width, fy)
+        if coef:
+            given[:, :, 0] = jpegcoef.decode(data[pos:], height, width)
+            planes = given
+        else:
+            planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
     else:
         planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False)
     rgb = to_rgb(planes).reshape(-1, 3)
