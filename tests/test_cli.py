@@ -891,4 +891,4 @@ def test_info_names_the_classic_code_inside():
     assert "classic-planes (lsq-ycc: libjpeg YCbCr, chroma at half resolution)" in result.output
     assert "classic-planes (lsq)" in ok(invoke("info", here / "s22_v11_lsq_grey.vdmc")).output
     coef = ok(invoke("info", here / "s24_v13_coef_half.vdmc")).output
-    assert "chroma at half resolution, luma as JPEG DCT coefficients)" in coef
+    assert "chroma at half resolution, luma and chroma as JPEG DCT coefficients)" in coef

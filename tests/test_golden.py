@@ -311,11 +311,11 @@ def test_version_12_golden_files_in_the_own_code_of_jpeg_ycbcr_planes_decode(kin
         np.testing.assert_array_equal(img.planes, np.asarray(im))
 
 
-@pytest.mark.parametrize("kind,png,mode", [("half", "s24_jpeg420_q75.png", 5), ("whole", "s24_jpeg444_q75.png", 4)])
+@pytest.mark.parametrize("kind,png,mode", [("half", "s24_jpeg420_q75.png", 13), ("whole", "s24_jpeg444_q75.png", 12)])
 def test_version_13_golden_files_with_luma_as_jpeg_coefficients_decode(kind, png, mode):
     """Written by session 24's code (make_golden.py coef): the 128x96 example through Pillow's
-    JPEG at quality 75, 4:2:0 and 4:4:4, stored in the own code of its YCbCr planes with Y as
-    the JPEG's DCT coefficients (coding.jpegcoef).  libjpeg's integer IDCT, the coefficient
+    JPEG at quality 75, 4:2:0 and 4:4:4, stored in the own code of its YCbCr planes with Y,
+    Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef).  libjpeg's integer IDCT, the coefficient
     walk, its adaptive models and the residual are part of the format."""
     import struct
 

@@ -48,7 +48,7 @@ def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller
     assert not escapes.any()
     np.testing.assert_array_equal(ycc.to_rgb(planes), x)
     data = assert_ycc_roundtrip(x)
-    assert data[0] == mode | ycc.COEF_LUMA  # Y as the JPEG's coefficients
+    assert data[0] == mode | ycc.COEF_LUMA | ycc.COEF_CHROMA  # Y, Cb, Cr as the JPEG's coefficients
     assert len(data) < 0.6 * len(lsq.encode(x))  # the RGB code of the same pixels
 
 
@@ -65,8 +65,8 @@ def test_half_resolution_chroma_is_found_and_pays(photo, monkeypatch, subsamplin
     half = assert_ycc_roundtrip(x)
     monkeypatch.setattr(ycc, "SUBSAMPLED_MISFIT", -1.0)  # never half: the whole planes
     whole = assert_ycc_roundtrip(x)
-    assert half[0] & ~ycc.COEF_LUMA == (ycc.HALF if fy == 2 else ycc.HALF_ROWS)
-    assert whole[0] & ~ycc.COEF_LUMA == ycc.WHOLE
+    coefs = ycc.COEF_LUMA | ycc.COEF_CHROMA
+    assert half[0] & ~coefs == (ycc.HALF if fy == 2 else ycc.HALF_ROWS) and whole[0] & ~coefs == ycc.WHOLE
     assert len(half) < 0.95 * len(whole)
 
 
@@ -126,7 +126,7 @@ def test_damaged_codes_raise_value_error(photo):
     data = assert_ycc_roundtrip(x)
     (n,) = struct.unpack_from("<I", data, 1)
     head = data[:1]
-    for bad in (b"", b"\x07" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
+    for bad in (b"", b"\x07" + data[1:], b"\x08" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
                 head + data[1:5] + b"\0" * n + data[5 + n:]):
         with pytest.raises(ValueError):
             ycc.decode(bad, *x.shape[:2])

@@ -48,7 +48,8 @@ chroma whole), and the 128x96 example through Pillow's JPEG at quality 90, 4:2:0
 (s23_jpeg420.png), whose chroma is coded at half resolution.
 "coef" (session 24, format 13) stores the 128x96 example through Pillow's JPEG at quality 75,
 4:2:0 (s24_jpeg420_q75.png) and 4:4:4 (s24_jpeg444_q75.png), in the own code of their
-YCbCr planes with Y as the JPEG's DCT coefficients (coding.jpegcoef; ycc mode byte 5 and 4).
+YCbCr planes with Y, Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef; ycc mode byte
+13 and 12).
 """
 
 import sys
@@ -195,7 +196,8 @@ def main_coef(ckpt_name: str, stem: str) -> None:
         assert reports[0].method == "classic"
         (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
         header, sections = unpack_container(data)
-        assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, mode | ycc.COEF_LUMA])
+        want = mode | ycc.COEF_LUMA | ycc.COEF_CHROMA
+        assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, want])
 
 
 def main_lsq(ckpt_name: str, stem: str) -> None:

@@ -109,17 +109,18 @@ def describe(data: bytes) -> str:
 
     >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_YCC, ycc.HALF_ROWS]))[-27:], describe(bytes([TAG_JXL]))
     ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'half resolution in the rows', 'jxl')
-    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.COEF_LUMA]))
-    'lsq-ycc: libjpeg YCbCr, chroma at half resolution, luma as JPEG DCT coefficients'
+    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.COEF_LUMA | ycc.COEF_CHROMA]))[31:]
+    'chroma at half resolution, luma and chroma as JPEG DCT coefficients'
     """
     if not data or data[0] not in NAMES:
         return "unknown"
     name = NAMES[data[0]]
     chroma = {ycc.WHOLE: "full resolution", ycc.HALF: "half resolution", ycc.HALF_ROWS: "half resolution in the rows"}
     if data[0] == TAG_YCC and len(data) > 1:
-        name += ": libjpeg YCbCr, chroma at " + chroma.get(data[1] & ~ycc.COEF_LUMA, "an unknown resolution")
-        if data[1] & ycc.COEF_LUMA:
-            name += ", luma as JPEG DCT coefficients"
+        name += ": libjpeg YCbCr, chroma at " + chroma.get(data[1] & 3, "an unknown resolution")
+        coefs = [part for bit, part in ((ycc.COEF_LUMA, "luma"), (ycc.COEF_CHROMA, "chroma")) if data[1] & bit]
+        if coefs:
+            name += ", " + " and ".join(coefs) + " as JPEG DCT coefficients"
     return name
 
 

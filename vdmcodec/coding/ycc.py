@@ -74,6 +74,7 @@ MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as R
 # (4:2:0) or along the rows only (4:2:2)
 WHOLE, HALF, HALF_ROWS = 0, 1, 2
 COEF_LUMA = 4  # or-ed into the mode: Y coded as the JPEG's DCT coefficients (coding.jpegcoef, format 13)
+COEF_CHROMA = 8  # or-ed into the mode: Cb and Cr (as coded: half resolution or whole) likewise
 SUBSAMPLED_MISFIT = 0.08  # chroma is taken as half resolution where the first descent leaves fewer misses
 HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
 CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y
@@ -448,30 +449,39 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
         fy, low = half
         planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2], fy))
         if escapes2.mean() <= escapes.mean() + max_escape_share:
-            chroma = lsq.encode(low, threads=threads, order=(0, 1), diff=False)
-            code = _smaller_luma(x, HALF if fy == 2 else HALF_ROWS, planes2, escapes2, chroma, threads)
+            chroma_bit, chroma = _chroma_code(low, threads)
+            code = _smaller_luma(x, (HALF if fy == 2 else HALF_ROWS) | chroma_bit, planes2, escapes2, chroma, threads)
             if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
                 return code  # clearly the smaller: the whole planes are not tried
             return min(code, _whole_code(x, planes, escapes, threads), key=len)
     return _whole_code(x, planes, escapes, threads)
 
 
+def _chroma_code(chroma: np.ndarray, threads: int) -> tuple[int, bytes]:
+    """(mode bit, code) of the Cb, Cr planes (h, w, 2): the own code of both, or each as JPEG
+    coefficients (COEF_CHROMA), whichever is smaller."""
+    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False)
+    everywhere = np.ones(chroma.shape[:2], dtype=bool)
+    coef = b"".join(_part(jpegcoef.encode(np.ascontiguousarray(chroma[:, :, c]), everywhere)[0]) for c in (0, 1))
+    return (COEF_CHROMA, coef) if len(coef) < len(own) else (0, own)
+
+
 def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
                   threads: int) -> bytes:
-    """The code of half-resolution chroma (coded: `chroma`) with Y as JPEG coefficients, or
-    as the own code given the chroma, whichever is smaller."""
+    """The code of the chroma (mode and code given) with Y as JPEG coefficients, or as the
+    own code given the chroma's upsampling, whichever is smaller."""
     own = (bytes([mode]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
            + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2))
     return min(own, _coef_code(x, mode, planes, escapes, chroma), key=len)
 
 
 def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int) -> bytes:
-    """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr in it
-    and Y as JPEG coefficients, whichever is smaller."""
+    """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr on
+    their own (_chroma_code) and Y as JPEG coefficients, whichever is smaller."""
     own = (bytes([WHOLE]) + _part(_escape_section(x, planes, escapes))
            + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
-    chroma = lsq.encode(np.ascontiguousarray(planes[:, :, 1:]), threads=threads, order=(0, 1), diff=False)
-    return min(own, _coef_code(x, WHOLE, planes, escapes, chroma), key=len)
+    chroma_bit, chroma = _chroma_code(np.ascontiguousarray(planes[:, :, 1:]), threads)
+    return min(own, _coef_code(x, WHOLE | chroma_bit, planes, escapes, chroma), key=len)
 
 
 def _coef_code(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes) -> bytes:
@@ -519,21 +529,33 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos + 4:pos + 4 + n], pos + 4 + n
 
 
+def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool) -> np.ndarray:
+    """The Cb, Cr planes (height, width, 2) from their code (_chroma_code)."""
+    if not coef:
+        return lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False)
+    cb, pos = _take(chroma, 0)
+    cr, pos = _take(chroma, pos)
+    if pos != len(chroma):
+        raise ValueError("ycc chroma code is corrupt")
+    return np.stack([jpegcoef.decode(cb, height, width), jpegcoef.decode(cr, height, width)], axis=-1)
+
+
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
-    if not data or data[0] & ~COEF_LUMA not in (WHOLE, HALF, HALF_ROWS):
+    modes = (WHOLE, HALF, HALF_ROWS)
+    if not data or data[0] & ~(COEF_LUMA | COEF_CHROMA) not in modes or data[0] == WHOLE | COEF_CHROMA:
         raise ValueError("ycc data has an unknown chroma mode")
-    mode, coef = data[0] & ~COEF_LUMA, bool(data[0] & COEF_LUMA)
+    mode, coef = data[0] & ~(COEF_LUMA | COEF_CHROMA), bool(data[0] & COEF_LUMA)
     section, pos = _take(data, 1)
     where, fixes = _read_escapes(section, height * width)
     if mode != WHOLE or coef:
         chroma, pos = _take(data, pos)
         given = np.zeros((height, width, 3), dtype=np.uint8)
         if mode == WHOLE:
-            given[:, :, 1:] = lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False)
+            given[:, :, 1:] = _chroma_planes(chroma, height, width, bool(data[0] & COEF_CHROMA))
         else:
             fy = 2 if mode == HALF else 1
-            low = lsq.decode(chroma, *low_shape(height, width, fy), 2, order=(0, 1), diff=False)
+            low = _chroma_planes(chroma, *low_shape(height, width, fy), bool(data[0] & COEF_CHROMA))
             given[:, :, 1:] = upsample(low, height, width, fy)
         if coef:
             given[:, :, 0] = jpegcoef.decode(data[pos:], height, width)
