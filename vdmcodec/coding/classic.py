@@ -109,7 +109,7 @@ def describe(data: bytes) -> str:
 
     >>> describe(bytes([TAG_YCC, ycc.HALF])), describe(bytes([TAG_YCC, ycc.HALF_ROWS]))[-27:], describe(bytes([TAG_JXL]))
     ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'half resolution in the rows', 'jxl')
-    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.COEF_LUMA | ycc.COEF_CHROMA]))[31:]
+    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.COEF_LUMA | ycc.COEF_CHROMA]))[24:]
     'chroma at half resolution, luma and chroma as JPEG DCT coefficients'
     """
     if not data or data[0] not in NAMES:
