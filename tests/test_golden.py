@@ -291,6 +291,22 @@ def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode
     np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
 
 
+def assert_ycc_golden_file(file: str, version: int, png: str, mode: int) -> None:
+    """A single-image golden file in the YCbCr code (classic tag 5) of `version`, whose mode
+    byte is `mode`, decodes to the PNG beside it."""
+    import struct
+
+    data = (DATA / file).read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == version
+    header, sections = unpack_container(data)
+    (entry,) = header["images"]
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][:2] == bytes([5, mode])
+    ((name, img),) = decompress_bytes(data)
+    assert name == png and img.mode == "RGB"
+    with Image.open(DATA / name) as im:
+        np.testing.assert_array_equal(img.planes, np.asarray(im))
+
+
 @pytest.mark.parametrize("kind,png,mode", [("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)])
 def test_version_12_golden_files_in_the_own_code_of_jpeg_ycbcr_planes_decode(kind, png, mode):
     """Written by session 23's code (make_golden.py ycc): two JPEG decodes stored whole in
@@ -298,33 +314,13 @@ def test_version_12_golden_files_in_the_own_code_of_jpeg_ycbcr_planes_decode(kin
     (31 escapes) with its chroma whole, and the 128x96 example through Pillow's JPEG at
     4:2:0 with its chroma at half resolution.  libjpeg's tables and upsampling, the plane order
     and the escape section are part of the format."""
-    import struct
-
-    data = (DATA / f"s23_v12_ycc_{kind}.vdmc").read_bytes()
-    assert struct.unpack_from("<H", data, 8)[0] == 12
-    header, sections = unpack_container(data)
-    (entry,) = header["images"]
-    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][:2] == bytes([5, mode])
-    ((name, img),) = decompress_bytes(data)
-    assert name == png and img.mode == "RGB"
-    with Image.open(DATA / name) as im:
-        np.testing.assert_array_equal(img.planes, np.asarray(im))
+    assert_ycc_golden_file(f"s23_v12_ycc_{kind}.vdmc", 12, png, mode)
 
 
 @pytest.mark.parametrize("kind,png,mode", [("half", "s24_jpeg420_q75.png", 13), ("whole", "s24_jpeg444_q75.png", 12)])
-def test_version_13_golden_files_with_luma_as_jpeg_coefficients_decode(kind, png, mode):
+def test_version_13_golden_files_with_luma_and_chroma_as_jpeg_coefficients_decode(kind, png, mode):
     """Written by session 24's code (make_golden.py coef): the 128x96 example through Pillow's
     JPEG at quality 75, 4:2:0 and 4:4:4, stored in the own code of its YCbCr planes with Y,
-    Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef).  libjpeg's integer IDCT, the coefficient
-    walk, its adaptive models and the residual are part of the format."""
-    import struct
-
-    data = (DATA / f"s24_v13_coef_{kind}.vdmc").read_bytes()
-    assert struct.unpack_from("<H", data, 8)[0] == 13
-    header, sections = unpack_container(data)
-    (entry,) = header["images"]
-    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][:2] == bytes([5, mode])
-    ((name, img),) = decompress_bytes(data)
-    assert name == png and img.mode == "RGB"
-    with Image.open(DATA / name) as im:
-        np.testing.assert_array_equal(img.planes, np.asarray(im))
+    Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef).  libjpeg's integer IDCT, the
+    coefficient walk, its adaptive models and the residual are part of the format."""
+    assert_ycc_golden_file(f"s24_v13_coef_{kind}.vdmc", 13, png, mode)
