@@ -26,6 +26,9 @@ the previous in raster order, LEB128, then for each its three bytes R, G, B minu
 planes give, modulo 256); WHOLE: the own code (coding.lsq) of the planes Y, Cb, Cr, in the
 order Cb, Cr, Y, none as a difference; HALF: a u32 length and the own code of the
 half-resolution Cb, Cr planes, then the own code of Y alone, Cb and Cr (upsampled) given.
+Format 13 adds two mode bits: COEF_LUMA, Y coded as the JPEG's own DCT coefficients
+(coding.jpegcoef, recovered from the plane), and COEF_CHROMA, the Cb, Cr planes (as coded)
+likewise; the encoder makes both codes of each part and keeps the smaller.
 
 >>> import numpy as np
 >>> rgb = to_rgb(np.full((2, 3, 3), (90, 100, 160), dtype=np.uint8))
