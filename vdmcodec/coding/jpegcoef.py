@@ -218,10 +218,11 @@ def estimate_table(d: np.ndarray, plane: np.ndarray, care: np.ndarray) -> np.nda
     return q
 
 
-def coefficients(plane: np.ndarray, care: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Each block's coefficients (bh, bw, 64): the rounded DCT, then REFINE_ROUNDS
-    corrections by the DCT of what the IDCT still misses (at pixels that care)."""
-    d = dct_blocks(plane - 128.0)
+def coefficients(plane: np.ndarray, care: np.ndarray, q: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
+    """Each block's coefficients (bh, bw, 64): the rounded DCT (d: the plane's, where already
+    made), then REFINE_ROUNDS corrections by the DCT of what the IDCT still misses (at pixels
+    that care)."""
+    d = dct_blocks(plane - 128.0) if d is None else d
     bh, bw = d.shape[:2]
     coefs = _rounded(d, q)
     out = np.zeros(plane.shape, dtype=np.int64)
@@ -423,8 +424,9 @@ def encode(plane: np.ndarray, care: np.ndarray, free: np.ndarray | None = None) 
     h, w = plane.shape
     padded = _padded(plane)
     fit = np.pad(np.asarray(care, dtype=bool), ((0, -h % 8), (0, -w % 8))) & (padded > 0) & (padded < 255)
-    q = estimate_table(dct_blocks(padded - 128.0), padded, fit)
-    coefs = coefficients(padded, fit, q)
+    d = dct_blocks(padded - 128.0)
+    q = estimate_table(d, padded, fit)
+    coefs = coefficients(padded, fit, q, d)
     out = np.zeros(padded.shape, dtype=np.int64)
     idct_plane(coefs, q, out)
     used = padded.copy()
@@ -435,7 +437,7 @@ def encode(plane: np.ndarray, care: np.ndarray, free: np.ndarray | None = None) 
     resid[:h, :w] = (used - out)[:h, :w]
     rec = np.zeros((coefs.shape[0] * coefs.shape[1] * SYMBOLS_PER_BLOCK + 1, 2), dtype=np.int64)
     st = np.zeros(2, dtype=np.uint64)
-    _walk(coefs.copy(), resid, h, w, ZIGZAG, False, st, np.zeros(1, np.uint32), rec, *_models())
+    _walk(coefs, resid, h, w, ZIGZAG, False, st, np.zeros(1, np.uint32), rec, *_models())
     words = np.zeros(int(rec[0, 0]) + 2, dtype=np.uint32)
     start = _rans_encode(rec, words)
     code = q.astype(np.uint8).tobytes() + words[start:].astype("<u4").tobytes()
