@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import REPO, noise_array
-from vdmcodec.coding import classic, lsq, ycc
+from vdmcodec.coding import classic, jpegcoef, lsq, ycc
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_every_pixel_of_a_jpeg_decode_has_its_ycbcr_and_the_code_is_much_smaller
     assert not escapes.any()
     np.testing.assert_array_equal(ycc.to_rgb(planes), x)
     data = assert_ycc_roundtrip(x)
-    assert data[0] == mode | ycc.COEF_LUMA | ycc.COEF_CHROMA  # Y, Cb, Cr as the JPEG's coefficients
+    assert data[0] == mode | ycc.COEF_LUMA | ycc.COEF_CHROMA | ycc.COEF_MODEL2  # Y, Cb, Cr as the JPEG's coefficients
     assert len(data) < 0.6 * len(lsq.encode(x))  # the RGB code of the same pixels
 
 
@@ -65,9 +65,29 @@ def test_half_resolution_chroma_is_found_and_pays(photo, monkeypatch, subsamplin
     half = assert_ycc_roundtrip(x)
     monkeypatch.setattr(ycc, "SUBSAMPLED_MISFIT", -1.0)  # never half: the whole planes
     whole = assert_ycc_roundtrip(x)
-    coefs = ycc.COEF_LUMA | ycc.COEF_CHROMA
+    coefs = ycc.MODE_BITS
     assert half[0] & ~coefs == (ycc.HALF if fy == 2 else ycc.HALF_ROWS) and whole[0] & ~coefs == ycc.WHOLE
     assert len(half) < 0.95 * len(whole)
+
+
+@pytest.mark.parametrize("quality,subsampling", [(50, 2), (90, 2), (95, 2), (90, 1)])
+def test_with_the_tables_quality_the_chroma_is_found_exactly_and_with_fewer_escapes(photo, quality, subsampling):
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        x, file_table = np.asarray(im.convert("RGB"), dtype=np.uint8), np.array(im.quantization[1])
+    planes, escapes = ycc.to_planes(x)
+    table = ycc._chroma_table(x, planes, escapes)
+    np.testing.assert_array_equal(table, file_table)  # read off Y's table: the file's own chroma table
+    fy, low = ycc.half_chroma_dct(x, planes, escapes, table)
+    assert fy == (2 if subsampling == 2 else 1)
+    for c in (0, 1):  # the planes are the table's IDCT of their coefficients: no residual
+        np.testing.assert_array_equal(jpegcoef.project(low[:, :, c], table), low[:, :, c])
+    _, exact = ycc.with_chroma(x, ycc.upsample(low, *x.shape[:2], fy))
+    _, descent = ycc.with_chroma(x, ycc.upsample(ycc.half_chroma(x, planes, escapes)[1], *x.shape[:2], fy))
+    assert exact.sum() <= descent.sum()
+    data = assert_ycc_roundtrip(x)
+    assert data[0] & ycc.COEF_CHROMA
 
 
 def test_chroma_at_full_resolution_is_not_taken_for_half(photo):
@@ -126,7 +146,7 @@ def test_damaged_codes_raise_value_error(photo):
     data = assert_ycc_roundtrip(x)
     (n,) = struct.unpack_from("<I", data, 1)
     head = data[:1]
-    for bad in (b"", b"\x07" + data[1:], b"\x08" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
+    for bad in (b"", b"\x07" + data[1:], b"\x08" + data[1:], b"\x18" + data[1:], b"\x11" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
                 head + data[1:5] + b"\0" * n + data[5 + n:]):
         with pytest.raises(ValueError):
             ycc.decode(bad, *x.shape[:2])

@@ -42,8 +42,8 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # and adds JPEG XL classic strips (tag 3) and z0_ensemble 8, which a reader of 9 would not know;
 # 11 adds the own least-squares classic code (tag 4, coding.lsq), which a reader of 10 would not know;
 # 12 adds that code of a JPEG decode's YCbCr planes (tag 5, coding.ycc), unknown to a reader of 11
-FORMAT_VERSION = 13
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)  # earlier files mean the same in the later versions
+FORMAT_VERSION = 14
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section", "film"}
 

@@ -28,7 +28,12 @@ order Cb, Cr, Y, none as a difference; HALF: a u32 length and the own code of th
 half-resolution Cb, Cr planes, then the own code of Y alone, Cb and Cr (upsampled) given.
 Format 13 adds two mode bits: COEF_LUMA, Y coded as the JPEG's own DCT coefficients
 (coding.jpegcoef, recovered from the plane), and COEF_CHROMA, the Cb, Cr planes (as coded)
-likewise; the encoder makes both codes of each part and keeps the smaller.
+likewise; the encoder makes both codes of each part and keeps the smaller.  Format 14 adds
+COEF_MODEL2 (the coefficients in jpegcoef's model 2) and a faster, exact chroma search: where
+Y's table is one of libjpeg's (jpegcoef.ijg_table), the chroma's table is that quality's, and
+the search alternates a short descent with projections onto the planes that table's IDCT can
+give (`half_chroma_dct`), so the chroma's coefficients give its planes back with no residual
+(and fewer escapes: training photographs 15-30% smaller, searched five times faster).
 
 >>> import numpy as np
 >>> rgb = to_rgb(np.full((2, 3, 3), (90, 100, 160), dtype=np.uint8))
@@ -78,6 +83,13 @@ MAX_ESCAPE_SHARE = 0.03  # more escapes than this: not a JPEG decode, coded as R
 WHOLE, HALF, HALF_ROWS = 0, 1, 2
 COEF_LUMA = 4  # or-ed into the mode: Y coded as the JPEG's DCT coefficients (coding.jpegcoef, format 13)
 COEF_CHROMA = 8  # or-ed into the mode: Cb and Cr (as coded: half resolution or whole) likewise
+COEF_MODEL2 = 16  # or-ed with either: the coefficients in jpegcoef's model 2 (format 14)
+MODE_BITS = COEF_LUMA | COEF_CHROMA | COEF_MODEL2
+SHORT_SWEEPS = 5  # the chroma search with a known table: descent sweeps between projections
+PROJECTIONS = 3  # ... and projections onto the planes the table's IDCT can give
+COEF_PASSES = 3  # then passes of single-coefficient moves
+DIRECT_PIXELS = 1 << 16  # planes this large, exact as coefficients: no own code made beside
+DIRECT_BITS = 1.5  # Y coded as coefficients in fewer bits per pixel: no own code made beside
 SUBSAMPLED_MISFIT = 0.08  # chroma is taken as half resolution where the first descent leaves fewer misses
 HALF_ESCAPE_SLACK = 0.01  # below it the half-resolution code is taken, above both are tried
 CLAMPED_MISS = 8  # the misfit of a clamped pixel that the chroma leaves without a Y
@@ -324,6 +336,41 @@ def _recover(low, full, pin, fy, sweeps, span, rounds, rgb, other, is_cb, cr_r, 
                 low[i + 1, j], low[i + 1, j + 1] = min(max(orig[2] + d2, 0), 255), min(max(orig[3] + d3, 0), 255)
 
 
+@numba.njit(cache=True)
+def _coef_descent(low, coefs, q, full, pin, fy, passes, rgb, other, is_cb, cr_r, cb_b, g_off):
+    """The descent in the DCT domain: each block of low whose samples leave a misfit tries each
+    of its coefficients one step up and down (the block's IDCT written into low each time) and
+    keeps every move that lowers the misfit, pass after pass; low stays the IDCT of coefs."""
+    h, w = low.shape
+    block = np.zeros((8, 8), np.int64)
+    for _ in range(passes):
+        moved = 0
+        for bi in range(coefs.shape[0]):
+            for bj in range(coefs.shape[1]):
+                i0, j0 = 8 * bi, 8 * bj
+                i1, j1 = min(i0 + 8, h) - 1, min(j0 + 8, w) - 1
+                best = _misfit(low, full, pin, fy, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                if best == 0:
+                    continue
+                for f in range(64):
+                    for step in (-1, 1):
+                        if best == 0 or abs(coefs[bi, bj, f] + step) > jpegcoef.MAX_COEF:
+                            continue
+                        coefs[bi, bj, f] += step
+                        jpegcoef.idct_islow(coefs[bi, bj], q, block)
+                        low[i0:i1 + 1, j0:j1 + 1] = block[:i1 + 1 - i0, :j1 + 1 - j0]
+                        c = _misfit(low, full, pin, fy, i0, i1, j0, j1, rgb, other, is_cb, cr_r, cb_b, g_off)
+                        if c < best:
+                            best = c
+                            moved += 1
+                        else:
+                            coefs[bi, bj, f] -= step
+                jpegcoef.idct_islow(coefs[bi, bj], q, block)
+                low[i0:i1 + 1, j0:j1 + 1] = block[:i1 + 1 - i0, :j1 + 1 - j0]
+        if moved == 0:
+            break
+
+
 def _box_means(full: np.ndarray, fy: int) -> np.ndarray:
     """Each fy x 2 block's rounded mean (the blocks cut at the edges): where the descent starts."""
     h, w = low_shape(*full.shape, fy)
@@ -356,6 +403,47 @@ def half_chroma(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> tuple
                 for c in (0, 1):
                     _recover(lows[c], full[c], pin, fy, 30, 6, 3, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
                     _upsample(lows[c], ups[c], fy)
+            return fy, np.stack(lows, axis=-1).astype(np.uint8)
+    return None
+
+
+def half_chroma_dct(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray,
+                    table: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """As half_chroma, where the chroma's quantisation table is known: a short descent, then
+    PROJECTIONS times the nearest planes the table's IDCT gives (jpegcoef.project) and a short
+    descent from them; the planes returned are such a projection, so their coefficients give
+    them back exactly.  Five times faster than half_chroma and fewer escapes: a descent stops
+    in local minima that the projection leaves."""
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    pin = np.where(escapes, 0, np.where(clamped, 2, 1)).astype(np.int64)
+    if (pin == 1).sum() == 0 or min(x.shape[:2]) < 4:
+        return None
+    full = [np.ascontiguousarray(planes[:, :, c], dtype=np.int64) for c in (1, 2)]
+    first = np.where(pin == 1, 1, 0)
+    for fy in (2, 1):
+        lows = [_box_means(f, fy) for f in full]
+        ups = [np.zeros(x.shape[:2], dtype=np.int64) for _ in full]
+        for c in (0, 1):
+            _recover(lows[c], full[c], first, fy, SHORT_SWEEPS, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+            _upsample(lows[c], ups[c], fy)
+            if ((ups[c] != full[c]) & (pin == 1)).sum() > SUBSAMPLED_MISFIT * (pin == 1).sum():
+                break
+        else:
+            for _ in range(PROJECTIONS):
+                lows = [np.clip(jpegcoef.project(low, table), 0, 255) for low in lows]
+                for c in (0, 1):
+                    _upsample(lows[c], ups[c], fy)
+                for c in (0, 1):
+                    _recover(lows[c], full[c], pin, fy, SHORT_SWEEPS, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
+                    _upsample(lows[c], ups[c], fy)
+            lows = [np.clip(jpegcoef.project(low, table), 0, 255) for low in lows]
+            for c in (0, 1):
+                _upsample(lows[c], ups[c], fy)
+            for c in (0, 1):  # the last misses, by moves of single coefficients
+                coefs = jpegcoef.fit(lows[c], np.ones(lows[c].shape, dtype=bool), table)[1]
+                _coef_descent(lows[c], coefs, table, full[c], pin, fy, COEF_PASSES, x, ups[1 - c], c == 0,
+                              CR_R, CB_B, G_OFF)
+                _upsample(lows[c], ups[c], fy)
             return fy, np.stack(lows, axis=-1).astype(np.uint8)
     return None
 
@@ -430,10 +518,16 @@ def _read_leb128(buf: bytes, pos: int, count: int) -> tuple[np.ndarray, int]:
     return vals, pos + end
 
 
-def _escape_section(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> bytes:
+def _escape_section(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, green: bool = False) -> bytes:
+    """green (format 14, with COEF_MODEL2): each escape's fixes as (R's - G's, G's, B's - G's),
+    all escapes' first bytes, then their second, then their third (the Y that the JPEG's
+    coefficients give an escape moves R, G and B alike: the differences stay small)."""
     where = np.flatnonzero(escapes.reshape(-1))
     gaps = np.diff(where, prepend=-1) - 1
     fixes = (x.reshape(-1, 3)[where].astype(np.int64) - to_rgb(planes).reshape(-1, 3)[where]) % 256
+    if green:
+        fixes = np.stack([fixes[:, 0] - fixes[:, 1], fixes[:, 1], fixes[:, 2] - fixes[:, 1]]).T % 256
+        fixes = np.ascontiguousarray(fixes.T)
     raw = struct.pack("<I", where.size) + _leb128(gaps) + fixes.astype(np.uint8).tobytes()
     return zlib.compress(raw, 9)
 
@@ -447,12 +541,12 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
     planes, escapes = to_planes(x)
     if escapes.mean() > max_escape_share:
         return None
-    half = half_chroma(x, planes, escapes)
+    half, table = _half_resolution(x, planes, escapes)
     if half is not None:
         fy, low = half
         planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2], fy))
         if escapes2.mean() <= escapes.mean() + max_escape_share:
-            chroma_bit, chroma = _chroma_code(low, threads)
+            chroma_bit, chroma = _chroma_code(low, threads, table)
             code = _smaller_luma(x, (HALF if fy == 2 else HALF_ROWS) | chroma_bit, planes2, escapes2, chroma, threads)
             if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
                 return code  # clearly the smaller: the whole planes are not tried
@@ -460,22 +554,55 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
     return _whole_code(x, planes, escapes, threads)
 
 
-def _chroma_code(chroma: np.ndarray, threads: int) -> tuple[int, bytes]:
-    """(mode bit, code) of the Cb, Cr planes (h, w, 2): the own code of both, or each as JPEG
-    coefficients (COEF_CHROMA), whichever is smaller."""
-    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False)
+def _chroma_table(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> np.ndarray | None:
+    """The IJG chroma table of the quality whose luma table Y shows (most encoders scale
+    libjpeg's two tables by one quality), or None where Y's table is no IJG one."""
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    quality = jpegcoef.ijg_quality(jpegcoef.table_of(planes[:, :, 0], ~(escapes | clamped)))
+    return None if quality is None else jpegcoef.ijg_table(quality, chroma=True)
+
+
+def _half_resolution(x: np.ndarray, planes: np.ndarray,
+                     escapes: np.ndarray) -> tuple[tuple[int, np.ndarray] | None, np.ndarray | None]:
+    """((fy, half-resolution chroma) or None, the chroma's table where the planes are exactly
+    its IDCT's): the search with the IJG chroma table where Y shows one and it leaves at most
+    MAX_ESCAPE_SHARE more escapes (exact planes pay for more escapes than the descent's: at
+    q95, 1.5% against 0.8%, and a file 3% smaller), else the descent alone (half_chroma)."""
+    table = _chroma_table(x, planes, escapes)
+    if table is not None:
+        half = half_chroma_dct(x, planes, escapes, table)
+        if half is not None:
+            _, escapes2 = with_chroma(x, upsample(half[1], *x.shape[:2], half[0]))
+            if escapes2.mean() <= escapes.mean() + MAX_ESCAPE_SHARE:
+                return half, table
+    return half_chroma(x, planes, escapes), None
+
+
+def _chroma_code(chroma: np.ndarray, threads: int, table: np.ndarray | None = None) -> tuple[int, bytes]:
+    """(mode bits, code) of the Cb, Cr planes (h, w, 2): each as JPEG coefficients (COEF_CHROMA;
+    table: theirs where the planes are exactly its IDCT's, else estimated) or the own code of
+    both, whichever is smaller (the own code is not made for large planes known exact)."""
     everywhere = np.ones(chroma.shape[:2], dtype=bool)
-    coef = b"".join(_part(jpegcoef.encode(np.ascontiguousarray(chroma[:, :, c]), everywhere)[0]) for c in (0, 1))
-    return (COEF_CHROMA, coef) if len(coef) < len(own) else (0, own)
+    coef = b"".join(_part(jpegcoef.encode(np.ascontiguousarray(chroma[:, :, c]), everywhere, table=table)[0])
+                    for c in (0, 1))
+    if table is not None and chroma.shape[0] * chroma.shape[1] >= DIRECT_PIXELS // 4:
+        return COEF_CHROMA | COEF_MODEL2, coef
+    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False)
+    return (COEF_CHROMA | COEF_MODEL2, coef) if len(coef) < len(own) else (0, own)
 
 
 def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
                   threads: int) -> bytes:
     """The code of the chroma (mode and code given) with Y as JPEG coefficients, or as the
-    own code given the chroma's upsampling, whichever is smaller."""
+    own code given the chroma's upsampling, whichever is smaller (the own code is not made
+    where the coefficients take under DIRECT_BITS per pixel of a large plane)."""
+    coef = _coef_code(x, mode, planes, escapes, chroma)
+    pixels = x.shape[0] * x.shape[1]
+    if pixels >= DIRECT_PIXELS and 8 * len(coef) < DIRECT_BITS * pixels:
+        return coef
     own = (bytes([mode]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
            + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2))
-    return min(own, _coef_code(x, mode, planes, escapes, chroma), key=len)
+    return min(own, coef, key=len)
 
 
 def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int) -> bytes:
@@ -491,10 +618,17 @@ def _coef_code(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray
     """mode | COEF_LUMA: the escapes, the chroma's code, then Y as JPEG coefficients (fitted
     where no channel is clamped; an escape's Y is the IDCT's, its fix bytes against that)."""
     clamped = ((x == 0) | (x == 255)).any(axis=2)
-    coef, luma = jpegcoef.encode(planes[:, :, 0], ~(escapes | clamped), escapes)
+    care = ~(escapes | clamped)
+    fitted = jpegcoef.fit(planes[:, :, 0], care, free=escapes)
+    # a clamped pixel whose Y the decoder's own gives as well takes that (no residual there)
+    decoded = planes.copy()
+    decoded[:, :, 0] = np.clip(jpegcoef.samples(*fitted, *x.shape[:2]), 0, 255)
+    agrees = clamped & (to_rgb(decoded) == x).all(axis=2)
+    coef, luma = jpegcoef.encode(planes[:, :, 0], care, escapes | agrees, fitted=fitted)
     planes = planes.copy()
     planes[:, :, 0] = luma
-    return bytes([mode | COEF_LUMA]) + _part(_escape_section(x, planes, escapes)) + _part(chroma) + coef
+    return (bytes([mode | COEF_LUMA | COEF_MODEL2]) + _part(_escape_section(x, planes, escapes, green=True))
+            + _part(chroma) + coef)
 
 
 def _part(data: bytes) -> bytes:
@@ -502,8 +636,8 @@ def _part(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def _read_escapes(section: bytes, pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(raster indices, bytes to add (count, 3)) of an escape section."""
+def _read_escapes(section: bytes, pixels: int, green: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(raster indices, bytes to add (count, 3)) of an escape section (`_escape_section`)."""
     try:
         raw = zlib.decompress(section)
     except zlib.error:
@@ -519,7 +653,10 @@ def _read_escapes(section: bytes, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     where = np.cumsum(gaps + 1) - 1
     if count and where[-1] >= pixels:
         raise ValueError("ycc escape section is corrupt")
-    return where, np.frombuffer(raw[pos:], dtype=np.uint8).reshape(count, 3)
+    if not green:
+        return where, np.frombuffer(raw[pos:], dtype=np.uint8).reshape(count, 3)
+    diff_r, g, diff_b = np.frombuffer(raw[pos:], dtype=np.uint8).astype(np.int64).reshape(3, count)
+    return where, (np.stack([diff_r + g, g, diff_b + g], axis=1) % 256).astype(np.uint8)
 
 
 def _take(data: bytes, pos: int) -> tuple[bytes, int]:
@@ -532,7 +669,7 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos + 4:pos + 4 + n], pos + 4 + n
 
 
-def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool) -> np.ndarray:
+def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool, model: int) -> np.ndarray:
     """The Cb, Cr planes (height, width, 2) from their code (_chroma_code)."""
     if not coef:
         return lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False)
@@ -540,28 +677,30 @@ def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool) -> np.nda
     cr, pos = _take(chroma, pos)
     if pos != len(chroma):
         raise ValueError("ycc chroma code is corrupt")
-    return np.stack([jpegcoef.decode(cb, height, width), jpegcoef.decode(cr, height, width)], axis=-1)
+    return np.stack([jpegcoef.decode(cb, height, width, model), jpegcoef.decode(cr, height, width, model)], axis=-1)
 
 
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
     modes = (WHOLE, HALF, HALF_ROWS)
-    if not data or data[0] & ~(COEF_LUMA | COEF_CHROMA) not in modes or data[0] == WHOLE | COEF_CHROMA:
+    if (not data or data[0] & ~MODE_BITS not in modes or data[0] & ~COEF_MODEL2 == WHOLE | COEF_CHROMA
+            or data[0] & MODE_BITS == COEF_MODEL2):
         raise ValueError("ycc data has an unknown chroma mode")
-    mode, coef = data[0] & ~(COEF_LUMA | COEF_CHROMA), bool(data[0] & COEF_LUMA)
+    mode, coef = data[0] & ~MODE_BITS, bool(data[0] & COEF_LUMA)
+    model = 2 if data[0] & COEF_MODEL2 else 1
     section, pos = _take(data, 1)
-    where, fixes = _read_escapes(section, height * width)
+    where, fixes = _read_escapes(section, height * width, green=coef and model == 2)
     if mode != WHOLE or coef:
         chroma, pos = _take(data, pos)
         given = np.zeros((height, width, 3), dtype=np.uint8)
         if mode == WHOLE:
-            given[:, :, 1:] = _chroma_planes(chroma, height, width, bool(data[0] & COEF_CHROMA))
+            given[:, :, 1:] = _chroma_planes(chroma, height, width, bool(data[0] & COEF_CHROMA), model)
         else:
             fy = 2 if mode == HALF else 1
-            low = _chroma_planes(chroma, *low_shape(height, width, fy), bool(data[0] & COEF_CHROMA))
+            low = _chroma_planes(chroma, *low_shape(height, width, fy), bool(data[0] & COEF_CHROMA), model)
             given[:, :, 1:] = upsample(low, height, width, fy)
         if coef:
-            given[:, :, 0] = jpegcoef.decode(data[pos:], height, width)
+            given[:, :, 0] = jpegcoef.decode(data[pos:], height, width, model)
             planes = given
         else:
             planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
