@@ -324,3 +324,12 @@ def test_version_13_golden_files_with_luma_and_chroma_as_jpeg_coefficients_decod
     Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef).  libjpeg's integer IDCT, the
     coefficient walk, its adaptive models and the residual are part of the format."""
     assert_ycc_golden_file(f"s24_v13_coef_{kind}.vdmc", 13, png, mode)
+
+
+@pytest.mark.parametrize("kind,png,mode", [("half", "s25_jpeg420_q95_edited.png", 29), ("rows", "s25_jpeg422_q90.png", 30)])
+def test_version_14_golden_files_with_coefficients_in_model_2_decode(kind, png, mode):
+    """Written by session 25's code (make_golden.py coef2): the 128x96 example through Pillow's
+    JPEG at quality 95, 4:2:0, with three pixels edited (escapes, their fixes relative to G),
+    and at quality 90, 4:2:2; Y, Cb and Cr as JPEG coefficients in jpegcoef's model 2 (edge and
+    DC predictions across block borders), the chroma exact with its IJG table."""
+    assert_ycc_golden_file(f"s25_v14_coef_{kind}.vdmc", 14, png, mode)

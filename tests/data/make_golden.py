@@ -14,6 +14,7 @@
     python tests/data/make_golden.py lsq ../../checkpoints/default.pt s22_v11_lsq
     python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc
     python tests/data/make_golden.py coef ../../checkpoints/default.pt s24_v13_coef
+    python tests/data/make_golden.py coef2 ../../checkpoints/default.pt s25_v14_coef
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -50,6 +51,11 @@ chroma whole), and the 128x96 example through Pillow's JPEG at quality 90, 4:2:0
 4:2:0 (s24_jpeg420_q75.png) and 4:4:4 (s24_jpeg444_q75.png), in the own code of their
 YCbCr planes with Y, Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef; ycc mode byte
 13 and 12).
+"coef2" (session 25, format 14) stores the 128x96 example through Pillow's JPEG at quality 95,
+4:2:0, with three pixels edited afterwards (s25_jpeg420_q95_edited.png: escapes, whose fixes
+are relative to G), and at quality 90, 4:2:2 (s25_jpeg422_q90.png), with Y, Cb and Cr as
+coefficients in jpegcoef's model 2 and the chroma found exactly with its IJG table (ycc mode
+byte 29 and 30).
 """
 
 import sys
@@ -200,6 +206,33 @@ def main_coef(ckpt_name: str, stem: str) -> None:
         assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, want])
 
 
+def main_coef2(ckpt_name: str, stem: str) -> None:
+    import io
+
+    import numpy as np
+
+    from vdmcodec.coding import classic, ycc
+
+    _force_own_code("lsq-ycc")
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    for kind, quality, subsampling, mode, png in (("half", 95, 2, ycc.HALF, "s25_jpeg420_q95_edited.png"),
+                                                   ("rows", 90, 1, ycc.HALF_ROWS, "s25_jpeg422_q90.png")):
+        buf = io.BytesIO()
+        with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
+            im.convert("RGB").save(buf, "JPEG", quality=quality, subsampling=subsampling)
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            pixels = np.asarray(im.convert("RGB")).copy()
+        if kind == "half":
+            pixels[[10, 50, 90], [20, 60, 100]] = [(255, 0, 255), (0, 200, 40), (17, 34, 51)]
+        Image.fromarray(pixels).save(HERE / png)
+        data, reports = compress_images([(png, raster(pixels))], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+        header, sections = unpack_container(data)
+        want = mode | ycc.COEF_LUMA | ycc.COEF_CHROMA | ycc.COEF_MODEL2
+        assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, want])
+
+
 def main_lsq(ckpt_name: str, stem: str) -> None:
     import numpy as np
 
@@ -263,6 +296,8 @@ if __name__ == "__main__":
         main_ycc(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "coef":
         main_coef(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "coef2":
+        main_coef2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq":
         main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
