@@ -423,6 +423,8 @@ class VdmcRunner:
             "estimate_s": float(getattr(rep, "estimate_s", 0.0)),
             "skipped_chain": bool(getattr(rep, "skipped_chain", False)),
             "skipped_before_fits": bool(getattr(rep, "skipped_before_fits", False)),
+            # skipped on the reconstruction term alone: nelbo_bits and terms hold only that term
+            "estimate_partial": bool(getattr(rep, "estimate_partial", False)),
             "terms_bpd": {k: float(v) / dims for k, v in rep.terms.items()},
             "report_dims": int(rep.dims),
         }
@@ -534,6 +536,7 @@ def summarize(images: list[dict], codec: str) -> dict:
                 [8.0 * (r.get("bitsback_bytes") or r["estimated_bytes"]) / r["report_dims"] for _, r in ok]))
         s["skipped_chain"] = sum(1 for _, r in ok if r.get("skipped_chain"))
         s["skipped_before_fits"] = sum(1 for _, r in ok if r.get("skipped_before_fits"))
+        s["estimate_partial"] = sum(1 for _, r in ok if r.get("estimate_partial"))
         both = [(r["estimated_bytes"], r["bitsback_bytes"]) for _, r in ok
                 if r.get("estimated_bytes") and r.get("bitsback_bytes")]
         if both:  # how far the estimate that decides the skip was from the file it estimated
@@ -667,8 +670,10 @@ def table_rows(result: dict) -> list[tuple[str, list[tuple[str, str, str]]]]:
                              [(_fmt(ds["summary"].get(VDMC, {}).get("bitsback_or_estimated_bpd_mean")), "", "")
                               for ds in datasets]))
             skipped = sum(ds["summary"].get(VDMC, {}).get("skipped_chain", 0) for ds in datasets)
+            partial = sum(ds["summary"].get(VDMC, {}).get("estimate_partial", 0) for ds in datasets)
             rows.append((f"{VDMC_LABEL}: model NELBO (as coded" + (f"; estimated on the {skipped} images whose chain "
-                         "was skipped)" if skipped else ")"),
+                         "was skipped" + (f", on {partial} the reconstruction term only" if partial else "") + ")"
+                         if skipped else ")"),
                          [(_fmt(ds["summary"].get(VDMC, {}).get("nelbo_bpd_mean")), "", "") for ds in datasets]))
             if any("compress_with_verify_s_mean" in ds["summary"].get(VDMC, {}) for ds in datasets):
                 rows.append((f"{VDMC_LABEL}: s per image, compress with its check / decompress",

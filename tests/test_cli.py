@@ -892,3 +892,5 @@ def test_info_names_the_classic_code_inside():
     assert "classic-planes (lsq)" in ok(invoke("info", here / "s22_v11_lsq_grey.vdmc")).output
     coef = ok(invoke("info", here / "s24_v13_coef_half.vdmc")).output
     assert "chroma at half resolution, luma and chroma as JPEG DCT coefficients)" in coef
+    model2 = ok(invoke("info", here / "s25_v14_coef_rows.vdmc")).output
+    assert "half resolution in the rows, luma and chroma as JPEG DCT coefficients (model 2))" in model2

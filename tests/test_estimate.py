@@ -92,10 +92,24 @@ def test_an_image_far_above_the_skip_line_is_stored_before_the_fits(coder, monke
 
     monkeypatch.setattr(codec, "fit_film", no_fit)
     monkeypatch.setattr(codec, "fit_image_context", no_fit)
+    monkeypatch.setattr(codec, "_least_bits", lambda *a: 0.0)  # the reconstruction alone never decides
     img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
     _, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)
-    assert rep.skipped_chain and rep.skipped_before_fits and rep.method == "classic"
+    assert rep.skipped_chain and rep.skipped_before_fits and rep.method == "classic" and not rep.estimate_partial
     assert rep.estimated_bytes > 0 and rep.estimate_s > 0 and rep.terms["diffusion"] > 0
+
+
+def test_where_the_reconstruction_alone_is_above_the_line_no_diffusion_estimate_is_made(coder, monkeypatch):
+    """A JPEG decode's own code is far below any bits-back file: the first look's one network
+    call at z_0 shows it, and the diffusion estimate (most of a look's seconds) is spared."""
+    def no_diffusion(*args, **kw):
+        raise AssertionError("the diffusion was estimated for an image the reconstruction alone decides")
+
+    monkeypatch.setattr(codec, "estimate_diffusion", no_diffusion)
+    img = raster(kodak_crop(256, 256, index=4, top=0, left=0))
+    _, (rep,) = compress_images([("img0", img)], coder, skip_margin=-1.0)
+    assert rep.skipped_chain and rep.skipped_before_fits and rep.estimate_partial
+    assert rep.terms["diffusion"] == 0.0 and rep.terms["recon"] > 0
 
 
 def test_within_the_first_look_margin_the_fits_run_and_the_estimate_after_them_decides(coder, monkeypatch):
@@ -136,7 +150,7 @@ def test_the_bands_coded_beside_the_classic_file_are_those_the_first_look_would_
     assert codec._classic_and_bands(coder, [("a", img), ("b", img)], estimating=True) == (None, None)
     looks = []
     real_look = codec.first_look
-    monkeypatch.setattr(codec, "first_look", lambda c, i, b=None: looks.append(b) or real_look(c, i, b))
+    monkeypatch.setattr(codec, "first_look", lambda c, i, b=None, g=None: looks.append(b) or real_look(c, i, b, g))
     coded = []
     real_bands = codec.band_bits
     monkeypatch.setattr(codec, "band_bits", lambda *a, **kw: coded.append(1) or real_bands(*a, **kw))

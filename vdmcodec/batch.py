@@ -269,6 +269,7 @@ def compressed_record(inp, out_path, img, rep, data: bytes, total_dims: int, enc
         "estimated_bitsback_bytes": rep.estimated_bytes or None,
         "skipped_chain": rep.skipped_chain,
         "skipped_before_fits": rep.skipped_before_fits,
+        "estimate_partial": rep.estimate_partial,
         "coder_overhead_bits": rep.exact_bits - rep.implied_bits if rep.method == "bitsback" and rep.implied_bits else None,
         "sampling_bits": rep.implied_bits - rep.nelbo_bits if rep.method == "bitsback" and rep.nelbo_bits else None,
         "terms_bpd": {k: v / rep.dims for k, v in rep.terms.items()},

@@ -372,12 +372,14 @@ def _print_compressed(inp, rec: dict, img, as_json: bool) -> None:
         click.echo(json.dumps(rec))
         return
     skipped = rec.get("skipped_chain")
-    theory = f", NELBO {'estimated ' if skipped else ''}{rec['nelbo_bpd']:.3f}" if rec["nelbo_bpd"] else ""
+    estimated = "at least " if rec.get("estimate_partial") else "estimated " if skipped else ""
+    theory = f", NELBO {estimated}{rec['nelbo_bpd']:.3f}" if rec["nelbo_bpd"] else ""
     check = ", verified" if "decode_seconds" in rec else ", not verified"
     method = rec["method"]
     bpd_per_byte = rec["bpd"] / rec["bytes"] if rec["bytes"] else 0.0
     if skipped and rec.get("estimated_bitsback_bytes"):
-        method += f"; bits-back estimated at {rec['estimated_bitsback_bytes'] * bpd_per_byte:.3f} bpd, not coded"
+        at = "at least" if rec.get("estimate_partial") else "estimated at"
+        method += f"; bits-back {at} {rec['estimated_bitsback_bytes'] * bpd_per_byte:.3f} bpd, not coded"
     elif method == "classic" and rec.get("bitsback_bytes"):
         method += f"; bits-back {rec['bitsback_bytes'] * bpd_per_byte:.3f} bpd"
     click.echo(f"{inp} -> {rec['output']}: {rec['bytes']} bytes, {rec['bpd']:.3f} bpd{theory} [{method}]{check}")

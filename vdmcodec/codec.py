@@ -23,7 +23,7 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
                            too_small_for_own_context, unpack_deltas)
-from .coding.bands import MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
+from .coding.bands import BAND_ROWS, MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
 from .coding.estimate import (WHOLE_MAX_PIXELS, DiffusionEstimate, estimate_diffusion, estimate_recon_bits,
                               float_step_model, recon_bits_by_row)
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film
@@ -265,6 +265,7 @@ class ImageReport:
     estimate_s: float = 0.0  # the seconds that estimate took
     skipped_chain: bool = False  # stored classic on the estimate alone: no bits-back file was made
     skipped_before_fits: bool = False  # ... on the estimate made before the per-image fits (codec.first_look)
+    estimate_partial: bool = False  # ... on its reconstruction alone: the NELBO columns hold that term only
     reporting_s: float = 0.0  # seconds spent only on this report (the classic rows' NELBO: seed_nelbo)
 
 
@@ -374,13 +375,14 @@ def _encode_one(stack, coder, idx, name, img: RasterImage, sections, progress,
         return entry, report
     look = None
     if give_up_bits is not None:
-        look = first_look(coder, img, bands)
+        look = first_look(coder, img, bands, give_up_bits if EARLY_SKIP and math.isfinite(give_up_bits) else None)
         report.estimated_bytes = look.estimated_bytes(report.side_bytes)
         report.estimate_s = look.seconds
         if EARLY_SKIP and look.above_the_line(report.side_bytes, give_up_bits):
             report.terms = {"recon": look.recon_bits, "prior": 0.0, "diffusion": look.diffusion.bits}
             report.nelbo_bits = look.model_bits
             report.skipped_before_fits = True
+            report.estimate_partial = look.partial
             raise _ClassicWins(report)
     film = fit_film(coder.step_model, img.planes, coder.film)
     if film is not None:
@@ -484,6 +486,7 @@ class FirstLook:
     classic_bands: np.ndarray | None = None  # coding.bands.band_bits
     strips: tuple[StripPlan, ...] = ()  # the bands a classic code takes more cheaply, by this look
     seconds: float = 0.0
+    partial: bool = False  # the reconstruction alone put it above the line: no diffusion estimate made
 
     def diffusion_less(self, saving_bits: float) -> DiffusionEstimate:
         """The diffusion estimate less a saving (the FiLM fit's), its rows scaled alike."""
@@ -528,8 +531,8 @@ class FirstLook:
         """Whether the image's bits-back file would be above give_up_bits even after the
         per-image fits: every band classic (EVERY_BAND_SKIP), or its estimate, less
         STRIP_PRICE_SLACK of its strips' bits, above the line raised by FIRST_LOOK_MARGIN."""
-        if EVERY_BAND_SKIP and self.every_band_classic and math.isfinite(give_up_bits):  # inf: never skip
-            return True
+        if self.partial or (EVERY_BAND_SKIP and self.every_band_classic and math.isfinite(give_up_bits)):
+            return True  # (inf: never skip)
         return (8.0 * self.estimated_bytes(side_bytes) - STRIP_PRICE_SLACK * self.strip_bits
                 > give_up_bits * (1.0 + FIRST_LOOK_MARGIN))
 
@@ -541,21 +544,43 @@ def _has_bands(coder: Coder, planes: np.ndarray) -> bool:
     return bool(coder.classic_bands) and h >= MIN_BAND_IMAGE_ROWS and h * w <= WHOLE_MAX_PIXELS
 
 
-def first_look(coder: Coder, img: RasterImage, bands: np.ndarray | None = None) -> FirstLook:
+def first_look(coder: Coder, img: RasterImage, bands: np.ndarray | None = None,
+               give_up_bits: float | None = None) -> FirstLook:
     """The estimate before the per-image fits (FirstLook) of an image the model codes
-    (bands: its bands' classic bits where already coded, coding.bands.band_bits)."""
+    (bands: its bands' classic bits where already coded, coding.bands.band_bits).  With
+    give_up_bits, the reconstruction comes first, and where it alone (each band at the
+    cheaper of it and the band's classic bits) is above that line, the diffusion estimate
+    (most of a look's seconds) is not made: the look is `partial` (its diffusion 0)."""
     t0 = time.perf_counter()
     sm, planes = coder.step_model, img.planes
-    diffusion = estimate_diffusion(sm, planes, None)
-    if _has_bands(coder, planes) and diffusion.rows is not None:
+    recon_rows = None
+    if _has_bands(coder, planes):
         recon_rows = recon_bits_by_row(sm, planes, None, z0_calls=1)  # a first look: one call at z_0 will do
         if bands is None:
             bands = band_bits(np.ascontiguousarray(planes.transpose(2, 0, 1)))
-        look = FirstLook(float(recon_rows.sum()), diffusion, recon_rows, bands)
+        recon = float(recon_rows.sum())
+    else:
+        recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
+    if give_up_bits is not None and _least_bits(recon, recon_rows, bands) > give_up_bits * (1.0 + FIRST_LOOK_MARGIN):
+        none = DiffusionEstimate(0.0, 0, 0.0, None if recon_rows is None else np.zeros_like(recon_rows))
+        return FirstLook(recon, none, recon_rows, bands, partial=True, seconds=time.perf_counter() - t0)
+    diffusion = estimate_diffusion(sm, planes, None)
+    if recon_rows is not None and diffusion.rows is not None:
+        look = FirstLook(recon, diffusion, recon_rows, bands)
         plans = plan_strips(None, look.model_rows * BITSBACK_OVER_ESTIMATE, classic_bits=bands)
         return replace(look, strips=tuple(plans), seconds=time.perf_counter() - t0)
-    recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
+    if recon_rows is not None:  # a tiled diffusion estimate: the reconstruction as without bands
+        recon = estimate_recon_bits(float_step_model(sm, z0_ensemble=1), planes, None)
     return FirstLook(recon, diffusion, seconds=time.perf_counter() - t0)
+
+
+def _least_bits(recon: float, recon_rows: np.ndarray | None, bands: np.ndarray | None) -> float:
+    """The fewest bits a bits-back file can take by a first look's reconstruction alone: each
+    band of rows at the cheaper of the model's reconstruction and its classic bits."""
+    if recon_rows is None or bands is None:
+        return recon
+    per_band = np.add.reduceat(recon_rows, np.arange(0, len(recon_rows), BAND_ROWS))
+    return float(np.minimum(per_band, bands[:len(per_band)]).sum())
 
 
 def _estimate_file(coder: Coder, img: RasterImage, weights: ContextWeights | None, fit_info: dict,

@@ -111,6 +111,8 @@ def describe(data: bytes) -> str:
     ('lsq-ycc: libjpeg YCbCr, chroma at half resolution', 'half resolution in the rows', 'jxl')
     >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.COEF_LUMA | ycc.COEF_CHROMA]))[24:]
     'chroma at half resolution, luma and chroma as JPEG DCT coefficients'
+    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.MODE_BITS]))[-34:]
+    'as JPEG DCT coefficients (model 2)'
     """
     if not data or data[0] not in NAMES:
         return "unknown"
@@ -121,6 +123,7 @@ def describe(data: bytes) -> str:
         coefs = [part for bit, part in ((ycc.COEF_LUMA, "luma"), (ycc.COEF_CHROMA, "chroma")) if data[1] & bit]
         if coefs:
             name += ", " + " and ".join(coefs) + " as JPEG DCT coefficients"
+            name += " (model 2)" if data[1] & ycc.COEF_MODEL2 else ""
     return name
 
 
