@@ -146,8 +146,10 @@ def test_damaged_codes_raise_value_error(photo):
     data = assert_ycc_roundtrip(x)
     (n,) = struct.unpack_from("<I", data, 1)
     head = data[:1]
-    for bad in (b"", b"\x07" + data[1:], b"\x08" + data[1:], b"\x18" + data[1:], b"\x11" + data[1:], data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
-                head + data[1:5] + b"\0" * n + data[5 + n:]):
+    modes = (b"\x07", b"\x08", b"\x18", b"\x11")  # unknown, whole chroma alone, model 2 without its bits
+    cut = [data[:4], data[: 5 + n - 1], head + struct.pack("<I", len(data)) + data[5:],
+           head + data[1:5] + b"\0" * n + data[5 + n:]]
+    for bad in [b""] + [m + data[1:] for m in modes] + cut:
         with pytest.raises(ValueError):
             ycc.decode(bad, *x.shape[:2])
     # an escape section whose count promises more escapes than it holds, or than the image has

@@ -23,7 +23,8 @@ from .checkpoints import (LoadedModel, checkpoint_dirs, default_checkpoint_path,
 from .coding.ans import ANS_NAME, ANS_VERSION, PRECISION_BITS, AnsStack, CoderInputError
 from .coding.adapt import (WRITE_PACKING, FitBudget, fit_image_context, fit_shared_context, pack_deltas,
                            too_small_for_own_context, unpack_deltas)
-from .coding.bands import BAND_ROWS, MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits, plan_strips
+from .coding.bands import (BAND_ROWS, MIN_BAND_IMAGE_ROWS, StripPlan, band_bits, code_strips, mixed_bits,
+                           plan_strips)
 from .coding.estimate import (WHOLE_MAX_PIXELS, DiffusionEstimate, estimate_diffusion, estimate_recon_bits,
                               float_step_model, recon_bits_by_row)
 from .coding.film import FilmBudget, FilmDeltas, film_sizes, fit_film, pack_film, unpack_film

@@ -234,8 +234,9 @@ IJG_SAMPLE = 1500  # clean blocks that judge the IJG tables against the estimate
 def _better_ijg_table(q: np.ndarray, flat: np.ndarray, plane: np.ndarray, care: np.ndarray, clean: np.ndarray,
                       bw: int) -> np.ndarray:
     """The IJG table (either kind, any quality) that gives back at least as many clean blocks
-    by rounding as the per-frequency estimate q, or q.  Where few blocks are exact (fine tables: at q95
-    a third of the blocks sit on rounding ties) the estimate can miss every step."""
+    by rounding as the per-frequency estimate q (and some), or q.  Where few blocks are exact
+    (fine tables: at q95 a third of the blocks sit on rounding ties) the estimate can miss
+    every step."""
     which = np.flatnonzero(clean)
     if which.size == 0:
         return q
@@ -246,7 +247,7 @@ def _better_ijg_table(q: np.ndarray, flat: np.ndarray, plane: np.ndarray, care: 
         for quality in range(1, 101):
             table = ijg_table(quality, chroma)
             good = _exact_blocks(_rounded(sub, table), table, plane, care, which, bw)
-            if good > best_good or (good == best_good and best is q):  # a tie: the standard table
+            if good > best_good or (good == best_good and best is q and good > 0):  # a tie: the standard table
                 best, best_good = table, good
     return best.copy()
 
@@ -383,6 +384,39 @@ def _code(counts, ctx, nsym, s, dec, st, words, rec):
 
 
 @numba.njit(cache=True)
+def _code_mixed(ca, xa, cb, xb, nsym, s, dec, st, words, rec):
+    """One symbol under the mean of two adaptive models' distributions (rows ca[xa], cb[xb],
+    totals A, B: symbol j weighs a_j B + b_j A); then both learn it."""
+    ra, rb = ca[xa], cb[xb]
+    ta, tb = 0, 0
+    for j in range(nsym):
+        ta += ra[j]
+        tb += rb[j]
+    tot = 2 * ta * tb
+    span = PROB_SCALE - nsym
+    if dec:
+        cum = np.int64(st[0] & np.uint64(PROB_SCALE - 1))
+        below = 0
+        s = 0
+        while s < nsym - 1 and (below + ra[s] * tb + rb[s] * ta) * span // tot + s + 1 <= cum:
+            below += ra[s] * tb + rb[s] * ta
+            s += 1
+    else:
+        below = 0
+        for j in range(s):
+            below += ra[j] * tb + rb[j] * ta
+    start = below * span // tot + s
+    freq = (below + ra[s] * tb + rb[s] * ta) * span // tot + s + 1 - start
+    _emit(start, freq, dec, st, words, rec)
+    for row, total in ((ra, ta), (rb, tb)):
+        row[s] += INC
+        if total + INC > LIMIT:
+            for j in range(nsym):
+                row[j] = (row[j] + 1) >> 1
+    return s
+
+
+@numba.njit(cache=True)
 def _raw(v, nbits, dec, st, words, rec):
     """nbits equiprobable bits (nbits < PROB_BITS)."""
     if nbits == 0:
@@ -511,7 +545,9 @@ MODEL2_EDGE_COUNT = (2 * 14, 8)
 MODEL2_EDGE = (2 * 7 * 14 * 4, MAGNITUDES)
 MODEL2_EDGE_SIGN = (2 * 8 * 3, 2)
 MODEL2_DC = (14, MAGNITUDES)
-MODEL2_TOP_BIT = (3 * 13, 2)  # (interior, edge, DC) x size category: the bit under the top one
+MODEL2_TOP_BIT = (3 * 13, 2)
+MODEL2_AC_SECOND = (25 * 8 * 8, MAGNITUDES)  # mixed with MODEL2_AC: -1.2%
+MODEL2_EDGE_SECOND = (14 * 8 * 8, MAGNITUDES)  # mixed with MODEL2_EDGE: -0.6%  # (interior, edge, DC) x size category: the bit under the top one
 # x = 0 samples of the DCT basis, 2^13 scale: c_u cos(u pi / 16), c_0 = sqrt(1/8), c_u = 1/2
 EDGE_BASIS = np.array([2896, 4017, 3784, 3406, 2896, 2276, 1567, 799], dtype=np.int64)
 INTERIOR = np.array([f for f in ZIGZAG if f % 8 and f // 8], dtype=np.int64)  # the 7x7 in zigzag order
@@ -545,18 +581,37 @@ def _idct_x8(coef, q, out):
 
 
 @numba.njit(cache=True)
-def _magnitude(v, counts, ctx, kind, dec, st, words, rec, m_top):
-    """|v| (< 2^12): 0..7 as themselves, larger as 8 + (size category - 4); then the bit under
-    the top one under m_top[kind, category], the rest raw.  Returns |v|."""
-    av = abs(v)
-    s = av if av < 8 else 8 + _cat(av) - 4
-    s = _code(counts, ctx, MAGNITUDES, s, dec, st, words, rec)
+def _size_symbol(av):
+    """|v| (< 2^12): 0..7 as themselves, larger as 8 + (size category - 4)."""
+    return av if av < 8 else 8 + _cat(av) - 4
+
+
+@numba.njit(cache=True)
+def _magnitude_rest(s, av, kind, dec, st, words, rec, m_top):
+    """|v| from its size symbol s: for a category, the bit under the top one under
+    m_top[kind, category], the rest raw."""
     if s < 8:
         return s
     c = s - 4
     top = _code(m_top, kind * 13 + c, 2, (av >> (c - 2)) & 1, dec, st, words, rec)
     low = _raw(av & ((1 << (c - 2)) - 1), c - 2, dec, st, words, rec)
     return (1 << (c - 1)) + (top << (c - 2)) + low
+
+
+@numba.njit(cache=True)
+def _magnitude(v, counts, ctx, kind, dec, st, words, rec, m_top):
+    """|v|: its size symbol under counts[ctx], then _magnitude_rest.  Returns |v|."""
+    av = abs(v)
+    s = _code(counts, ctx, MAGNITUDES, _size_symbol(av), dec, st, words, rec)
+    return _magnitude_rest(s, av, kind, dec, st, words, rec, m_top)
+
+
+@numba.njit(cache=True)
+def _magnitude_mixed(v, counts, ctx, second, ctx2, kind, dec, st, words, rec, m_top):
+    """|v|: its size symbol under the mean of counts[ctx] and second[ctx2], then the rest."""
+    av = abs(v)
+    s = _code_mixed(counts, ctx, second, ctx2, MAGNITUDES, _size_symbol(av), dec, st, words, rec)
+    return _magnitude_rest(s, av, kind, dec, st, words, rec, m_top)
 
 
 @numba.njit(cache=True)
@@ -614,7 +669,7 @@ def _dc_prediction(coefs, q, pix, i, j, own, est):
 
 @numba.njit(cache=True)
 def _walk2(coefs, resid, q, height, width, dec, st, words, rec, interior, basis,
-           m_nz, m_ac, m_ecount, m_edge, m_esign, m_dc, m_top, m_flag, m_res):
+           m_nz, m_ac, m_ecount, m_edge, m_esign, m_dc, m_top, m_flag, m_res, m_ac2, m_edge2):
     """Model 2's symbols in coding order (module docstring); as _walk otherwise."""
     bh, bw = coefs.shape[0], coefs.shape[1]
     nz = np.zeros((bh, bw), np.int64)
@@ -646,7 +701,10 @@ def _walk2(coefs, resid, q, height, width, dec, st, words, rec, interior, basis,
                 c = abs(coefs[i - 1, j - 1, f]) if i > 0 and j > 0 else 0
                 pos = k if k < 16 else 16 + (k - 16) // 4
                 ctx = (pos * 7 + min(_cat(rem), 6)) * 14 + _bucket((13 * a + 13 * b + 6 * c + 8) // 16)
-                v = _magnitude(blk[f], m_ac, ctx, 0, dec, st, words, rec, m_top)
+                # the second model: the block's own terms left of and above this one (interior ones)
+                inside = (abs(blk[f - 1]) if f % 8 >= 2 else 0) + (abs(blk[f - 8]) if f // 8 >= 2 else 0)
+                ctx2 = (pos * 8 + min(_bucket(inside), 7)) * 8 + min(_cat(rem), 7)
+                v = _magnitude_mixed(blk[f], m_ac, ctx, m_ac2, ctx2, 0, dec, st, words, rec, m_top)
                 if v != 0:
                     v *= _sign(blk[f], dec, st, words, rec)
                     rem -= 1
@@ -665,7 +723,12 @@ def _walk2(coefs, resid, q, height, width, dec, st, words, rec, interior, basis,
                     f = t if e == 0 else 8 * t
                     pred = _edge_prediction(coefs, q, i, j, e, t, basis) if have else 0
                     ctx = ((e * 7 + t - 1) * 14 + _bucket(abs(pred))) * 4 + min(_cat(cnt), 3)
-                    v = _magnitude(blk[f], m_edge, ctx, 1, dec, st, words, rec, m_top)
+                    # the second model: the neighbours' same term, and this row's (column's) previous one
+                    a = abs(coefs[i, j - 1, f]) if j > 0 else 0
+                    b = abs(coefs[i - 1, j, f]) if i > 0 else 0
+                    prev = (abs(blk[f - 1]) if e == 0 else abs(blk[f - 8])) if t > 1 else 0
+                    ctx2 = ((e * 7 + t - 1) * 8 + min(_bucket(a + b), 7)) * 8 + min(_bucket(prev), 7)
+                    v = _magnitude_mixed(blk[f], m_edge, ctx, m_edge2, ctx2, 1, dec, st, words, rec, m_top)
                     if v != 0:
                         sc = 0 if pred == 0 else (1 if pred > 0 else 2)
                         neg = _code(m_esign, (e * 8 + t) * 3 + sc, 2, 1 if blk[f] < 0 else 0, dec, st, words, rec)
@@ -688,10 +751,10 @@ def _walk2(coefs, resid, q, height, width, dec, st, words, rec, interior, basis,
 def _models(model: int) -> list[np.ndarray]:
     shapes = ((NZ_MODEL, DC_MODEL, AC_MODEL, FLAG_MODEL, RES_MODEL) if model == 1 else
               (MODEL2_NZ, MODEL2_AC, MODEL2_EDGE_COUNT, MODEL2_EDGE, MODEL2_EDGE_SIGN, MODEL2_DC,
-               MODEL2_TOP_BIT, FLAG_MODEL, RES_MODEL))
+               MODEL2_TOP_BIT, FLAG_MODEL, RES_MODEL, MODEL2_AC_SECOND, MODEL2_EDGE_SECOND))
     models = [np.ones(shape, dtype=np.int64) for shape in shapes]
     if model == 2:
-        for k in (1, 3, 5):  # the magnitudes start from a falling prior (small ones first): -1.5%, tiny planes -4 to -11%
+        for k in (1, 3, 5, 9, 10):  # magnitudes start from a falling prior (small first): -1.5%, tiny planes -4 to -11%
             models[k][:] = np.maximum(1, 64 >> np.arange(MAGNITUDES))
     return models
 

@@ -411,9 +411,10 @@ def half_chroma_dct(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray,
                     table: np.ndarray) -> tuple[int, np.ndarray] | None:
     """As half_chroma, where the chroma's quantisation table is known: a short descent, then
     PROJECTIONS times the nearest planes the table's IDCT gives (jpegcoef.project) and a short
-    descent from them; the planes returned are such a projection, so their coefficients give
-    them back exactly.  Five times faster than half_chroma and fewer escapes: a descent stops
-    in local minima that the projection leaves."""
+    descent from them, a last projection, and COEF_PASSES passes of single-coefficient moves
+    (_coef_descent); every block returned is the table's IDCT of some coefficients, so they
+    give it back exactly.  Several times faster than half_chroma and fewer escapes: a descent
+    stops in local minima that the projection leaves."""
     clamped = ((x == 0) | (x == 255)).any(axis=2)
     pin = np.where(escapes, 0, np.where(clamped, 2, 1)).astype(np.int64)
     if (pin == 1).sum() == 0 or min(x.shape[:2]) < 4:
@@ -525,9 +526,8 @@ def _escape_section(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, gree
     where = np.flatnonzero(escapes.reshape(-1))
     gaps = np.diff(where, prepend=-1) - 1
     fixes = (x.reshape(-1, 3)[where].astype(np.int64) - to_rgb(planes).reshape(-1, 3)[where]) % 256
-    if green:
-        fixes = np.stack([fixes[:, 0] - fixes[:, 1], fixes[:, 1], fixes[:, 2] - fixes[:, 1]]).T % 256
-        fixes = np.ascontiguousarray(fixes.T)
+    if green:  # (3, m): plane by plane
+        fixes = np.stack([fixes[:, 0] - fixes[:, 1], fixes[:, 1], fixes[:, 2] - fixes[:, 1]]) % 256
     raw = struct.pack("<I", where.size) + _leb128(gaps) + fixes.astype(np.uint8).tobytes()
     return zlib.compress(raw, 9)
 
