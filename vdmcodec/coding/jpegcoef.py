@@ -113,10 +113,10 @@ def _ac_zero(d):
 
 
 @numba.njit(cache=True)
-def idct_islow(coef, q, out):
-    """libjpeg's integer IDCT ("islow") of quantised coefficients coef (64, natural order)
-    with table q (64), both int64, into out (8, 8): samples 0..255 (clamped).  Columns first,
-    then rows, each a 1-D pass; a column or row whose AC terms are zero is its DC term alone."""
+def _column_pass(coef, q):
+    """islow's first pass: each column of the dequantised block (64, natural order), descaled
+    to PASS1_BITS of fraction (a column whose AC terms are zero: its DC term alone, which the
+    butterfly would give too); (8, 8) int64."""
     ws = np.zeros((8, 8), np.int64)
     d = np.empty(8, np.int64)
     t = np.empty(8, np.int64)
@@ -130,6 +130,16 @@ def idct_islow(coef, q, out):
         _butterfly(d, t)
         for r in range(8):
             ws[r, col] = _descale(t[r], CONST_BITS - PASS1_BITS)
+    return ws
+
+
+@numba.njit(cache=True)
+def idct_islow(coef, q, out):
+    """libjpeg's integer IDCT ("islow") of quantised coefficients coef (64, natural order)
+    with table q (64), both int64, into out (8, 8): samples 0..255 (clamped).  Columns first,
+    then rows, each a 1-D pass; a column or row whose AC terms are zero is its DC term alone."""
+    ws = _column_pass(coef, q)
+    t = np.empty(8, np.int64)
     for r in range(8):
         if _ac_zero(ws[r]):
             v = min(max(_descale(ws[r, 0], PASS1_BITS + 3) + 128, 0), 255)
@@ -565,15 +575,8 @@ def _bucket(v):
 def _idct_x8(coef, q, out):
     """islow of one block without the +128 and the clamp, in eighths of a sample (the DC
     prediction's view of the pixels)."""
-    ws = np.zeros((8, 8), np.int64)
-    d = np.empty(8, np.int64)
+    ws = _column_pass(coef, q)
     t = np.empty(8, np.int64)
-    for col in range(8):
-        for r in range(8):
-            d[r] = coef[8 * r + col] * q[8 * r + col]
-        _butterfly(d, t)
-        for r in range(8):
-            ws[r, col] = _descale(t[r], CONST_BITS - PASS1_BITS)
     for r in range(8):
         _butterfly(ws[r], t)
         for c in range(8):
