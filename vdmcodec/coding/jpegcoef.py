@@ -555,9 +555,9 @@ MODEL2_EDGE_COUNT = (2 * 14, 8)
 MODEL2_EDGE = (2 * 7 * 14 * 4, MAGNITUDES)
 MODEL2_EDGE_SIGN = (2 * 8 * 3, 2)
 MODEL2_DC = (14, MAGNITUDES)
-MODEL2_TOP_BIT = (3 * 13, 2)
+MODEL2_TOP_BIT = (3 * 13, 2)  # (interior, edge, DC) x size category: the bit under the top one
 MODEL2_AC_SECOND = (25 * 8 * 8, MAGNITUDES)  # mixed with MODEL2_AC: -1.2%
-MODEL2_EDGE_SECOND = (14 * 8 * 8, MAGNITUDES)  # mixed with MODEL2_EDGE: -0.6%  # (interior, edge, DC) x size category: the bit under the top one
+MODEL2_EDGE_SECOND = (14 * 8 * 8, MAGNITUDES)  # mixed with MODEL2_EDGE: -0.6%
 # x = 0 samples of the DCT basis, 2^13 scale: c_u cos(u pi / 16), c_0 = sqrt(1/8), c_u = 1/2
 EDGE_BASIS = np.array([2896, 4017, 3784, 3406, 2896, 2276, 1567, 799], dtype=np.int64)
 INTERIOR = np.array([f for f in ZIGZAG if f % 8 and f // 8], dtype=np.int64)  # the 7x7 in zigzag order
@@ -888,13 +888,13 @@ def encode(plane: np.ndarray, care: np.ndarray, free: np.ndarray | None = None, 
     q, coefs = fit(plane, care, table, free) if fitted is None else fitted
     padded = _padded(plane)
     used = padded.copy()
+    out = np.zeros(padded.shape, dtype=np.int64)
+    idct_plane(coefs, q, out)
     if free is not None:
-        out = np.zeros(padded.shape, dtype=np.int64)
-        out[:h, :w] = samples(q, coefs, h, w)
         loose = np.pad(np.asarray(free, dtype=bool), ((0, -h % 8), (0, -w % 8)))
         used[loose] = out[loose]
     resid = np.zeros(padded.shape, dtype=np.int64)
-    resid[:h, :w] = used[:h, :w] - samples(q, coefs, h, w)
+    resid[:h, :w] = (used - out)[:h, :w]
     room = coefs.shape[0] * coefs.shape[1] * 64 + 64
     while True:
         rec = np.zeros((room, 2), dtype=np.int64)

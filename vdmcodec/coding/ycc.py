@@ -437,11 +437,12 @@ def half_chroma_dct(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray,
                 for c in (0, 1):
                     _recover(lows[c], full[c], pin, fy, SHORT_SWEEPS, 6, 0, x, ups[1 - c], c == 0, CR_R, CB_B, G_OFF)
                     _upsample(lows[c], ups[c], fy)
-            lows = [np.clip(jpegcoef.project(low, table), 0, 255) for low in lows]
+            every = np.ones(lows[0].shape, dtype=bool)
+            fitted = [jpegcoef.fit(low, every, table)[1] for low in lows]  # the last projection, its coefficients kept
+            lows = [jpegcoef.samples(table, coefs, *low.shape) for coefs, low in zip(fitted, lows)]
             for c in (0, 1):
                 _upsample(lows[c], ups[c], fy)
-            for c in (0, 1):  # the last misses, by moves of single coefficients
-                coefs = jpegcoef.fit(lows[c], np.ones(lows[c].shape, dtype=bool), table)[1]
+            for c, coefs in enumerate(fitted):  # the last misses, by moves of single coefficients
                 _coef_descent(lows[c], coefs, table, full[c], pin, fy, COEF_PASSES, x, ups[1 - c], c == 0,
                               CR_R, CB_B, G_OFF)
                 _upsample(lows[c], ups[c], fy)
