@@ -77,7 +77,8 @@ def test_with_the_tables_quality_the_chroma_is_found_exactly_and_with_fewer_esca
     with Image.open(io.BytesIO(buf.getvalue())) as im:
         x, file_table = np.asarray(im.convert("RGB"), dtype=np.uint8), np.array(im.quantization[1])
     planes, escapes = ycc.to_planes(x)
-    table = ycc._chroma_table(x, planes, escapes)
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    table = ycc._chroma_table(jpegcoef.table_of(planes[:, :, 0], ~(escapes | clamped)))
     np.testing.assert_array_equal(table, file_table)  # read off Y's table: the file's own chroma table
     fy, low = ycc.half_chroma_dct(x, planes, escapes, table)
     assert fy == (2 if subsampling == 2 else 1)

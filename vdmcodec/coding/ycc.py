@@ -542,34 +542,36 @@ def encode(x: np.ndarray, threads: int = 2, max_escape_share: float = MAX_ESCAPE
     planes, escapes = to_planes(x)
     if escapes.mean() > max_escape_share:
         return None
-    half, table = _half_resolution(x, planes, escapes)
+    clamped = ((x == 0) | (x == 255)).any(axis=2)
+    luma_table = jpegcoef.table_of(planes[:, :, 0], ~(escapes | clamped))  # once: the chroma's and Y's codes use it
+    half, table = _half_resolution(x, planes, escapes, luma_table)
     if half is not None:
         fy, low = half
         planes2, escapes2 = with_chroma(x, upsample(low, *x.shape[:2], fy))
         if escapes2.mean() <= escapes.mean() + max_escape_share:
             chroma_bit, chroma = _chroma_code(low, threads, table)
-            code = _smaller_luma(x, (HALF if fy == 2 else HALF_ROWS) | chroma_bit, planes2, escapes2, chroma, threads)
+            code = _smaller_luma(x, (HALF if fy == 2 else HALF_ROWS) | chroma_bit, planes2, escapes2, chroma, threads,
+                                 luma_table)
             if escapes2.mean() <= escapes.mean() + HALF_ESCAPE_SLACK:
                 return code  # clearly the smaller: the whole planes are not tried
-            return min(code, _whole_code(x, planes, escapes, threads), key=len)
-    return _whole_code(x, planes, escapes, threads)
+            return min(code, _whole_code(x, planes, escapes, threads, luma_table), key=len)
+    return _whole_code(x, planes, escapes, threads, luma_table)
 
 
-def _chroma_table(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray) -> np.ndarray | None:
+def _chroma_table(luma_table: np.ndarray) -> np.ndarray | None:
     """The IJG chroma table of the quality whose luma table Y shows (most encoders scale
     libjpeg's two tables by one quality), or None where Y's table is no IJG one."""
-    clamped = ((x == 0) | (x == 255)).any(axis=2)
-    quality = jpegcoef.ijg_quality(jpegcoef.table_of(planes[:, :, 0], ~(escapes | clamped)))
+    quality = jpegcoef.ijg_quality(luma_table)
     return None if quality is None else jpegcoef.ijg_table(quality, chroma=True)
 
 
-def _half_resolution(x: np.ndarray, planes: np.ndarray,
-                     escapes: np.ndarray) -> tuple[tuple[int, np.ndarray] | None, np.ndarray | None]:
+def _half_resolution(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray,
+                     luma_table: np.ndarray) -> tuple[tuple[int, np.ndarray] | None, np.ndarray | None]:
     """((fy, half-resolution chroma) or None, the chroma's table where the planes are exactly
     its IDCT's): the search with the IJG chroma table where Y shows one and it leaves at most
     MAX_ESCAPE_SHARE more escapes (exact planes pay for more escapes than the descent's: at
     q95, 1.5% against 0.8%, and a file 3% smaller), else the descent alone (half_chroma)."""
-    table = _chroma_table(x, planes, escapes)
+    table = _chroma_table(luma_table)
     if table is not None:
         half = half_chroma_dct(x, planes, escapes, table)
         if half is not None:
@@ -593,11 +595,11 @@ def _chroma_code(chroma: np.ndarray, threads: int, table: np.ndarray | None = No
 
 
 def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
-                  threads: int) -> bytes:
+                  threads: int, luma_table: np.ndarray) -> bytes:
     """The code of the chroma (mode and code given) with Y as JPEG coefficients, or as the
     own code given the chroma's upsampling, whichever is smaller (the own code is not made
     where the coefficients take under DIRECT_BITS per pixel of a large plane)."""
-    coef = _coef_code(x, mode, planes, escapes, chroma)
+    coef = _coef_code(x, mode, planes, escapes, chroma, luma_table)
     pixels = x.shape[0] * x.shape[1]
     if pixels >= DIRECT_PIXELS and 8 * len(coef) < DIRECT_BITS * pixels:
         return coef
@@ -606,21 +608,24 @@ def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndar
     return min(own, coef, key=len)
 
 
-def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int) -> bytes:
+def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads: int,
+                luma_table: np.ndarray) -> bytes:
     """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr on
     their own (_chroma_code) and Y as JPEG coefficients, whichever is smaller."""
     own = (bytes([WHOLE]) + _part(_escape_section(x, planes, escapes))
            + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
     chroma_bit, chroma = _chroma_code(np.ascontiguousarray(planes[:, :, 1:]), threads)
-    return min(own, _coef_code(x, WHOLE | chroma_bit, planes, escapes, chroma), key=len)
+    return min(own, _coef_code(x, WHOLE | chroma_bit, planes, escapes, chroma, luma_table), key=len)
 
 
-def _coef_code(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes) -> bytes:
-    """mode | COEF_LUMA: the escapes, the chroma's code, then Y as JPEG coefficients (fitted
-    where no channel is clamped; an escape's Y is the IDCT's, its fix bytes against that)."""
+def _coef_code(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
+               luma_table: np.ndarray) -> bytes:
+    """mode | COEF_LUMA: the escapes, the chroma's code, then Y as JPEG coefficients under
+    luma_table (fitted where no channel is clamped; an escape's Y is the IDCT's, its fix bytes
+    against that)."""
     clamped = ((x == 0) | (x == 255)).any(axis=2)
     care = ~(escapes | clamped)
-    fitted = jpegcoef.fit(planes[:, :, 0], care, free=escapes)
+    fitted = jpegcoef.fit(planes[:, :, 0], care, luma_table, free=escapes)
     # a clamped pixel whose Y the decoder's own gives as well takes that (no residual there)
     decoded = planes.copy()
     decoded[:, :, 0] = np.clip(jpegcoef.samples(*fitted, *x.shape[:2]), 0, 255)
