@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from vdmcodec.coding import lsqcm
 from vdmcodec.coding.detmath import sigmoid_scalar
 
 # causal neighbours (dy, dx) of the sample's own channel, and of each earlier channel
@@ -54,6 +55,7 @@ EARLIER_ERR_W2 = 0.15  # ... and east and south of it
 ENERGY_EDGES = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 19.0,
                          24.0, 30.0, 38.0, 48.0, 60.0, 76.0, 96.0, 120.0, 150.0, 190.0])
 BINS = len(ENERGY_EDGES) + 1
+MODEL_LOGISTIC, MODEL_MIXED = 1, 2  # the value coded from the logistic (format 11), or mixed (lsqcm, 15)
 PROB_BITS = 24
 PROB_SCALE = 1 << PROB_BITS
 RANS_L = 1 << 31
@@ -257,7 +259,8 @@ def _pop(state, words, pos, mu, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out):
+def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out,
+          model, ctr, cnt, w1, w2, apm1, apm2, ac, buf):
     """Visit every sample of planes first..last-1 in coding order (channel planes in `order`,
     each in raster order) and predict it; encoding, record its prediction and window noise
     in mu_out and noise_out; decoding, find its error bin and pop its value from the rANS
@@ -266,7 +269,9 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
 
     The least-squares sums of each window (radii: an outer and an inner one, added, so that
     the nearest samples count twice) are kept as column sums over the rows above, slid along
-    the row, plus the current row's samples to the left. Returns the words read."""
+    the row, plus the current row's samples to the left.  model: how the decoder reads a
+    value, MODEL_LOGISTIC (rANS from `words`) or MODEL_MIXED (lsqcm.code_sample with the
+    model state ctr..buf).  Returns the words read."""
     h, w, nc = x.shape
     nwin = radii.shape[0]
     err = np.zeros((h, w, nc))
@@ -287,7 +292,10 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
     wt = np.zeros(dmax)
     state = np.uint64(0)
     pos = 0
-    if decoding:
+    pred = np.zeros(lsqcm.N_PRED)
+    ctx = np.zeros(lsqcm.N_CTX, dtype=np.int64)
+    inp = np.zeros(lsqcm.N_IN, dtype=np.int64)
+    if decoding and model == MODEL_LOGISTIC:
         state = (np.uint64(words[0]) << np.uint64(32)) | np.uint64(words[1])
         pos = 2
     i = first * h * w
@@ -344,7 +352,11 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
                     noise = np.sqrt(var)
                 if decoding:
                     b = _energy_bin(err, order, k, y, xx, alpha * noise)
-                    v, state, pos = _pop(state, words, pos, mu, scales[k, b])
+                    if model == MODEL_MIXED:
+                        v = lsqcm.code_sample(x, err, order, k, y, xx, diff, mu, scales[k, b], b, 0, True,
+                                              ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp)
+                    else:
+                        v, state, pos = _pop(state, words, pos, mu, scales[k, b])
                     x[y, xx, c] = v
                 else:
                     mu_out[i] = mu
@@ -441,9 +453,10 @@ def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: fl
     mus, noise, bins = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     r = np.array(radii, dtype=np.int64)
     none_f, none_w = np.zeros((1, 1)), np.zeros(1, dtype=np.uint32)
+    unused = lsqcm.new_state(0)
 
     def plane(k: int) -> None:
-        _walk(x, order, diff, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise)
+        _walk(x, order, diff, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise, MODEL_LOGISTIC, *unused)
 
     # the last plane reads the most regressors: start it first
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -468,13 +481,19 @@ def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
 
 
 def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
-           threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0) -> bytes:
+           threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0,
+           model: int = MODEL_LOGISTIC) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
-    (coded channels x BINS bytes), then the rANS words.  order, diff, first: as `analyse`
-    (the decoder must be given the same, and the planes before first)."""
+    (coded channels x BINS bytes), then the rANS words (MODEL_LOGISTIC) or the mixed model's
+    arithmetic code (MODEL_MIXED).  order, diff, first: as `analyse` (the decoder must be
+    given the same, and the planes before first)."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
     values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
+    if model == MODEL_MIXED:
+        state = lsqcm.new_state(planes.shape[2], 3 * values.size + 1024)
+        lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, *state)
+        return idx.tobytes() + lsqcm.flush(state[-2], state[-1])
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
     return idx.tobytes() + out[start:].astype("<u4").tobytes()
@@ -482,22 +501,31 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
 
 def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = RADII,
            ridge: float = RIDGE, alpha: float = ALPHA, order: tuple | None = None,
-           diff: bool = DIFF, given: np.ndarray | None = None, first: int = 0) -> np.ndarray:
+           diff: bool = DIFF, given: np.ndarray | None = None, first: int = 0,
+           model: int = MODEL_LOGISTIC) -> np.ndarray:
     """Inverse of `encode`: uint8 pixels (H, W, C); given: (H, W, C) holding the planes
     before `first` in the order (the rest is overwritten)."""
     order = _order(channels, order)
     head = (channels - first) * BINS
-    if len(data) < head + 8 or (len(data) - head) % 4:
+    mixed = model == MODEL_MIXED
+    if len(data) < head + (4 if mixed else 8) or (not mixed and (len(data) - head) % 4):
         raise ValueError("lsq data is truncated")
     idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels - first, BINS)
     if int(idx.max()) >= SCALES.size:
         raise ValueError("lsq scale table is corrupt")
-    words = np.frombuffer(data[head:], dtype="<u4").astype(np.uint32)
-    # the decoder reads at most one word per sample beyond the state; pad so a corrupt
-    # stream cannot read past the end
-    words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
+    state = lsqcm.new_state(channels)
+    if mixed:
+        words = np.zeros(1, dtype=np.uint32)
+        # the coder reads zeros past the end, so a damaged stream cannot read out of bounds
+        state = state[:-1] + (np.frombuffer(data[head:], dtype=np.uint8).copy(),)
+        lsqcm.start_decoder(state[-2], data[head:])
+    else:
+        words = np.frombuffer(data[head:], dtype="<u4").astype(np.uint32)
+        # the decoder reads at most one word per sample beyond the state; pad so a corrupt
+        # stream cannot read past the end
+        words = np.concatenate([words, np.zeros(height * width * channels + 2, dtype=np.uint32)])
     x = np.zeros((height, width, channels), dtype=np.uint8) if given is None else np.array(given, dtype=np.uint8)
     scales = np.concatenate([np.ones((first, BINS)), SCALES[idx]])  # the walk reads row k of plane k
     _walk(x, order, diff, np.array(radii, dtype=np.int64), ridge, alpha, first, channels, True, scales, words,
-          np.zeros(1), np.zeros(1))
+          np.zeros(1), np.zeros(1), model, *state)
     return x

@@ -1,0 +1,427 @@
+"""The least-squares code's second model: each sample's value coded bit by bit, with the
+least-squares logistic mixed with simple predictors and adaptive context statistics.
+
+`coding.lsq` predicts every sample (a local least-squares fit) and gives it a logistic
+scale; its first model codes the value straight from that discretised logistic.  This
+model (format 15, `lsq.MODEL_MIXED`) codes the same value as a short sequence of binary
+decisions about its distance from the rounded prediction m (`_code_value`):
+
+    t == m?   then   t > m?   then the bucket of |t - m| - 1 in unary (0, 1-2, 3-6, ...)
+    then the position in the bucket, by halving
+
+and gives each decision a probability mixed, in the logistic domain, from
+
+- the least-squares logistic's own probability of the decision (the strongest input: the
+  mixers start from it alone),
+- the same logistic centred on four simple predictors (LOCO-I's median edge detector, the
+  mean of west and north, the gradient west + north - north-west, the mean of north and
+  north-east; after the first plane in the difference from it, as the least squares are),
+- nine adaptive probabilities, one per context (`_contexts`: the error bin, the prediction's
+  rounding, the signs of the neighbours' errors, the earlier planes' errors at the pixel, how
+  far the median predictor and the others are from the prediction, the texture of the
+  neighbours around it, the plane, the pixel's 2x2 phase is not used),
+
+by two mixers (weights chosen by the decision and the error bin, and by the decision and the
+neighbours' error signs) whose outputs are averaged and refined by two adaptive probability
+maps, as in PAQ-family context-mixing coders.  Everything after the logistic's probabilities
+is integer arithmetic (12-bit probabilities, 16.16 weights), and those probabilities are
+IEEE basic operations on `detmath`'s sigmoid, so a file decodes the same on every machine.
+
+On 18 training images (6 ImageNet photographs, 6 film scans and their halved-chroma twins;
+docs/RESULTS.md, session 26) it codes about 2.7% smaller than the first model; where the
+least squares lost to JPEG XL (smooth ImageNet photographs) 2-5%.
+
+One function codes one sample in both directions (`code_sample`), so the encoder and the
+decoder cannot drift apart.
+
+>>> import numpy as np
+>>> from vdmcodec.coding import lsq
+>>> x = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+>>> data = lsq.encode(x, model=lsq.MODEL_MIXED)
+>>> bool((lsq.decode(data, 5, 7, 3, model=lsq.MODEL_MIXED) == x).all())
+True
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vdmcodec.coding.detmath import sigmoid_scalar
+
+NODES = 64  # decision kinds: 0 zero, 1 sign, 2.. unary bucket steps, 12.. bucket halvings
+# per context: its values for each decision kind (see _contexts)
+CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4], dtype=np.int64)
+CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int64)
+N_CTX = CTX_SIZES.shape[0]
+N_PRED = 4  # simple predictors beside the least squares
+N_IN = 1 + N_PRED + N_CTX + 1  # mixer inputs: logistic, predictors, contexts, bias
+COUNT_LIMIT = 255  # a context's adaptation rate falls as 1 / (n + 1.5) down to this n
+MIX_RATE = 131  # mixer learning rate, 0.002 in 16.16 weights per (12-bit error x 8.8 stretch)
+APM_RATE = 6  # adaptive probability maps move 1/64 of the way
+BIAS = 77  # the bias input, 0.3 in stretch units
+# PAQ's squash at 33 points of the stretch domain (-2048..2048 in steps of 128)
+_SQUASH_POINTS = np.array([1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047, 2549, 2994,
+                           3348, 3607, 3785, 3901, 3975, 4022, 4050, 4068, 4079, 4085, 4089, 4092, 4093, 4094],
+                          dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def squash(d):
+    """12-bit probability of a stretch value d (8 fractional bits), by interpolation."""
+    if d > 2047:
+        d = 2047
+    if d < -2047:
+        d = -2047
+    w = d & 127
+    i = (d >> 7) + 16
+    return (_SQUASH_POINTS[i] * (128 - w) + _SQUASH_POINTS[i + 1] * w + 64) >> 7
+
+
+def _stretch_table() -> np.ndarray:
+    """The inverse of squash over the 4096 12-bit probabilities."""
+    out = np.zeros(4096, dtype=np.int64)
+    pi = 0
+    for d in range(-2047, 2048):
+        v = int(squash(d))
+        for i in range(pi, v + 1):
+            out[i] = d
+        pi = v + 1
+    out[pi:] = 2047
+    return out
+
+
+STRETCH = _stretch_table()
+RECIP = np.array([int(65536 / (n + 1.5)) for n in range(COUNT_LIMIT + 1)], dtype=np.int64)
+
+
+def new_state(nc: int, size: int = 0):
+    """A fresh model and coder: (counters, counts, mixer 1, mixer 2, map 1, map 2, coder
+    registers, byte buffer of `size`)."""
+    total = int(CTX_OFFSETS[-1])
+    ctr = np.full(total, 32768, dtype=np.int32)
+    cnt = np.zeros(total, dtype=np.int32)
+    w1 = np.zeros((NODES * 24, N_IN), dtype=np.int64)
+    w2 = np.zeros((NODES * 81, N_IN), dtype=np.int64)
+    w1[:, 0] = 65536
+    w2[:, 0] = 65536
+    init = np.array([squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int64)
+    apm1 = np.tile(init, (NODES * 24, 1))
+    apm2 = np.tile(init, (NODES * 81, 1))
+    ac = np.array([0, 0xFFFFFFFF, 0, 0], dtype=np.int64)  # low, high, code (decoder), position
+    return ctr, cnt, w1, w2, apm1, apm2, ac, np.zeros(size, dtype=np.uint8)
+
+
+@numba.njit(cache=True)
+def _cdf(t, mu, s):
+    """The logistic(mu, s)'s mass below t - 1/2, truncated to the values 0..255."""
+    if t <= 0:
+        return 0.0
+    if t >= 256:
+        return 1.0
+    return sigmoid_scalar((t - 0.5 - mu) / s)
+
+
+@numba.njit(cache=True)
+def _split(alo, ahi, blo, bhi, mu, s):
+    """Stretched 12-bit probability that the value is in [blo, bhi) rather than [alo, ahi)
+    (adjacent ranges) under the logistic; alo < 0 means 'anywhere else' (the zero test)."""
+    pb = _cdf(bhi, mu, s) - _cdf(blo, mu, s)
+    if alo < 0:
+        pa = 1.0 - pb
+    else:
+        pa = _cdf(ahi, mu, s) - _cdf(alo, mu, s)
+    if pa + pb <= 0.0:
+        return 0
+    p = int(pb / (pa + pb) * 4096.0)
+    return STRETCH[min(max(p, 1), 4095)]
+
+
+@numba.njit(cache=True)
+def _code_bit(p, bit, decoding, ac, buf):
+    """Binary arithmetic coding (carry-less, 32-bit, as in lpaq) of one decision whose
+    probability of 1 is p / 4096; returns the bit."""
+    lo, hi = ac[0], ac[1]
+    mid = lo + ((hi - lo) >> 12) * p
+    if decoding:
+        bit = 1 if ac[2] <= mid else 0
+    if bit:
+        hi = mid
+    else:
+        lo = mid + 1
+    while ((lo ^ hi) & 0xFF000000) == 0:
+        if decoding:
+            pos = ac[3]
+            byte = buf[pos] if pos < buf.shape[0] else 0
+            ac[3] = pos + 1
+            ac[2] = ((ac[2] << 8) & 0xFFFFFFFF) | byte
+        else:
+            if ac[3] < buf.shape[0]:  # the caller checks the count against the buffer
+                buf[ac[3]] = hi >> 24
+            ac[3] += 1
+        lo = (lo << 8) & 0xFFFFFFFF
+        hi = ((hi << 8) & 0xFFFFFFFF) | 255
+    ac[0], ac[1] = lo, hi
+    return bit
+
+
+def flush(ac, buf) -> bytes:
+    """The encoder's bytes: what was written, then the low register's four bytes."""
+    pos = int(ac[3])
+    if pos > buf.shape[0]:
+        raise ValueError("the mixed model's buffer overflowed")
+    tail = int(ac[0]).to_bytes(4, "big")
+    return bytes(buf[:pos]) + tail
+
+
+def start_decoder(ac, data: bytes) -> None:
+    """Load the first four bytes into the decoder's code register."""
+    head = data[:4].ljust(4, b"\0")
+    ac[2] = int.from_bytes(head, "big")
+    ac[3] = 4
+
+
+@numba.njit(cache=True)
+def _q9(d):
+    """A signed distance in nine steps."""
+    if d < -6.0:
+        return 0
+    if d < -2.5:
+        return 1
+    if d < -1.0:
+        return 2
+    if d < -0.3:
+        return 3
+    if d <= 0.3:
+        return 4
+    if d <= 1.0:
+        return 5
+    if d <= 2.5:
+        return 6
+    if d <= 6.0:
+        return 7
+    return 8
+
+
+@numba.njit(cache=True)
+def _q3(e):
+    return 0 if e < -0.75 else (2 if e > 0.75 else 1)
+
+
+@numba.njit(cache=True)
+def _plane_value(x, order, k, y, xx, diff):
+    """The sample's value in the plane the least squares predict (after the first plane, the
+    difference from it where diff)."""
+    v = float(x[y, xx, order[k]])
+    if diff and k >= 1:
+        v -= float(x[y, xx, order[0]])
+    return v
+
+
+@numba.njit(cache=True)
+def _simple_predictions(x, order, k, y, xx, diff, out):
+    """The four simple predictors of sample (y, xx) of plane k, in pixel values; outside the
+    image a neighbour takes its nearest causal neighbour's value."""
+    w = x.shape[1]
+    if y == 0 and xx == 0:
+        base = 128.0
+        if diff and k >= 1:
+            base = float(x[y, xx, order[0]])
+        for i in range(4):
+            out[i] = base
+        return
+    if y == 0:
+        vw = _plane_value(x, order, k, y, xx - 1, diff)
+        vn, vnw, vne = vw, vw, vw
+    elif xx == 0:
+        vn = _plane_value(x, order, k, y - 1, xx, diff)
+        vw, vnw = vn, vn
+        vne = _plane_value(x, order, k, y - 1, xx + 1, diff) if xx + 1 < w else vn
+    else:
+        vw = _plane_value(x, order, k, y, xx - 1, diff)
+        vn = _plane_value(x, order, k, y - 1, xx, diff)
+        vnw = _plane_value(x, order, k, y - 1, xx - 1, diff)
+        vne = _plane_value(x, order, k, y - 1, xx + 1, diff) if xx + 1 < w else vn
+    grad = vw + vn - vnw
+    if vnw >= max(vw, vn):
+        med = min(vw, vn)
+    elif vnw <= min(vw, vn):
+        med = max(vw, vn)
+    else:
+        med = grad
+    base = 0.0
+    if diff and k >= 1:
+        base = float(x[y, xx, order[0]])
+    out[0] = min(max(med + base, 0.0), 255.0)
+    out[1] = min(max(0.5 * (vw + vn) + base, 0.0), 255.0)
+    out[2] = min(max(grad + base, 0.0), 255.0)
+    out[3] = min(max(0.5 * (vn + vne) + base, 0.0), 255.0)
+
+
+@numba.njit(cache=True)
+def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
+    """The nine context values of sample (y, xx) of plane k (see CTX_SIZES); returns the
+    neighbours' error-sign pattern (0..80), which also picks mixer 2's weights."""
+    c = order[k]
+    w = x.shape[1]
+    ew = err[y, xx - 1, c] if xx >= 1 else 0.0
+    en = err[y - 1, xx, c] if y >= 1 else 0.0
+    enw = err[y - 1, xx - 1, c] if (y >= 1 and xx >= 1) else 0.0
+    ene = err[y - 1, xx + 1, c] if (y >= 1 and xx + 1 < w) else 0.0
+    signs = _q3(ew) + 3 * _q3(en) + 9 * _q3(enw) + 27 * _q3(ene)
+    frac = int((mu - m + 0.5) * 4.999)
+    if k >= 1:
+        eg = err[y, xx, order[0]]
+        if k >= 2:
+            eg += err[y, xx, order[1]]
+    else:
+        eg = ew
+    egq = int(min(max(eg, -7.49), 7.49) + 7.5)
+    dmq = _q9(pred[0] - mu)
+    tex = 0
+    if y >= 2 and xx >= 2 and xx + 1 < w:
+        tex = ((float(x[y, xx - 1, c]) > mu) + 2 * (float(x[y - 1, xx, c]) > mu) + 4 * (float(x[y - 1, xx - 1, c]) > mu)
+               + 8 * (float(x[y - 1, xx + 1, c]) > mu) + 16 * (float(x[y, xx - 2, c]) > mu)
+               + 32 * (float(x[y - 2, xx, c]) > mu))
+    ctx[0] = b
+    ctx[1] = (b // 2) * 5 + frac
+    ctx[2] = (b // 3) * 81 + signs
+    ctx[3] = (min(k, 2) * 15 + egq) * 8 + b // 3
+    ctx[4] = (b // 2) * 9 + dmq
+    ctx[5] = tex * 3 + min(b // 8, 2)
+    ctx[6] = min(k, 2) * 24 + b
+    ctx[7] = ((b // 2) * 9 + dmq) * 3 + _q3(ew)
+    ctx[8] = (_q9(pred[2] - mu) * 9 + _q9(pred[3] - mu)) * 4 + min(b // 6, 3)
+    return signs
+
+
+@numba.njit(cache=True)
+def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b, signs,
+                   ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp):
+    """Mix, code and learn one decision: the value in [blo, bhi) (bit 1) or in [alo, ahi)."""
+    inp[0] = _split(alo, ahi, blo, bhi, mu, s)
+    for i in range(N_PRED):
+        inp[1 + i] = _split(alo, ahi, blo, bhi, pred[i], s)
+    for q in range(N_CTX):
+        j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
+        inp[1 + N_PRED + q] = STRETCH[min(max(ctr[j] >> 4, 1), 4095)]
+    inp[N_IN - 1] = BIAS
+    s1 = node * 24 + b
+    s2 = node * 81 + signs
+    d1 = 0
+    d2 = 0
+    for i in range(N_IN):
+        d1 += w1[s1, i] * inp[i]
+        d2 += w2[s2, i] * inp[i]
+    d1 = min(max(d1 >> 16, -2047), 2047)
+    d2 = min(max(d2 >> 16, -2047), 2047)
+    d = (d1 + d2) >> 1
+    pm = squash(d)
+    # the maps interpolate between the 33 points around d
+    pos = d + 2048
+    lo = pos >> 7
+    wt = pos & 127
+    a1 = apm1[s1, lo] * (128 - wt) + apm1[s1, lo + 1] * wt
+    a2 = apm2[s2, lo] * (128 - wt) + apm2[s2, lo + 1] * wt
+    p = (2 * pm + (a1 >> 11) + (a2 >> 11) + 2) >> 2
+    p = min(max(p, 1), 4095)
+    bit = _code_bit(p, bit, decoding, ac, buf)
+    # learn
+    e1 = (bit << 12) - squash(d1)
+    e2 = (bit << 12) - squash(d2)
+    for i in range(N_IN):
+        w1[s1, i] += (inp[i] * e1 * MIX_RATE) >> 20
+        w2[s2, i] += (inp[i] * e2 * MIX_RATE) >> 20
+    near = lo + (wt >> 6)
+    apm1[s1, near] += ((bit << 16) - apm1[s1, near]) >> APM_RATE
+    apm2[s2, near] += ((bit << 16) - apm2[s2, near]) >> APM_RATE
+    for q in range(N_CTX):
+        j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
+        n = cnt[j]
+        ctr[j] += (((bit << 16) - ctr[j]) * RECIP[n]) >> 16
+        if n < COUNT_LIMIT:
+            cnt[j] = n + 1
+    return bit
+
+
+@numba.njit(cache=True)
+def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
+                ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp):
+    """Code sample (y, xx) of plane k, value t (encoding) or returned (decoding), given its
+    least-squares prediction mu, logistic scale s and error bin b.  The binarisation: t == m,
+    then the side, then |t - m| - 1's bucket [2^j - 1, 2^(j+1) - 1) in unary, then its place
+    in the bucket by halving; decisions the range settles are not coded.  pred, ctx, inp:
+    scratch (N_PRED floats, N_CTX and N_IN int64)."""
+    m = min(max(int(np.floor(mu + 0.5)), 0), 255)
+    _simple_predictions(x, order, k, y, xx, diff, pred)
+    signs = _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx)
+    bit = 1 if t == m else 0
+    bit = _code_decision(0, -1, -1, m, m + 1, bit, decoding, mu, s, pred, ctx, b, signs,
+                         ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+    if bit:
+        return m
+    if m == 0:
+        up = 1
+    elif m == 255:
+        up = 0
+    else:
+        up = _code_decision(1, 0, m, m + 1, 256, 1 if t > m else 0, decoding, mu, s, pred, ctx, b, signs,
+                            ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+    top = 254 - m if up else m - 1  # the largest |t - m| - 1 on this side
+    a = abs(t - m) - 1
+    j = 0
+    while (1 << (j + 1)) - 1 <= top:
+        a0, a1 = (1 << j) - 1, (1 << (j + 1)) - 1
+        lo_t, mid_t, hi_t = _side_range(m, up, a0, a1, top + 1)
+        more = _code_decision(2 + j, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= a1 else 0, decoding, mu, s,
+                              pred, ctx, b, signs, ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+        if not more:
+            break
+        j += 1
+    alo = (1 << j) - 1
+    ahi = min((1 << (j + 1)) - 1, top + 1)
+    while ahi - alo > 1:
+        mid = (alo + ahi) // 2
+        width = ahi - alo
+        lg = 0
+        while (2 << lg) <= width:
+            lg += 1
+        node = 12 + min(j, 7) * 6 + min(lg, 5)
+        lo_t, mid_t, hi_t = _side_range(m, up, alo, mid, ahi)
+        half = _code_decision(node, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= mid else 0, decoding, mu, s,
+                              pred, ctx, b, signs, ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+        if half:
+            alo = mid
+        else:
+            ahi = mid
+    return m + 1 + alo if up else m - 1 - alo
+
+
+@numba.njit(cache=True)
+def _side_range(m, up, a0, a1, a2):
+    """The value ranges of distances [a0, a1) and [a1, a2) from m on one side, as
+    ((lo, hi) nearer, (lo, hi) farther, unused) in values."""
+    if up:
+        return (m + 1 + a0, m + 1 + a1), (m + 1 + a1, m + 1 + a2), (0, 0)
+    return (m - a1, m - a0), (m - a2, m - a1), (0, 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_samples(x, order, diff, mus, bins, scales, first,
+                   ctr, cnt, w1, w2, apm1, apm2, ac, buf):
+    """Code every sample of planes first.. in coding order (mus, bins over those planes)."""
+    h, w, nc = x.shape
+    err = np.zeros((h, w, nc))
+    pred = np.zeros(N_PRED)
+    ctx = np.zeros(N_CTX, dtype=np.int64)
+    inp = np.zeros(N_IN, dtype=np.int64)
+    i = 0
+    for k in range(first, nc):
+        c = order[k]
+        for y in range(h):
+            for xx in range(w):
+                t = int(x[y, xx, c])
+                code_sample(x, err, order, k, y, xx, diff, mus[i], scales[k - first, bins[i]], bins[i], t, False,
+                            ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp)
+                err[y, xx, c] = float(t) - mus[i]
+                i += 1
