@@ -291,6 +291,26 @@ def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode
     np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
 
 
+@pytest.mark.parametrize("kind,mode", [("rgb", "RGB"), ("grey", "L")])
+def test_version_15_golden_files_in_the_mixed_least_squares_model_decode(kind, mode):
+    """Written by session 26's code (make_golden.py lsq2): a 48x64 crop of a never-JPEG film
+    scan stored whole in the least-squares code's mixed model (classic tag 6, coding.lsqcm),
+    RGB and grey.  The binarisation, contexts, mixers, maps and coder are part of the
+    format: any change to them strands these files and fails here."""
+    import struct
+
+    data = (DATA / f"s26_v15_lsq_mixed_{kind}.vdmc").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 15
+    header, sections = unpack_container(data)
+    (entry,) = header["images"]
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 6
+    ((name, img),) = decompress_bytes(data)
+    assert name == f"s26_{kind}.png" and img.mode == mode
+    with Image.open(DATA / name) as im:
+        want = np.asarray(im)
+    np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
+
+
 def assert_ycc_golden_file(file: str, version: int, png: str, mode: int) -> None:
     """A single-image golden file in the YCbCr code (classic tag 5) of `version`, whose mode
     byte is `mode`, decodes to the PNG beside it."""

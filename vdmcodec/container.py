@@ -41,9 +41,11 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # 10 deflates the header from a preset dictionary (header_zdict: 710 -> 210 bytes on a Kodak file),
 # and adds JPEG XL classic strips (tag 3) and z0_ensemble 8, which a reader of 9 would not know;
 # 11 adds the own least-squares classic code (tag 4, coding.lsq), which a reader of 10 would not know;
-# 12 adds that code of a JPEG decode's YCbCr planes (tag 5, coding.ycc), unknown to a reader of 11
-FORMAT_VERSION = 14
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)  # earlier files mean the same in the later versions
+# 12 adds that code of a JPEG decode's YCbCr planes (tag 5, coding.ycc), unknown to a reader of 11;
+# 13 and 14 add ycc's coefficient modes; 15 adds the least-squares code's mixed model (tag 6,
+# coding.lsqcm), unknown to a reader of 14
+FORMAT_VERSION = 15
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section", "film"}
 

@@ -15,6 +15,7 @@
     python tests/data/make_golden.py ycc ../../checkpoints/default.pt s23_v12_ycc
     python tests/data/make_golden.py coef ../../checkpoints/default.pt s24_v13_coef
     python tests/data/make_golden.py coef2 ../../checkpoints/default.pt s25_v14_coef
+    python tests/data/make_golden.py lsq2 ../../checkpoints/default.pt s26_v15_lsq_mixed
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -56,6 +57,10 @@ YCbCr planes with Y, Cb and Cr as the JPEG's DCT coefficients (coding.jpegcoef; 
 are relative to G), and at quality 90, 4:2:2 (s25_jpeg422_q90.png), with Y, Cb and Cr as
 coefficients in jpegcoef's model 2 and the chroma found exactly with its IJG table (ycc mode
 byte 29 and 30).
+"lsq2" (session 26, format 15) writes two single-image files of a 48x64 crop of a film scan
+that was never a JPEG (training data: lossless-misc/usc-sipi-house.png, rows 300-347,
+columns 200-263), RGB and its green plane as grey (s26_rgb.png, s26_grey.png), each stored
+whole in the own least-squares code's mixed model (classic tag 6, coding.lsqcm; forced).
 """
 
 import sys
@@ -248,6 +253,22 @@ def main_lsq(ckpt_name: str, stem: str) -> None:
         (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
 
 
+def main_lsq2(ckpt_name: str, stem: str) -> None:
+    import numpy as np
+
+    source = HERE.parents[2] / "shared" / "data" / "train" / "lossless-misc" / "usc-sipi-house.png"
+    with Image.open(source) as im:
+        rgb = np.asarray(im.convert("RGB"))[300:348, 200:264]
+    Image.fromarray(rgb).save(HERE / "s26_rgb.png")
+    Image.fromarray(rgb[:, :, 1]).save(HERE / "s26_grey.png")
+    _force_own_code("lsq-mixed")
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
+        data, reports = compress_images([(f"s26_{kind}.png", img)], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+
+
 def main_v4(ckpt_name: str, archive_name: str) -> None:
     from vdmcodec.metadata import ImageMetadata
 
@@ -300,6 +321,8 @@ if __name__ == "__main__":
         main_coef2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq":
         main_lsq(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "lsq2":
+        main_lsq2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

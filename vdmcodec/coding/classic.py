@@ -1,8 +1,9 @@
 """Classic lossless codes for row strips: the seed of an image's first rows, and the fallback.
 
 The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
-(format 11, whole images) vdmcodec's own least-squares code (coding.lsq), or (format 12)
-the same code of a JPEG decode's own YCbCr planes (coding.ycc), behind a one-byte tag.
+(format 11, whole images) vdmcodec's own least-squares code (coding.lsq; from format 15 its
+mixed model, coding.lsqcm), or (format 12) the same code of a JPEG decode's own YCbCr planes
+(coding.ycc), behind a one-byte tag.
 JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
 a second; its lossless decode is exact by the standard, whatever libjxl decodes it.
@@ -22,8 +23,9 @@ from PIL import Image
 from . import lsq, ycc
 from .jpegxl import JxlSettings, encode_lossless
 
-TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ, TAG_YCC = 0, 1, 2, 3, 4, 5
-NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq", TAG_YCC: "lsq-ycc"}
+TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ, TAG_YCC, TAG_LSQ_MIXED = 0, 1, 2, 3, 4, 5, 6
+NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq", TAG_YCC: "lsq-ycc",
+         TAG_LSQ_MIXED: "lsq-mixed"}
 # the own code (coding.lsq) takes about 10 us per pixel to encode on two threads and 17 us to
 # decode on one (a 768x512 photograph: 4 s and 7 s): whole images up to this many pixels
 LSQ_MAX_PIXELS = 1 << 22
@@ -101,7 +103,7 @@ def _own_code(x: np.ndarray, threads: int) -> bytes:
     where the pixels are a JPEG decode (a quarter smaller there), else of the pixels."""
     if x.shape[2] == 3 and (code := ycc.encode(x, threads)) is not None:
         return bytes([TAG_YCC]) + code
-    return bytes([TAG_LSQ]) + lsq.encode(x, threads=threads)
+    return bytes([TAG_LSQ_MIXED]) + lsq.encode(x, threads=threads, model=lsq.MODEL_MIXED)
 
 
 def describe(data: bytes) -> str:
@@ -149,8 +151,9 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
             return np.frombuffer(zlib.decompress(body), dtype=np.uint8).reshape(channels, height, width)
         if data[0] == TAG_JXL:
             arr = imagecodecs.jpegxl_decode(body)
-        elif data[0] == TAG_LSQ:
-            arr = lsq.decode(body, height, width, channels)
+        elif data[0] in (TAG_LSQ, TAG_LSQ_MIXED):
+            model = lsq.MODEL_MIXED if data[0] == TAG_LSQ_MIXED else lsq.MODEL_LOGISTIC
+            arr = lsq.decode(body, height, width, channels, model=model)
             arr = arr[:, :, 0] if channels == 1 else arr
         elif data[0] == TAG_YCC:
             if channels != 3:
