@@ -16,10 +16,11 @@ and gives each decision a probability mixed, in the logistic domain, from
 - the same logistic centred on four simple predictors (LOCO-I's median edge detector, the
   mean of west and north, the gradient west + north - north-west, the mean of north and
   north-east; after the first plane in the difference from it, as the least squares are),
-- nine adaptive probabilities, one per context (`_contexts`: the error bin, the prediction's
-  rounding, the signs of the neighbours' errors, the earlier planes' errors at the pixel, how
-  far the median predictor and the others are from the prediction, the texture of the
-  neighbours around it, the plane, the pixel's 2x2 phase is not used),
+- eleven adaptive probabilities, one per context (`_contexts`: the error bin, the
+  prediction's rounding, the signs of the neighbours' errors, the earlier planes' errors at
+  the pixel, how far the median predictor and the others are from the prediction, the
+  texture of the neighbours around it, the plane, the brightness, the local activity and the
+  first plane's gradient at the pixel),
 
 by two mixers (weights chosen by the decision and the error bin, and by the decision and the
 neighbours' error signs) whose outputs are averaged and refined by two adaptive probability
@@ -51,13 +52,13 @@ from vdmcodec.coding.detmath import sigmoid_scalar
 
 NODES = 64  # decision kinds: 0 zero, 1 sign, 2.. unary bucket steps, 12.. bucket halvings
 # per context: its values for each decision kind (see _contexts)
-CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4], dtype=np.int64)
+CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6, 8 * 8 * 3], dtype=np.int64)
 CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int64)
 N_CTX = CTX_SIZES.shape[0]
 N_PRED = 4  # simple predictors beside the least squares
 N_IN = 1 + N_PRED + N_CTX + 1  # mixer inputs: logistic, predictors, contexts, bias
 COUNT_LIMIT = 255  # a context's adaptation rate falls as 1 / (n + 1.5) down to this n
-MIX_RATE = 131  # mixer learning rate, 0.002 in 16.16 weights per (12-bit error x 8.8 stretch)
+MIX_RATE = 300  # mixer learning rate, 0.0046 in 16.16 weights per (12-bit error x 8.8 stretch)
 APM_RATE = 6  # adaptive probability maps move 1/64 of the way
 BIAS = 77  # the bias input, 0.3 in stretch units
 # PAQ's squash at 33 points of the stretch domain (-2048..2048 in steps of 128)
@@ -204,6 +205,26 @@ def _q9(d):
 
 
 @numba.njit(cache=True)
+def _q8(v):
+    """A non-negative size in eight steps, about logarithmic."""
+    if v < 1.0:
+        return 0
+    if v < 2.0:
+        return 1
+    if v < 4.0:
+        return 2
+    if v < 7.0:
+        return 3
+    if v < 12.0:
+        return 4
+    if v < 20.0:
+        return 5
+    if v < 35.0:
+        return 6
+    return 7
+
+
+@numba.njit(cache=True)
 def _q3(e):
     return 0 if e < -0.75 else (2 if e > 0.75 else 1)
 
@@ -260,7 +281,7 @@ def _simple_predictions(x, order, k, y, xx, diff, out):
 
 @numba.njit(cache=True)
 def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
-    """The nine context values of sample (y, xx) of plane k (see CTX_SIZES); returns the
+    """The eleven context values of sample (y, xx) of plane k (see CTX_SIZES); returns the
     neighbours' error-sign pattern (0..80), which also picks mixer 2's weights."""
     c = order[k]
     w = x.shape[1]
@@ -292,6 +313,17 @@ def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
     ctx[6] = min(k, 2) * 24 + b
     ctx[7] = ((b // 2) * 9 + dmq) * 3 + _q3(ew)
     ctx[8] = (_q9(pred[2] - mu) * 9 + _q9(pred[3] - mu)) * 4 + min(b // 6, 3)
+    ctx[9] = min(int(mu) // 32, 7) * 6 + b // 4
+    h = x.shape[0]
+    gq = 0
+    if k >= 1:
+        g = order[0]
+        gy0, gy1 = max(y - 1, 0), min(y + 1, h - 1)
+        gx0, gx1 = max(xx - 1, 0), min(xx + 1, w - 1)
+        gg = abs(float(x[y, gx1, g]) - float(x[y, gx0, g])) + abs(float(x[gy1, xx, g]) - float(x[gy0, xx, g]))
+        gq = _q8(gg)
+    act = abs(pred[1] - pred[0]) + abs(pred[3] - pred[1]) + abs(pred[2] - pred[0])
+    ctx[10] = (_q8(act) * 8 + gq) * 3 + min(b // 8, 2)
     return signs
 
 
