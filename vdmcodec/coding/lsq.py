@@ -260,7 +260,7 @@ def _pop(state, words, pos, mu, s):
 
 @numba.njit(cache=True, nogil=True)
 def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, words, mu_out, noise_out,
-          model, ctr, cnt, w1, w2, apm1, apm2, ac, buf):
+          model, ctr, cnt, weights, scratch, maps, ac, buf):
     """Visit every sample of planes first..last-1 in coding order (channel planes in `order`,
     each in raster order) and predict it; encoding, record its prediction and window noise
     in mu_out and noise_out; decoding, find its error bin and pop its value from the rANS
@@ -294,7 +294,6 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
     pos = 0
     pred = np.zeros(lsqcm.N_PRED)
     ctx = np.zeros(lsqcm.N_CTX, dtype=np.int64)
-    inp = np.zeros(lsqcm.N_IN, dtype=np.int64)
     if decoding and model == MODEL_LOGISTIC:
         state = (np.uint64(words[0]) << np.uint64(32)) | np.uint64(words[1])
         pos = 2
@@ -354,7 +353,7 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
                     b = _energy_bin(err, order, k, y, xx, alpha * noise)
                     if model == MODEL_MIXED:
                         v = lsqcm.code_sample(x, err, order, k, y, xx, diff, mu, scales[k, b], b, 0, True,
-                                              ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp)
+                                              ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx)
                     else:
                         v, state, pos = _pop(state, words, pos, mu, scales[k, b])
                     x[y, xx, c] = v
@@ -453,7 +452,7 @@ def analyse(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: fl
     mus, noise, bins = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     r = np.array(radii, dtype=np.int64)
     none_f, none_w = np.zeros((1, 1)), np.zeros(1, dtype=np.uint32)
-    unused = lsqcm.new_state(0)
+    unused = lsqcm.new_state()
 
     def plane(k: int) -> None:
         _walk(x, order, diff, r, ridge, alpha, k, k + 1, False, none_f, none_w, mus, noise, MODEL_LOGISTIC, *unused)
@@ -491,7 +490,7 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
     values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
     if model == MODEL_MIXED:
-        state = lsqcm.new_state(planes.shape[2], 3 * values.size + 1024)
+        state = lsqcm.new_state(3 * values.size + 1024)
         lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, *state)
         return idx.tobytes() + lsqcm.flush(state[-2], state[-1])
     out = np.zeros(values.size + 2, dtype=np.uint32)
@@ -513,7 +512,7 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels - first, BINS)
     if int(idx.max()) >= SCALES.size:
         raise ValueError("lsq scale table is corrupt")
-    state = lsqcm.new_state(channels)
+    state = lsqcm.new_state()
     if mixed:
         words = np.zeros(1, dtype=np.uint32)
         # the coder reads zeros past the end, so a damaged stream cannot read out of bounds

@@ -22,15 +22,20 @@ and gives each decision a probability mixed, in the logistic domain, from
   texture of the neighbours around it, the plane, the brightness, the local activity and the
   first plane's gradient at the pixel),
 
-by two mixers (weights chosen by the decision and the error bin, and by the decision and the
-neighbours' error signs) whose outputs are averaged and refined by two adaptive probability
-maps, as in PAQ-family context-mixing coders.  Everything after the logistic's probabilities
+by six mixers (each with weights chosen by the decision and one context: the error bin, the
+neighbours' error signs, the plane and the median predictor's distance, the activity, the
+texture, the brightness) whose outputs are averaged and refined by three adaptive
+probability maps, as in PAQ-family context-mixing coders.  Everything after the logistic's probabilities
 is integer arithmetic (12-bit probabilities, 16.16 weights), and those probabilities are
 IEEE basic operations on `detmath`'s sigmoid, so a file decodes the same on every machine.
 
-On 18 training images (6 ImageNet photographs, 6 film scans and their halved-chroma twins;
-docs/RESULTS.md, session 26) it codes about 2.7% smaller than the first model; where the
-least squares lost to JPEG XL (smooth ImageNet photographs) 2-5%.
+On six training images (four ImageNet photographs, two film scans; docs/RESULTS.md,
+session 26) it codes 2.9% smaller than the first model: 1-2% on film scans, 3-6% on the
+smooth ImageNet photographs where the first model lost to JPEG XL.  It adds about 6 us per
+sample to the least squares' 20 (decode).
+
+Numba caches each function by its own file: after editing this module, delete lsq's
+cached `_walk` (vdmcodec/coding/__pycache__/lsq.*.nb?), which compiles code_sample in.
 
 One function codes one sample in both directions (`code_sample`), so the encoder and the
 decoder cannot drift apart.
@@ -57,8 +62,21 @@ CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int6
 N_CTX = CTX_SIZES.shape[0]
 N_PRED = 4  # simple predictors beside the least squares
 N_IN = 1 + N_PRED + N_CTX + 1  # mixer inputs: logistic, predictors, contexts, bias
+# the mixers, each with its weight set chosen by the decision kind and one context value
+# (`_mixer_rows`): the error bin, the neighbours' error signs, (plane, median predictor's
+# distance), (activity, first plane's gradient), the texture, (brightness, bin)
+MIX_SIZES = np.array([24, 81, 27, 64, 64, 48], dtype=np.int64)
+MIX_OFFSETS = np.concatenate([[0], np.cumsum(MIX_SIZES * NODES)]).astype(np.int64)
+N_MIX = MIX_SIZES.shape[0]
+MIX_MEAN = 65536 // N_MIX + 1  # the mixers' outputs averaged: their sum times this >> 16
+# the adaptive probability maps after them, chosen likewise by the decision kind and the error
+# bin, the error signs, (activity, first plane's gradient); the coded probability is
+# (3 mixed + the three maps) / 6
+MAP_SIZES = np.array([24, 81, 64], dtype=np.int64)
+MAP_OFFSETS = np.concatenate([[0], np.cumsum(MAP_SIZES * NODES)]).astype(np.int64)
+N_MAP = MAP_SIZES.shape[0]
 COUNT_LIMIT = 255  # a context's adaptation rate falls as 1 / (n + 1.5) down to this n
-MIX_RATE = 300  # mixer learning rate, 0.0046 in 16.16 weights per (12-bit error x 8.8 stretch)
+MIX_RATE = 450  # mixer learning rate, 0.0069 in 16.16 weights per (12-bit error x 8.8 stretch)
 APM_RATE = 6  # adaptive probability maps move 1/64 of the way
 BIAS = 77  # the bias input, 0.3 in stretch units
 # PAQ's squash at 33 points of the stretch domain (-2048..2048 in steps of 128)
@@ -96,21 +114,21 @@ STRETCH = _stretch_table()
 RECIP = np.array([int(65536 / (n + 1.5)) for n in range(COUNT_LIMIT + 1)], dtype=np.int64)
 
 
-def new_state(nc: int, size: int = 0):
-    """A fresh model and coder: (counters, counts, mixer 1, mixer 2, map 1, map 2, coder
-    registers, byte buffer of `size`)."""
+def new_state(size: int = 0):
+    """A fresh model and coder, the arguments code_sample takes after its first twelve:
+    (counters, their counts, mixer weights, scratch, maps, coder registers, byte buffer of
+    `size`)."""
     total = int(CTX_OFFSETS[-1])
-    ctr = np.full(total, 32768, dtype=np.int32)
+    ctr = np.full(total, 32768, dtype=np.int32)  # 16-bit probabilities, starting at 1/2
     cnt = np.zeros(total, dtype=np.int32)
-    w1 = np.zeros((NODES * 24, N_IN), dtype=np.int64)
-    w2 = np.zeros((NODES * 81, N_IN), dtype=np.int64)
-    w1[:, 0] = 65536
-    w2[:, 0] = 65536
+    weights = np.zeros((int(MIX_OFFSETS[-1]), N_IN), dtype=np.int64)
+    weights[:, 0] = 65536  # every mixer starts from the least-squares logistic alone
+    # scratch rows: the mixers' inputs, the mixers' rows, the maps' rows, the mixers' outputs
+    scratch = np.zeros((4, max(N_IN, N_MIX, N_MAP)), dtype=np.int64)
     init = np.array([squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int64)
-    apm1 = np.tile(init, (NODES * 24, 1))
-    apm2 = np.tile(init, (NODES * 81, 1))
+    maps = np.tile(init, (int(MAP_OFFSETS[-1]), 1))
     ac = np.array([0, 0xFFFFFFFF, 0, 0], dtype=np.int64)  # low, high, code (decoder), position
-    return ctr, cnt, w1, w2, apm1, apm2, ac, np.zeros(size, dtype=np.uint8)
+    return ctr, cnt, weights, scratch, maps, ac, np.zeros(size, dtype=np.uint8)
 
 
 @numba.njit(cache=True)
@@ -328,9 +346,25 @@ def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
 
 
 @numba.njit(cache=True)
+def _rows(node, b, signs, ctx, mix_rows, map_rows):
+    """Each mixer's weight row and each map's row for this decision (MIX_SIZES, MAP_SIZES)."""
+    activity = ctx[10] // 3
+    sel = (b, signs, (ctx[6] // 24) * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9])
+    for j in range(N_MIX):
+        mix_rows[j] = MIX_OFFSETS[j] + node * MIX_SIZES[j] + sel[j]
+    sel_map = (b, signs, activity)
+    for j in range(N_MAP):
+        map_rows[j] = MAP_OFFSETS[j] + node * MAP_SIZES[j] + sel_map[j]
+
+
+@numba.njit(cache=True)
 def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b, signs,
-                   ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp):
+                   ctr, cnt, weights, scratch, maps, ac, buf):
     """Mix, code and learn one decision: the value in [blo, bhi) (bit 1) or in [alo, ahi)."""
+    inp = scratch[0]
+    mix_rows = scratch[1]
+    map_rows = scratch[2]
+    outs = scratch[3]
     inp[0] = _split(alo, ahi, blo, bhi, mu, s)
     for i in range(N_PRED):
         inp[1 + i] = _split(alo, ahi, blo, bhi, pred[i], s)
@@ -338,35 +372,37 @@ def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b,
         j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
         inp[1 + N_PRED + q] = STRETCH[min(max(ctr[j] >> 4, 1), 4095)]
     inp[N_IN - 1] = BIAS
-    s1 = node * 24 + b
-    s2 = node * 81 + signs
-    d1 = 0
-    d2 = 0
-    for i in range(N_IN):
-        d1 += w1[s1, i] * inp[i]
-        d2 += w2[s2, i] * inp[i]
-    d1 = min(max(d1 >> 16, -2047), 2047)
-    d2 = min(max(d2 >> 16, -2047), 2047)
-    d = (d1 + d2) >> 1
+    _rows(node, b, signs, ctx, mix_rows, map_rows)
+    total = 0
+    for j in range(N_MIX):
+        dot = 0
+        r = mix_rows[j]
+        for i in range(N_IN):
+            dot += weights[r, i] * inp[i]
+        outs[j] = min(max(dot >> 16, -2047), 2047)
+        total += outs[j]
+    d = (total * MIX_MEAN) >> 16
     pm = squash(d)
-    # the maps interpolate between the 33 points around d
+    # the maps interpolate between their two points around d
     pos = d + 2048
     lo = pos >> 7
     wt = pos & 127
-    a1 = apm1[s1, lo] * (128 - wt) + apm1[s1, lo + 1] * wt
-    a2 = apm2[s2, lo] * (128 - wt) + apm2[s2, lo + 1] * wt
-    p = (2 * pm + (a1 >> 11) + (a2 >> 11) + 2) >> 2
-    p = min(max(p, 1), 4095)
+    p = 3 * pm + 3
+    for j in range(N_MAP):
+        r = map_rows[j]
+        p += (maps[r, lo] * (128 - wt) + maps[r, lo + 1] * wt) >> 11
+    p = min(max(p // 6, 1), 4095)
     bit = _code_bit(p, bit, decoding, ac, buf)
     # learn
-    e1 = (bit << 12) - squash(d1)
-    e2 = (bit << 12) - squash(d2)
-    for i in range(N_IN):
-        w1[s1, i] += (inp[i] * e1 * MIX_RATE) >> 20
-        w2[s2, i] += (inp[i] * e2 * MIX_RATE) >> 20
+    for j in range(N_MIX):
+        e = (bit << 12) - squash(outs[j])
+        r = mix_rows[j]
+        for i in range(N_IN):
+            weights[r, i] += (inp[i] * e * MIX_RATE) >> 20
     near = lo + (wt >> 6)
-    apm1[s1, near] += ((bit << 16) - apm1[s1, near]) >> APM_RATE
-    apm2[s2, near] += ((bit << 16) - apm2[s2, near]) >> APM_RATE
+    for j in range(N_MAP):
+        r = map_rows[j]
+        maps[r, near] += ((bit << 16) - maps[r, near]) >> APM_RATE
     for q in range(N_CTX):
         j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
         n = cnt[j]
@@ -378,18 +414,18 @@ def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b,
 
 @numba.njit(cache=True)
 def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
-                ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp):
+                ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx):
     """Code sample (y, xx) of plane k, value t (encoding) or returned (decoding), given its
     least-squares prediction mu, logistic scale s and error bin b.  The binarisation: t == m,
     then the side, then |t - m| - 1's bucket [2^j - 1, 2^(j+1) - 1) in unary, then its place
-    in the bucket by halving; decisions the range settles are not coded.  pred, ctx, inp:
-    scratch (N_PRED floats, N_CTX and N_IN int64)."""
+    in the bucket by halving; decisions the range settles are not coded.  ctr..buf: the
+    state (new_state); pred, ctx: scratch (N_PRED floats, N_CTX int64)."""
     m = min(max(int(np.floor(mu + 0.5)), 0), 255)
     _simple_predictions(x, order, k, y, xx, diff, pred)
     signs = _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx)
     bit = 1 if t == m else 0
     bit = _code_decision(0, -1, -1, m, m + 1, bit, decoding, mu, s, pred, ctx, b, signs,
-                         ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+                         ctr, cnt, weights, scratch, maps, ac, buf)
     if bit:
         return m
     if m == 0:
@@ -398,7 +434,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         up = 0
     else:
         up = _code_decision(1, 0, m, m + 1, 256, 1 if t > m else 0, decoding, mu, s, pred, ctx, b, signs,
-                            ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+                            ctr, cnt, weights, scratch, maps, ac, buf)
     top = 254 - m if up else m - 1  # the largest |t - m| - 1 on this side
     a = abs(t - m) - 1
     j = 0
@@ -406,7 +442,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         a0, a1 = (1 << j) - 1, (1 << (j + 1)) - 1
         lo_t, mid_t, hi_t = _side_range(m, up, a0, a1, top + 1)
         more = _code_decision(2 + j, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= a1 else 0, decoding, mu, s,
-                              pred, ctx, b, signs, ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+                              pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
         if not more:
             break
         j += 1
@@ -421,7 +457,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         node = 12 + min(j, 7) * 6 + min(lg, 5)
         lo_t, mid_t, hi_t = _side_range(m, up, alo, mid, ahi)
         half = _code_decision(node, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= mid else 0, decoding, mu, s,
-                              pred, ctx, b, signs, ctr, cnt, w1, w2, apm1, apm2, ac, buf, inp)
+                              pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
         if half:
             alo = mid
         else:
@@ -440,13 +476,12 @@ def _side_range(m, up, a0, a1, a2):
 
 @numba.njit(cache=True, nogil=True)
 def encode_samples(x, order, diff, mus, bins, scales, first,
-                   ctr, cnt, w1, w2, apm1, apm2, ac, buf):
+                   ctr, cnt, weights, scratch, maps, ac, buf):
     """Code every sample of planes first.. in coding order (mus, bins over those planes)."""
     h, w, nc = x.shape
     err = np.zeros((h, w, nc))
     pred = np.zeros(N_PRED)
     ctx = np.zeros(N_CTX, dtype=np.int64)
-    inp = np.zeros(N_IN, dtype=np.int64)
     i = 0
     for k in range(first, nc):
         c = order[k]
@@ -454,6 +489,6 @@ def encode_samples(x, order, diff, mus, bins, scales, first,
             for xx in range(w):
                 t = int(x[y, xx, c])
                 code_sample(x, err, order, k, y, xx, diff, mus[i], scales[k - first, bins[i]], bins[i], t, False,
-                            ctr, cnt, w1, w2, apm1, apm2, ac, buf, pred, ctx, inp)
+                            ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx)
                 err[y, xx, c] = float(t) - mus[i]
                 i += 1
