@@ -31,8 +31,8 @@ IEEE basic operations on `detmath`'s sigmoid, so a file decodes the same on ever
 
 On six training images (four ImageNet photographs, two film scans; docs/RESULTS.md,
 session 26) it codes 2.9% smaller than the first model: 1-2% on film scans, 3-6% on the
-smooth ImageNet photographs where the first model lost to JPEG XL.  It adds about 6 us per
-sample to the least squares' 20 (decode).
+smooth ImageNet photographs where the first model lost to JPEG XL.  It adds about 2.5 us per
+sample to the least squares' 8 (a 512x512 film scan decodes in 8.3 s, not 6.3).
 
 Numba caches each function by its own file: after editing this module, delete lsq's
 cached `_walk` (vdmcodec/coding/__pycache__/lsq.*.nb?), which compiles code_sample in.
