@@ -16,11 +16,12 @@ and gives each decision a probability mixed, in the logistic domain, from
 - the same logistic centred on four simple predictors (LOCO-I's median edge detector, the
   mean of west and north, the gradient west + north - north-west, the mean of north and
   north-east; after the first plane in the difference from it, as the least squares are),
-- eleven adaptive probabilities, one per context (`_contexts`: the error bin, the
+- thirteen adaptive probabilities, one per context (`_contexts`: the error bin, the
   prediction's rounding, the signs of the neighbours' errors, the earlier planes' errors at
   the pixel, how far the median predictor and the others are from the prediction, the
   texture of the neighbours around it, the plane, the brightness, the local activity and the
-  first plane's gradient at the pixel),
+  first plane's gradient at the pixel, the four nearest neighbours' distances from the
+  prediction),
 
 by six mixers (each with weights chosen by the decision and one context: the error bin, the
 neighbours' error signs, the plane and the median predictor's distance, the activity, the
@@ -30,7 +31,7 @@ is integer arithmetic (12-bit probabilities, 16.16 weights), and those probabili
 IEEE basic operations on `detmath`'s sigmoid, so a file decodes the same on every machine.
 
 On six training images (four ImageNet photographs, two film scans; docs/RESULTS.md,
-session 26) it codes 2.9% smaller than the first model: 1-2% on film scans, 3-6% on the
+session 26) it codes 3.0% smaller than the first model: 1-2% on film scans, 3-6% on the
 smooth ImageNet photographs where the first model lost to JPEG XL.  It adds about 2.5 us per
 sample to the least squares' 8 (a 512x512 film scan decodes in 8.3 s, not 6.3).
 
@@ -57,7 +58,7 @@ from vdmcodec.coding.detmath import sigmoid_scalar
 
 NODES = 64  # decision kinds: 0 zero, 1 sign, 2.. unary bucket steps, 12.. bucket halvings
 # per context: its values for each decision kind (see _contexts)
-CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6, 8 * 8 * 3], dtype=np.int64)
+CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6, 8 * 8 * 3, 9 * 9 * 4, 9 * 9 * 4], dtype=np.int64)
 CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int64)
 N_CTX = CTX_SIZES.shape[0]
 N_PRED = 4  # simple predictors beside the least squares
@@ -299,7 +300,7 @@ def _simple_predictions(x, order, k, y, xx, diff, out):
 
 @numba.njit(cache=True)
 def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
-    """The eleven context values of sample (y, xx) of plane k (see CTX_SIZES); returns the
+    """The thirteen context values of sample (y, xx) of plane k (see CTX_SIZES); returns the
     neighbours' error-sign pattern (0..80), which also picks mixer 2's weights."""
     c = order[k]
     w = x.shape[1]
@@ -342,6 +343,12 @@ def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
         gq = _q8(gg)
     act = abs(pred[1] - pred[0]) + abs(pred[3] - pred[1]) + abs(pred[2] - pred[0])
     ctx[10] = (_q8(act) * 8 + gq) * 3 + min(b // 8, 2)
+    vw = float(x[y, xx - 1, c]) if xx >= 1 else mu
+    vn = float(x[y - 1, xx, c]) if y >= 1 else mu
+    ctx[11] = (_q9(vw - mu) * 9 + _q9(vn - mu)) * 4 + min(b // 6, 3)
+    vnw = float(x[y - 1, xx - 1, c]) if (y >= 1 and xx >= 1) else vn
+    vne = float(x[y - 1, xx + 1, c]) if (y >= 1 and xx + 1 < w) else vn
+    ctx[12] = (_q9(vnw - mu) * 9 + _q9(vne - mu)) * 4 + min(b // 6, 3)
     return signs
 
 
