@@ -327,6 +327,13 @@ def assert_ycc_golden_file(file: str, version: int, png: str, mode: int) -> None
         np.testing.assert_array_equal(img.planes, np.asarray(im))
 
 
+def test_version_15_golden_file_with_jpeg_ycbcr_planes_in_the_mixed_model_decodes():
+    """Written by session 26's code (make_golden.py ycc2): the JPEG-decoded crop (chroma
+    whole) in the own code of its libjpeg YCbCr planes, that code in the mixed model (ycc
+    mode bit 32)."""
+    assert_ycc_golden_file("s26_v15_ycc_mixed.vdmc", 15, "s22_rgb.png", 32)
+
+
 @pytest.mark.parametrize("kind,png,mode", [("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)])
 def test_version_12_golden_files_in_the_own_code_of_jpeg_ycbcr_planes_decode(kind, png, mode):
     """Written by session 23's code (make_golden.py ycc): two JPEG decodes stored whole in

@@ -16,6 +16,7 @@
     python tests/data/make_golden.py coef ../../checkpoints/default.pt s24_v13_coef
     python tests/data/make_golden.py coef2 ../../checkpoints/default.pt s25_v14_coef
     python tests/data/make_golden.py lsq2 ../../checkpoints/default.pt s26_v15_lsq_mixed
+    python tests/data/make_golden.py ycc2 ../../checkpoints/default.pt s26_v15_ycc_mixed.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -61,6 +62,8 @@ byte 29 and 30).
 that was never a JPEG (training data: lossless-misc/usc-sipi-house.png, rows 300-347,
 columns 200-263), RGB and its green plane as grey (s26_rgb.png, s26_grey.png), each stored
 whole in the own least-squares code's mixed model (classic tag 6, coding.lsqcm; forced).
+"ycc2" (session 26, format 15) stores s22_rgb.png (a JPEG decode, chroma whole) in the own
+code of its libjpeg YCbCr planes with that code in the mixed model (ycc mode byte 32).
 """
 
 import sys
@@ -269,6 +272,18 @@ def main_lsq2(ckpt_name: str, stem: str) -> None:
         (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
 
 
+def main_ycc2(ckpt_name: str, file_name: str) -> None:
+    import numpy as np
+
+    _force_own_code("lsq-ycc")
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    with Image.open(HERE / "s22_rgb.png") as im:
+        pixels = np.asarray(im.convert("RGB"))
+    data, reports = compress_images([("s22_rgb.png", raster(pixels))], coder)
+    assert reports[0].method == "classic"
+    (HERE / file_name).write_bytes(data)
+
+
 def main_v4(ckpt_name: str, archive_name: str) -> None:
     from vdmcodec.metadata import ImageMetadata
 
@@ -323,6 +338,8 @@ if __name__ == "__main__":
         main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq2":
         main_lsq2(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "ycc2":
+        main_ycc2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":
         main_v4(sys.argv[2], sys.argv[3])
     else:

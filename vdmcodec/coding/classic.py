@@ -115,6 +115,8 @@ def describe(data: bytes) -> str:
     'chroma at half resolution, luma and chroma as JPEG DCT coefficients'
     >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.MODE_BITS]))[-34:]
     'as JPEG DCT coefficients (model 2)'
+    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.LSQ_MIXED]))[-32:], describe(bytes([TAG_LSQ_MIXED]))
+    ('least squares in the mixed model', 'lsq-mixed')
     """
     if not data or data[0] not in NAMES:
         return "unknown"
@@ -126,6 +128,8 @@ def describe(data: bytes) -> str:
         if coefs:
             name += ", " + " and ".join(coefs) + " as JPEG DCT coefficients"
             name += " (model 2)" if data[1] & ycc.COEF_MODEL2 else ""
+        if data[1] & ycc.LSQ_MIXED and len(coefs) < 2:
+            name += ", least squares in the mixed model"
     return name
 
 

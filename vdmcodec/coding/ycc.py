@@ -34,6 +34,8 @@ Y's table is one of libjpeg's (jpegcoef.ijg_table), the chroma's table is that q
 the search alternates a short descent with projections onto the planes that table's IDCT can
 give (`half_chroma_dct`), so the chroma's coefficients give its planes back with no residual
 (and fewer escapes: training photographs 15-30% smaller, searched five times faster).
+Format 15 adds LSQ_MIXED: every own (least-squares) code inside is in lsq's mixed model
+(coding.lsqcm).
 
 >>> import numpy as np
 >>> rgb = to_rgb(np.full((2, 3, 3), (90, 100, 160), dtype=np.uint8))
@@ -84,7 +86,9 @@ WHOLE, HALF, HALF_ROWS = 0, 1, 2
 COEF_LUMA = 4  # or-ed into the mode: Y coded as the JPEG's DCT coefficients (coding.jpegcoef, format 13)
 COEF_CHROMA = 8  # or-ed into the mode: Cb and Cr (as coded: half resolution or whole) likewise
 COEF_MODEL2 = 16  # or-ed with either: the coefficients in jpegcoef's model 2 (format 14)
-MODE_BITS = COEF_LUMA | COEF_CHROMA | COEF_MODEL2
+LSQ_MIXED = 32  # or-ed into the mode: every least-squares code inside in lsq's mixed model (format 15)
+COEF_BITS = COEF_LUMA | COEF_CHROMA | COEF_MODEL2
+MODE_BITS = COEF_BITS | LSQ_MIXED
 SHORT_SWEEPS = 5  # the chroma search with a known table: descent sweeps between projections
 PROJECTIONS = 3  # ... and projections onto the planes the table's IDCT can give
 COEF_PASSES = 3  # then passes of single-coefficient moves
@@ -590,8 +594,8 @@ def _chroma_code(chroma: np.ndarray, threads: int, table: np.ndarray | None = No
                     for c in (0, 1))
     if table is not None and chroma.shape[0] * chroma.shape[1] >= DIRECT_PIXELS // 4:
         return COEF_CHROMA | COEF_MODEL2, coef
-    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False)
-    return (COEF_CHROMA | COEF_MODEL2, coef) if len(coef) < len(own) else (0, own)
+    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False, model=lsq.MODEL_MIXED)
+    return (COEF_CHROMA | COEF_MODEL2, coef) if len(coef) < len(own) else (LSQ_MIXED, own)
 
 
 def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
@@ -603,8 +607,8 @@ def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndar
     pixels = x.shape[0] * x.shape[1]
     if pixels >= DIRECT_PIXELS and 8 * len(coef) < DIRECT_BITS * pixels:
         return coef
-    own = (bytes([mode]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
-           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2))
+    own = (bytes([mode | LSQ_MIXED]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2, model=lsq.MODEL_MIXED))
     return min(own, coef, key=len)
 
 
@@ -612,8 +616,8 @@ def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads:
                 luma_table: np.ndarray) -> bytes:
     """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr on
     their own (_chroma_code) and Y as JPEG coefficients, whichever is smaller."""
-    own = (bytes([WHOLE]) + _part(_escape_section(x, planes, escapes))
-           + lsq.encode(planes, threads=threads, order=ORDER, diff=False))
+    own = (bytes([WHOLE | LSQ_MIXED]) + _part(_escape_section(x, planes, escapes))
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, model=lsq.MODEL_MIXED))
     chroma_bit, chroma = _chroma_code(np.ascontiguousarray(planes[:, :, 1:]), threads)
     return min(own, _coef_code(x, WHOLE | chroma_bit, planes, escapes, chroma, luma_table), key=len)
 
@@ -675,10 +679,10 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos + 4:pos + 4 + n], pos + 4 + n
 
 
-def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool, model: int) -> np.ndarray:
+def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool, model: int, lsq_model: int) -> np.ndarray:
     """The Cb, Cr planes (height, width, 2) from their code (_chroma_code)."""
     if not coef:
-        return lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False)
+        return lsq.decode(chroma, height, width, 2, order=(0, 1), diff=False, model=lsq_model)
     cb, pos = _take(chroma, 0)
     cr, pos = _take(chroma, pos)
     if pos != len(chroma):
@@ -689,29 +693,31 @@ def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool, model: in
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
     modes = (WHOLE, HALF, HALF_ROWS)
-    if (not data or data[0] & ~MODE_BITS not in modes or data[0] & ~COEF_MODEL2 == WHOLE | COEF_CHROMA
-            or data[0] & MODE_BITS == COEF_MODEL2):
+    if (not data or data[0] & ~MODE_BITS not in modes or data[0] & ~(COEF_MODEL2 | LSQ_MIXED) == WHOLE | COEF_CHROMA
+            or data[0] & COEF_BITS == COEF_MODEL2):
         raise ValueError("ycc data has an unknown chroma mode")
     mode, coef = data[0] & ~MODE_BITS, bool(data[0] & COEF_LUMA)
     model = 2 if data[0] & COEF_MODEL2 else 1
+    lsq_model = lsq.MODEL_MIXED if data[0] & LSQ_MIXED else lsq.MODEL_LOGISTIC
     section, pos = _take(data, 1)
     where, fixes = _read_escapes(section, height * width, green=coef and model == 2)
     if mode != WHOLE or coef:
         chroma, pos = _take(data, pos)
         given = np.zeros((height, width, 3), dtype=np.uint8)
         if mode == WHOLE:
-            given[:, :, 1:] = _chroma_planes(chroma, height, width, bool(data[0] & COEF_CHROMA), model)
+            given[:, :, 1:] = _chroma_planes(chroma, height, width, bool(data[0] & COEF_CHROMA), model, lsq_model)
         else:
             fy = 2 if mode == HALF else 1
-            low = _chroma_planes(chroma, *low_shape(height, width, fy), bool(data[0] & COEF_CHROMA), model)
+            low = _chroma_planes(chroma, *low_shape(height, width, fy), bool(data[0] & COEF_CHROMA), model, lsq_model)
             given[:, :, 1:] = upsample(low, height, width, fy)
         if coef:
             given[:, :, 0] = jpegcoef.decode(data[pos:], height, width, model)
             planes = given
         else:
-            planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2)
+            planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, given=given, first=2,
+                                model=lsq_model)
     else:
-        planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False)
+        planes = lsq.decode(data[pos:], height, width, 3, order=ORDER, diff=False, model=lsq_model)
     rgb = to_rgb(planes).reshape(-1, 3)
     rgb[where] = ((rgb[where].astype(np.int64) + fixes) % 256).astype(np.uint8)
     return rgb.reshape(height, width, 3)
