@@ -271,24 +271,30 @@ def test_golden_file_with_a_classic_strip_between_bitsback_regions_decodes():
         np.testing.assert_array_equal(img.planes, np.asarray(im))
 
 
+def assert_lsq_golden_file(file: str, version: int, tag: int, png: str, mode: str) -> None:
+    """A single-image golden file of `version` stored whole in the classic code `tag`
+    decodes to the PNG beside it, in PIL mode `mode`."""
+    import struct
+
+    data = (DATA / file).read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == version
+    header, sections = unpack_container(data)
+    (entry,) = header["images"]
+    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == tag
+    ((name, img),) = decompress_bytes(data)
+    assert name == png and img.mode == mode
+    with Image.open(DATA / name) as im:
+        want = np.asarray(im)
+    np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
+
+
 @pytest.mark.parametrize("kind,mode", [("rgb", "RGB"), ("grey", "L")])
 def test_version_11_golden_files_in_the_own_least_squares_code_decode(kind, mode):
     """Written by session 22's code (make_golden.py lsq): a 48x64 photograph crop stored
     whole in the own least-squares code (classic tag 4, coding.lsq), RGB and grey.  Its
     prediction, error bins and probabilities are part of the format: any change to them
     strands these files and fails here."""
-    import struct
-
-    data = (DATA / f"s22_v11_lsq_{kind}.vdmc").read_bytes()
-    assert struct.unpack_from("<H", data, 8)[0] == 11
-    header, sections = unpack_container(data)
-    (entry,) = header["images"]
-    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 4
-    ((name, img),) = decompress_bytes(data)
-    assert name == f"s22_{kind}.png" and img.mode == mode
-    with Image.open(DATA / name) as im:
-        want = np.asarray(im)
-    np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
+    assert_lsq_golden_file(f"s22_v11_lsq_{kind}.vdmc", 11, 4, f"s22_{kind}.png", mode)
 
 
 @pytest.mark.parametrize("kind,mode", [("rgb", "RGB"), ("grey", "L")])
@@ -297,18 +303,7 @@ def test_version_15_golden_files_in_the_mixed_least_squares_model_decode(kind, m
     scan stored whole in the least-squares code's mixed model (classic tag 6, coding.lsqcm),
     RGB and grey.  The binarisation, contexts, mixers, maps and coder are part of the
     format: any change to them strands these files and fails here."""
-    import struct
-
-    data = (DATA / f"s26_v15_lsq_mixed_{kind}.vdmc").read_bytes()
-    assert struct.unpack_from("<H", data, 8)[0] == 15
-    header, sections = unpack_container(data)
-    (entry,) = header["images"]
-    assert entry["method"] == "classic-planes" and sections[entry["planes_section"]][0] == 6
-    ((name, img),) = decompress_bytes(data)
-    assert name == f"s26_{kind}.png" and img.mode == mode
-    with Image.open(DATA / name) as im:
-        want = np.asarray(im)
-    np.testing.assert_array_equal(img.planes if mode == "RGB" else img.planes[:, :, 0], want)
+    assert_lsq_golden_file(f"s26_v15_lsq_mixed_{kind}.vdmc", 15, 6, f"s26_{kind}.png", mode)
 
 
 def assert_ycc_golden_file(file: str, version: int, png: str, mode: int) -> None:

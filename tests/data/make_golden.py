@@ -241,19 +241,25 @@ def main_coef2(ckpt_name: str, stem: str) -> None:
         assert sections[header["images"][0]["planes_section"]][:2] == bytes([classic.TAG_YCC, want])
 
 
+def _lsq_pair(ckpt_name: str, stem: str, rgb, prefix: str, want: str) -> None:
+    """Store the crop rgb and its green plane (as grey) whole in the own code `want`:
+    {stem}_rgb.vdmc and {stem}_grey.vdmc, beside {prefix}_rgb.png and {prefix}_grey.png."""
+    Image.fromarray(rgb).save(HERE / f"{prefix}_rgb.png")
+    Image.fromarray(rgb[:, :, 1]).save(HERE / f"{prefix}_grey.png")
+    _force_own_code(want)
+    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
+    for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
+        data, reports = compress_images([(f"{prefix}_{kind}.png", img)], coder)
+        assert reports[0].method == "classic"
+        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+
+
 def main_lsq(ckpt_name: str, stem: str) -> None:
     import numpy as np
 
     with Image.open(HERE.parents[1] / "examples" / "chelsea-128x96.png") as im:
         rgb = np.asarray(im.convert("RGB"))[20:68, 40:104]
-    Image.fromarray(rgb).save(HERE / "s22_rgb.png")
-    Image.fromarray(rgb[:, :, 1]).save(HERE / "s22_grey.png")
-    _force_own_code("lsq")
-    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
-    for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
-        data, reports = compress_images([(f"s22_{kind}.png", img)], coder)
-        assert reports[0].method == "classic"
-        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+    _lsq_pair(ckpt_name, stem, rgb, "s22", "lsq")
 
 
 def main_lsq2(ckpt_name: str, stem: str) -> None:
@@ -262,14 +268,7 @@ def main_lsq2(ckpt_name: str, stem: str) -> None:
     source = HERE.parents[2] / "shared" / "data" / "train" / "lossless-misc" / "usc-sipi-house.png"
     with Image.open(source) as im:
         rgb = np.asarray(im.convert("RGB"))[300:348, 200:264]
-    Image.fromarray(rgb).save(HERE / "s26_rgb.png")
-    Image.fromarray(rgb[:, :, 1]).save(HERE / "s26_grey.png")
-    _force_own_code("lsq-mixed")
-    coder = Coder.for_effort(load_checkpoint(HERE / ckpt_name), "default", threads=2, exact=True)
-    for kind, img in (("rgb", raster(rgb)), ("grey", raster(rgb[:, :, 1:2].repeat(3, 2), mode="L"))):
-        data, reports = compress_images([(f"s26_{kind}.png", img)], coder)
-        assert reports[0].method == "classic"
-        (HERE / f"{stem}_{kind}.vdmc").write_bytes(data)
+    _lsq_pair(ckpt_name, stem, rgb, "s26", "lsq-mixed")
 
 
 def main_ycc2(ckpt_name: str, file_name: str) -> None:
