@@ -447,8 +447,8 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
     j = 0
     while (1 << (j + 1)) - 1 <= top:
         a0, a1 = (1 << j) - 1, (1 << (j + 1)) - 1
-        lo_t, mid_t, hi_t = _side_range(m, up, a0, a1, top + 1)
-        more = _code_decision(2 + j, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= a1 else 0, decoding, mu, s,
+        near, far = _side_range(m, up, a0, a1, top + 1)
+        more = _code_decision(2 + j, near[0], near[1], far[0], far[1], 1 if a >= a1 else 0, decoding, mu, s,
                               pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
         if not more:
             break
@@ -462,8 +462,8 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         while (2 << lg) <= width:
             lg += 1
         node = 12 + min(j, 7) * 6 + min(lg, 5)
-        lo_t, mid_t, hi_t = _side_range(m, up, alo, mid, ahi)
-        half = _code_decision(node, lo_t[0], lo_t[1], mid_t[0], mid_t[1], 1 if a >= mid else 0, decoding, mu, s,
+        near, far = _side_range(m, up, alo, mid, ahi)
+        half = _code_decision(node, near[0], near[1], far[0], far[1], 1 if a >= mid else 0, decoding, mu, s,
                               pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
         if half:
             alo = mid
@@ -474,11 +474,11 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
 
 @numba.njit(cache=True)
 def _side_range(m, up, a0, a1, a2):
-    """The value ranges of distances [a0, a1) and [a1, a2) from m on one side, as
-    ((lo, hi) nearer, (lo, hi) farther, unused) in values."""
+    """The value ranges [lo, hi) of the distances [a0, a1) (nearer) and [a1, a2) (farther)
+    from m on one side (a distance a is the value m + 1 + a above m, m - 1 - a below)."""
     if up:
-        return (m + 1 + a0, m + 1 + a1), (m + 1 + a1, m + 1 + a2), (0, 0)
-    return (m - a1, m - a0), (m - a2, m - a1), (0, 0)
+        return (m + 1 + a0, m + 1 + a1), (m + 1 + a1, m + 1 + a2)
+    return (m - a1, m - a0), (m - a2, m - a1)
 
 
 @numba.njit(cache=True, nogil=True)
