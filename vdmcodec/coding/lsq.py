@@ -490,8 +490,13 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
     values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
     if model == MODEL_MIXED:
-        state = lsqcm.new_state(3 * values.size + 1024)
-        lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, *state)
+        # 3 bytes a sample is far above any image's cost; a stream that needs more (at most 17
+        # decisions of 12 bits each) is coded again into a buffer that holds the worst case
+        for per_sample in (3, 26):
+            state = lsqcm.new_state(per_sample * values.size + 1024)
+            lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, *state)
+            if state[-2][3] <= state[-1].size:
+                break
         return idx.tobytes() + lsqcm.flush(state[-2], state[-1])
     out = np.zeros(values.size + 2, dtype=np.uint32)
     start = _rans_encode(values, mus, bins, SCALES[idx], chan_of, out)
