@@ -218,12 +218,7 @@ def _med(x, c, y, xx):
         return float(x[y, xx - 1, c]) if xx >= 1 else OUTSIDE
     if xx == 0:
         return float(x[y - 1, xx, c])
-    a, b, q = float(x[y, xx - 1, c]), float(x[y - 1, xx, c]), float(x[y - 1, xx - 1, c])
-    if q >= max(a, b):
-        return min(a, b)
-    if q <= min(a, b):
-        return max(a, b)
-    return a + b - q
+    return lsqcm.median_edge(float(x[y, xx - 1, c]), float(x[y - 1, xx, c]), float(x[y - 1, xx - 1, c]))
 
 
 @numba.njit(cache=True)

@@ -259,6 +259,17 @@ def _plane_value(x, order, k, y, xx, diff):
 
 
 @numba.njit(cache=True)
+def median_edge(a, b, q):
+    """LOCO-I's median edge detector of west a, north b and north-west q: min(a, b) below an
+    edge at q, max(a, b) above, else the gradient a + b - q."""
+    if q >= max(a, b):
+        return min(a, b)
+    if q <= min(a, b):
+        return max(a, b)
+    return a + b - q
+
+
+@numba.njit(cache=True)
 def _simple_predictions(x, order, k, y, xx, diff, out):
     """The four simple predictors of sample (y, xx) of plane k, in pixel values; outside the
     image a neighbour takes its nearest causal neighbour's value."""
@@ -283,12 +294,7 @@ def _simple_predictions(x, order, k, y, xx, diff, out):
         vnw = _plane_value(x, order, k, y - 1, xx - 1, diff)
         vne = _plane_value(x, order, k, y - 1, xx + 1, diff) if xx + 1 < w else vn
     grad = vw + vn - vnw
-    if vnw >= max(vw, vn):
-        med = min(vw, vn)
-    elif vnw <= min(vw, vn):
-        med = max(vw, vn)
-    else:
-        med = grad
+    med = median_edge(vw, vn, vnw)
     base = 0.0
     if diff and k >= 1:
         base = float(x[y, xx, order[0]])
