@@ -72,7 +72,7 @@ def test_a_classic_file_replaces_a_larger_bitsback_one_and_the_report_keeps_both
     data, reports, _ = assert_roundtrip(coder, [img], allow_fallback=True)
     header, sections = unpack_container(data)
     assert reports[0].method == "classic" and header["images"][0]["method"] == "classic-planes"
-    assert sections["planes0"][0] == 6  # the least-squares mixed model's tag (coding.classic.TAG_LSQ_MIXED)
+    assert sections["planes0"][0] == 7  # the least-squares pointer model's tag (coding.classic.TAG_LSQ_POINTERS)
     assert reports[0].bitsback_bytes > len(data)
 
 

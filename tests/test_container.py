@@ -79,7 +79,7 @@ def test_round_trip(packed):
 
 def test_layout_matches_spec(packed):
     assert packed.startswith(b"\x89VDMC\r\n\x1a")
-    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 15
+    assert struct.unpack_from("<H", packed, 8)[0] == FORMAT_VERSION == 16
     n = header_length(packed)
     text = inflate(packed[14 : 14 + n])
     header = json.loads(text)

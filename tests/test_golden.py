@@ -306,6 +306,15 @@ def test_version_15_golden_files_in_the_mixed_least_squares_model_decode(kind, m
     assert_lsq_golden_file(f"s26_v15_lsq_mixed_{kind}.vdmc", 15, 6, f"s26_{kind}.png", mode)
 
 
+@pytest.mark.parametrize("kind,mode", [("rgb", "RGB"), ("grey", "L")])
+def test_version_16_golden_files_in_the_mixed_model_with_pointer_contexts_decode(kind, mode):
+    """Written by session 27's code (make_golden.py lsq3): a 48x64 crop of a box-downsampled
+    JPEG photograph stored whole in the mixed model with its pointer contexts (classic tag 7),
+    RGB and grey.  The pointers, their joint context and the seventh mixer are part of the
+    format: any change to them strands these files and fails here."""
+    assert_lsq_golden_file(f"s27_v16_lsq_pointers_{kind}.vdmc", 16, 7, f"s27_{kind}.png", mode)
+
+
 def assert_ycc_golden_file(file: str, version: int, png: str, mode: int) -> None:
     """A single-image golden file in the YCbCr code (classic tag 5) of `version`, whose mode
     byte is `mode`, decodes to the PNG beside it."""
@@ -327,6 +336,12 @@ def test_version_15_golden_file_with_jpeg_ycbcr_planes_in_the_mixed_model_decode
     whole) in the own code of its libjpeg YCbCr planes, that code in the mixed model (ycc
     mode bit 32)."""
     assert_ycc_golden_file("s26_v15_ycc_mixed.vdmc", 15, "s22_rgb.png", 32)
+
+
+def test_version_16_golden_file_with_jpeg_ycbcr_planes_in_the_pointer_model_decodes():
+    """Written by session 27's code (make_golden.py ycc2): the same crop, that code in the
+    mixed model with its pointer contexts (ycc mode bit 64)."""
+    assert_ycc_golden_file("s27_v16_ycc_pointers.vdmc", 16, "s22_rgb.png", 64)
 
 
 @pytest.mark.parametrize("kind,png,mode", [("rgb", "s22_rgb.png", 0), ("half", "s23_jpeg420.png", 1)])

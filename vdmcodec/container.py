@@ -43,9 +43,9 @@ MAGIC = b"\x89VDMC\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode
 # 11 adds the own least-squares classic code (tag 4, coding.lsq), which a reader of 10 would not know;
 # 12 adds that code of a JPEG decode's YCbCr planes (tag 5, coding.ycc), unknown to a reader of 11;
 # 13 and 14 add ycc's coefficient modes; 15 adds the least-squares code's mixed model (tag 6,
-# coding.lsqcm), unknown to a reader of 14
-FORMAT_VERSION = 15
-READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)  # earlier files mean the same in the later versions
+# coding.lsqcm), unknown to a reader of 14; 16 its pointer contexts (tag 7, ycc bit 64)
+FORMAT_VERSION = 16
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)  # earlier files mean the same in the later versions
 # per-image fields that name that image's own sections or content: never shared
 _OWN_FIELDS = {"name", "pixel_sha256", "pixel_sha256_short", "alpha", "classic", "icc", "meta", "planes_section", "film"}
 

@@ -17,6 +17,8 @@
     python tests/data/make_golden.py coef2 ../../checkpoints/default.pt s25_v14_coef
     python tests/data/make_golden.py lsq2 ../../checkpoints/default.pt s26_v15_lsq_mixed
     python tests/data/make_golden.py ycc2 ../../checkpoints/default.pt s26_v15_ycc_mixed.vdmc
+    python tests/data/make_golden.py lsq3 ../../checkpoints/default.pt s27_v16_lsq_pointers
+    python tests/data/make_golden.py ycc2 ../../checkpoints/default.pt s27_v16_ycc_pointers.vdmc
 
 (s3_* were written this way from commit 1f4cbec, with two passes and no context_passes
 option.)  The crops come from Kodak; the PNGs beside them are the expected pixels.  "v2"
@@ -63,7 +65,12 @@ that was never a JPEG (training data: lossless-misc/usc-sipi-house.png, rows 300
 columns 200-263), RGB and its green plane as grey (s26_rgb.png, s26_grey.png), each stored
 whole in the own least-squares code's mixed model (classic tag 6, coding.lsqcm; forced).
 "ycc2" (session 26, format 15) stores s22_rgb.png (a JPEG decode, chroma whole) in the own
-code of its libjpeg YCbCr planes with that code in the mixed model (ycc mode byte 32).
+code of its libjpeg YCbCr planes with that code in the mixed model the encoder writes (ycc
+mode byte 32 in session 26; 64, the pointer contexts, from session 27, format 16).
+"lsq3" (session 27, format 16) writes the pair as "lsq2" does of a 48x64 crop (rows 40-87,
+columns 60-123) of s27_monastery_160.png (training data: a box-downsampled JPEG photograph,
+where the pointer contexts pay), as s27_rgb.png and s27_grey.png, in the mixed model with its
+pointer contexts (classic tag 7).
 """
 
 import sys
@@ -271,6 +278,14 @@ def main_lsq2(ckpt_name: str, stem: str) -> None:
     _lsq_pair(ckpt_name, stem, rgb, "s26", "lsq-mixed")
 
 
+def main_lsq3(ckpt_name: str, stem: str) -> None:
+    import numpy as np
+
+    with Image.open(HERE / "s27_monastery_160.png") as im:
+        rgb = np.asarray(im.convert("RGB"))[40:88, 60:124]
+    _lsq_pair(ckpt_name, stem, rgb, "s27", "lsq-pointers")
+
+
 def main_ycc2(ckpt_name: str, file_name: str) -> None:
     import numpy as np
 
@@ -337,6 +352,8 @@ if __name__ == "__main__":
         main_lsq(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "lsq2":
         main_lsq2(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "lsq3":
+        main_lsq3(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "ycc2":
         main_ycc2(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "v4":

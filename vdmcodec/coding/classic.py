@@ -2,7 +2,7 @@
 
 The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
 (format 11, whole images) vdmcodec's own least-squares code (coding.lsq; from format 15 its
-mixed model, coding.lsqcm), or (format 12) the same code of a JPEG decode's own YCbCr planes
+mixed model, coding.lsqcm; from 16 with its pointer contexts), or (format 12) the same code of a JPEG decode's own YCbCr planes
 (coding.ycc), behind a one-byte tag.
 JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
@@ -23,9 +23,11 @@ from PIL import Image
 from . import lsq, ycc
 from .jpegxl import JxlSettings, encode_lossless
 
-TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ, TAG_YCC, TAG_LSQ_MIXED = 0, 1, 2, 3, 4, 5, 6
+TAG_ZLIB, TAG_PNG, TAG_WEBP, TAG_JXL, TAG_LSQ, TAG_YCC, TAG_LSQ_MIXED, TAG_LSQ_POINTERS = 0, 1, 2, 3, 4, 5, 6, 7
 NAMES = {TAG_ZLIB: "zlib", TAG_PNG: "png", TAG_WEBP: "webp", TAG_JXL: "jxl", TAG_LSQ: "lsq", TAG_YCC: "lsq-ycc",
-         TAG_LSQ_MIXED: "lsq-mixed"}
+         TAG_LSQ_MIXED: "lsq-mixed", TAG_LSQ_POINTERS: "lsq-pointers"}
+# the own code's tags by its model
+LSQ_TAGS = {TAG_LSQ: lsq.MODEL_LOGISTIC, TAG_LSQ_MIXED: lsq.MODEL_MIXED, TAG_LSQ_POINTERS: lsq.MODEL_POINTERS}
 # the own code (coding.lsq) takes about 10 us per pixel to encode on two threads and 17 us to
 # decode on one (a 768x512 photograph: 4 s and 7 s); its mixed model (format 15) adds about
 # 7.5 us per pixel to each, single-threaded (2.5 us a sample, measured on a 512x512 scan;
@@ -107,7 +109,7 @@ def _own_code(x: np.ndarray, threads: int) -> bytes:
     where the pixels are a JPEG decode (a quarter smaller there), else of the pixels."""
     if x.shape[2] == 3 and (code := ycc.encode(x, threads)) is not None:
         return bytes([TAG_YCC]) + code
-    return bytes([TAG_LSQ_MIXED]) + lsq.encode(x, threads=threads, model=lsq.MODEL_MIXED)
+    return bytes([TAG_LSQ_POINTERS]) + lsq.encode(x, threads=threads, model=lsq.MODEL_POINTERS)
 
 
 def describe(data: bytes) -> str:
@@ -121,6 +123,8 @@ def describe(data: bytes) -> str:
     'as JPEG DCT coefficients (model 2)'
     >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.LSQ_MIXED]))[-32:], describe(bytes([TAG_LSQ_MIXED]))
     ('least squares in the mixed model', 'lsq-mixed')
+    >>> describe(bytes([TAG_YCC, ycc.HALF | ycc.LSQ_POINTERS]))[-58:], describe(bytes([TAG_LSQ_POINTERS]))
+    ('least squares in the mixed model with its pointer contexts', 'lsq-pointers')
     """
     if not data or data[0] not in NAMES:
         return "unknown"
@@ -132,8 +136,9 @@ def describe(data: bytes) -> str:
         if coefs:
             name += ", " + " and ".join(coefs) + " as JPEG DCT coefficients"
             name += " (model 2)" if data[1] & ycc.COEF_MODEL2 else ""
-        if data[1] & ycc.LSQ_MIXED and len(coefs) < 2:
+        if data[1] & ycc.LSQ_BITS and len(coefs) < 2:
             name += ", least squares in the mixed model"
+            name += " with its pointer contexts" if data[1] & ycc.LSQ_POINTERS else ""
     return name
 
 
@@ -159,9 +164,8 @@ def decode_rows(data: bytes, channels: int, height: int, width: int) -> np.ndarr
             return np.frombuffer(zlib.decompress(body), dtype=np.uint8).reshape(channels, height, width)
         if data[0] == TAG_JXL:
             arr = imagecodecs.jpegxl_decode(body)
-        elif data[0] in (TAG_LSQ, TAG_LSQ_MIXED):
-            model = lsq.MODEL_MIXED if data[0] == TAG_LSQ_MIXED else lsq.MODEL_LOGISTIC
-            arr = lsq.decode(body, height, width, channels, model=model)
+        elif data[0] in LSQ_TAGS:
+            arr = lsq.decode(body, height, width, channels, model=LSQ_TAGS[data[0]])
             arr = arr[:, :, 0] if channels == 1 else arr
         elif data[0] == TAG_YCC:
             if channels != 3:

@@ -59,7 +59,10 @@ EARLIER_ERR_W2 = 0.15  # ... and east and south of it
 ENERGY_EDGES = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 19.0,
                          24.0, 30.0, 38.0, 48.0, 60.0, 76.0, 96.0, 120.0, 150.0, 190.0])
 BINS = len(ENERGY_EDGES) + 1
-MODEL_LOGISTIC, MODEL_MIXED = 1, 2  # the value coded from the logistic (format 11), or mixed (lsqcm, 15)
+MODEL_LOGISTIC = 1  # the value coded from the logistic (format 11)
+MODEL_MIXED = lsqcm.MODEL_MIXED  # ... or mixed (lsqcm, format 15)
+MODEL_POINTERS = lsqcm.MODEL_POINTERS  # ... or mixed with the pointer contexts too (lsqcm, format 16)
+MODELS = (MODEL_LOGISTIC, MODEL_MIXED, MODEL_POINTERS)
 PROB_BITS = 24
 PROB_SCALE = 1 << PROB_BITS
 RANS_L = 1 << 31
@@ -269,8 +272,8 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
     The least-squares sums of each window (radii: an outer and an inner one, added, so that
     the nearest samples count twice) are kept as column sums over the rows above, slid along
     the row, plus the current row's samples to the left.  model: how the decoder reads a
-    value, MODEL_LOGISTIC (rANS from `words`) or MODEL_MIXED (lsqcm.code_sample with the
-    model state ctr..buf).  Returns the words read."""
+    value, MODEL_LOGISTIC (rANS from `words`) or MODEL_MIXED / MODEL_POINTERS
+    (lsqcm.code_sample with the model state ctr..buf).  Returns the words read."""
     h, w, nc = x.shape
     nwin = radii.shape[0]
     err = np.zeros((h, w, nc))
@@ -350,8 +353,8 @@ def _walk(x, order, diff, radii, ridge, alpha, first, last, decoding, scales, wo
                     noise = np.sqrt(var)
                 if decoding:
                     b = _energy_bin(err, order, k, y, xx, alpha * noise)
-                    if model == MODEL_MIXED:
-                        v = lsqcm.code_sample(x, err, order, k, y, xx, diff, mu, scales[k, b], b, 0, True,
+                    if model != MODEL_LOGISTIC:
+                        v = lsqcm.code_sample(x, err, order, k, y, xx, diff, mu, scales[k, b], b, 0, True, model,
                                               ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx)
                     else:
                         v, state, pos = _pop(state, words, pos, mu, scales[k, b])
@@ -482,18 +485,21 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
            threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0,
            model: int = MODEL_LOGISTIC) -> bytes:
     """Lossless code of uint8 pixels (H, W) or (H, W, C), C in 1 or 3: the scale table
-    (coded channels x BINS bytes), then the rANS words (MODEL_LOGISTIC) or the mixed model's
-    arithmetic code (MODEL_MIXED).  order, diff, first: as `analyse` (the decoder must be
-    given the same, and the planes before first)."""
+    (coded channels x BINS bytes), then the rANS words (MODEL_LOGISTIC) or the mixed models'
+    arithmetic code (MODEL_MIXED, MODEL_POINTERS).  order, diff, first: as `analyse` (the
+    decoder must be given the same, and the planes before first)."""
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
     values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
-    if model == MODEL_MIXED:
+    if model not in MODELS:
+        raise ValueError(f"unknown lsq model {model}")
+    if model != MODEL_LOGISTIC:
         # 3 bytes a sample is far above any image's cost; a stream that needs more (at most 17
         # decisions of 12 bits each) is coded again into a buffer that holds the worst case
         for per_sample in (3, 26):
             state = lsqcm.new_state(per_sample * values.size + 1024)
-            lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, *state)
+            lsqcm.encode_samples(planes, _order(planes.shape[2], order), diff, mus, bins, SCALES[idx], first, model,
+                                 *state)
             if state[-2][3] <= state[-1].size:
                 break
         return idx.tobytes() + lsqcm.flush(state[-2], state[-1])
@@ -510,7 +516,9 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     before `first` in the order (the rest is overwritten)."""
     order = _order(channels, order)
     head = (channels - first) * BINS
-    mixed = model == MODEL_MIXED
+    if model not in MODELS:
+        raise ValueError(f"unknown lsq model {model}")
+    mixed = model != MODEL_LOGISTIC
     if len(data) < head + (4 if mixed else 8) or (not mixed and (len(data) - head) % 4):
         raise ValueError("lsq data is truncated")
     idx = np.frombuffer(data[:head], dtype=np.uint8).reshape(channels - first, BINS)

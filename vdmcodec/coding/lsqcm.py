@@ -57,19 +57,27 @@ import numpy as np
 from vdmcodec.coding.detmath import sigmoid_scalar
 
 NODES = 64  # decision kinds: 0 zero, 1 sign, 2.. unary bucket steps, 12.. bucket halvings
-# per context: its values for each decision kind (see _contexts)
-CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6, 8 * 8 * 3, 9 * 9 * 4, 9 * 9 * 4], dtype=np.int64)
+MODEL_MIXED, MODEL_POINTERS = 2, 3  # lsq's model numbers this module codes (formats 15, 16)
+POINTER_REACH = 16  # a pointer context tells offsets -16..16 from m apart (farther ones clip)
+_PQ = (2 * POINTER_REACH + 1) * 3  # a pointer context's values: the offset, the bin in 3 groups
+N_POINTERS = 14  # pointer contexts (`_pointer_contexts`): 4 simple predictors, 6 neighbours, 4 extrapolations
+# per context: its values for each decision kind (see _contexts, _pointer_contexts); model 2
+# reads the first 13, model 3 all
+CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6,
+                      8 * 8 * 3, 9 * 9 * 4, 9 * 9 * 4] + [_PQ] * N_POINTERS + [7 * 7 * 3], dtype=np.int64)
 CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int64)
 N_CTX = CTX_SIZES.shape[0]
+N_CTX_MIXED = 13  # model 2's contexts
 N_PRED = 4  # simple predictors beside the least squares
 N_IN = 1 + N_PRED + N_CTX + 1  # mixer inputs: logistic, predictors, contexts, bias
 # the mixers, each with its weight set chosen by the decision kind and one context value
-# (`_mixer_rows`): the error bin, the neighbours' error signs, (plane, median predictor's
-# distance), (activity, first plane's gradient), the texture, (brightness, bin)
-MIX_SIZES = np.array([24, 81, 27, 64, 64, 48], dtype=np.int64)
+# (`_rows`): the error bin, the neighbours' error signs, (plane, median predictor's
+# distance), (activity, first plane's gradient), the texture, (brightness, bin); model 3 adds
+# (plane, the west and north neighbour pointers' offsets)
+MIX_SIZES = np.array([24, 81, 27, 64, 64, 48, 75], dtype=np.int64)
 MIX_OFFSETS = np.concatenate([[0], np.cumsum(MIX_SIZES * NODES)]).astype(np.int64)
 N_MIX = MIX_SIZES.shape[0]
-MIX_MEAN = 65536 // N_MIX + 1  # the mixers' outputs averaged: their sum times this >> 16
+N_MIX_MIXED = 6  # model 2's mixers
 # the adaptive probability maps after them, chosen likewise by the decision kind and the error
 # bin, the error signs, (activity, first plane's gradient); the coded probability is
 # (3 mixed + the three maps) / 6
@@ -359,11 +367,77 @@ def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
 
 
 @numba.njit(cache=True)
-def _rows(node, b, signs, ctx, mix_rows, map_rows):
+def _offset_value(v, m, b):
+    """A pointer context's value: the offset of v's nearest integer from m (clipped to the
+    reach), with the error bin in three groups."""
+    q = min(max(int(np.floor(v + 0.5)) - m, -POINTER_REACH), POINTER_REACH) + POINTER_REACH
+    return q * 3 + min(b // 8, 2)
+
+
+@numba.njit(cache=True)
+def _pv(x, order, k, y, xx, diff, default):
+    """Sample (y, xx)'s value in plane k's domain (_plane_value), default outside the image."""
+    if y < 0 or xx < 0 or xx >= x.shape[1]:
+        return default
+    return _plane_value(x, order, k, y, xx, diff)
+
+
+@numba.njit(cache=True)
+def _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx):
+    """Model 3's contexts (after model 2's thirteen): for fourteen predictions, which value
+    m + q they point at (`_offset_value`): pixels are integers, and a value a neighbour or a
+    predictor points at exactly is far likelier than the logistic says where an image has
+    flat or repeated areas (resized or JPEG-decoded photographs).  The predictions: the four
+    simple predictors; the west, north, north-west and north-east neighbours (in the plane's
+    domain, so after the first plane: their difference from it plus its value here); west and
+    north as differences from the previous plane (the third plane only, where that is not the
+    first); the extrapolations 2W - WW, 2N - NN, N + NE - NNE, W + NE - N; then west's and
+    north's offsets together (-3..3 each)."""
+    base = float(x[y, xx, order[0]]) if (diff and k >= 1) else 0.0
+    at = N_CTX_MIXED
+    for i in range(N_PRED):
+        ctx[at + i] = _offset_value(pred[i], m, b)
+    at += N_PRED
+    vw = _pv(x, order, k, y, xx - 1, diff, mu - base)
+    vn = _pv(x, order, k, y - 1, xx, diff, vw)
+    vnw = _pv(x, order, k, y - 1, xx - 1, diff, vn)
+    vne = _pv(x, order, k, y - 1, xx + 1, diff, vn)
+    vww = _pv(x, order, k, y, xx - 2, diff, vw)
+    vnn = _pv(x, order, k, y - 2, xx, diff, vn)
+    vnne = _pv(x, order, k, y - 2, xx + 1, diff, vne)
+    ctx[at] = _offset_value(vw + base, m, b)
+    ctx[at + 1] = _offset_value(vn + base, m, b)
+    ctx[at + 2] = _offset_value(vnw + base, m, b)
+    ctx[at + 3] = _offset_value(vne + base, m, b)
+    cw, cn = mu, mu  # differences from the previous plane
+    if k >= 1 and not (diff and k == 1):
+        c, prev = order[k], order[k - 1]
+        here = float(x[y, xx, prev])
+        if xx >= 1:
+            cw = float(x[y, xx - 1, c]) - float(x[y, xx - 1, prev]) + here
+        if y >= 1:
+            cn = float(x[y - 1, xx, c]) - float(x[y - 1, xx, prev]) + here
+    ctx[at + 4] = _offset_value(cw, m, b)
+    ctx[at + 5] = _offset_value(cn, m, b)
+    ctx[at + 6] = _offset_value(2.0 * vw - vww + base, m, b)
+    ctx[at + 7] = _offset_value(2.0 * vn - vnn + base, m, b)
+    ctx[at + 8] = _offset_value(vn + vne - vnne + base, m, b)
+    ctx[at + 9] = _offset_value(vw + vne - vn + base, m, b)
+    west = min(max(ctx[at] // 3 - POINTER_REACH, -3), 3) + 3
+    north = min(max(ctx[at + 1] // 3 - POINTER_REACH, -3), 3) + 3
+    ctx[at + 10] = (west * 7 + north) * 3 + min(b // 8, 2)
+
+
+@numba.njit(cache=True)
+def _rows(node, b, signs, ctx, n_mix, mix_rows, map_rows):
     """Each mixer's weight row and each map's row for this decision (MIX_SIZES, MAP_SIZES)."""
     activity = ctx[10] // 3
-    sel = (b, signs, (ctx[6] // 24) * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9])
-    for j in range(N_MIX):
+    plane = ctx[6] // 24
+    # the west and north neighbour pointers' offsets from m, -2..2 (model 3)
+    west = min(max(ctx[N_CTX_MIXED + 4] // 3 - POINTER_REACH, -2), 2) + 2
+    north = min(max(ctx[N_CTX_MIXED + 5] // 3 - POINTER_REACH, -2), 2) + 2
+    sel = (b, signs, plane * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9], (plane * 5 + west) * 5 + north)
+    for j in range(n_mix):
         mix_rows[j] = MIX_OFFSETS[j] + node * MIX_SIZES[j] + sel[j]
     sel_map = (b, signs, activity)
     for j in range(N_MAP):
@@ -371,9 +445,10 @@ def _rows(node, b, signs, ctx, mix_rows, map_rows):
 
 
 @numba.njit(cache=True)
-def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b, signs,
+def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b, signs, n_ctx, n_mix,
                    ctr, cnt, weights, scratch, maps, ac, buf):
-    """Mix, code and learn one decision: the value in [blo, bhi) (bit 1) or in [alo, ahi)."""
+    """Mix, code and learn one decision: the value in [blo, bhi) (bit 1) or in [alo, ahi),
+    from the first n_ctx contexts by the first n_mix mixers (the model's)."""
     inp = scratch[0]
     mix_rows = scratch[1]
     map_rows = scratch[2]
@@ -381,20 +456,21 @@ def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b,
     inp[0] = _split(alo, ahi, blo, bhi, mu, s)
     for i in range(N_PRED):
         inp[1 + i] = _split(alo, ahi, blo, bhi, pred[i], s)
-    for q in range(N_CTX):
+    for q in range(n_ctx):
         j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
         inp[1 + N_PRED + q] = STRETCH[min(max(ctr[j] >> 4, 1), 4095)]
-    inp[N_IN - 1] = BIAS
-    _rows(node, b, signs, ctx, mix_rows, map_rows)
+    n_in = 1 + N_PRED + n_ctx + 1
+    inp[n_in - 1] = BIAS
+    _rows(node, b, signs, ctx, n_mix, mix_rows, map_rows)
     total = 0
-    for j in range(N_MIX):
+    for j in range(n_mix):
         dot = 0
         r = mix_rows[j]
-        for i in range(N_IN):
+        for i in range(n_in):
             dot += weights[r, i] * inp[i]
         outs[j] = min(max(dot >> 16, -2047), 2047)
         total += outs[j]
-    d = (total * MIX_MEAN) >> 16
+    d = (total * (65536 // n_mix + 1)) >> 16  # the mixers' mean
     pm = squash(d)
     # the maps interpolate between their two points around d
     pos = d + 2048
@@ -407,16 +483,16 @@ def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b,
     p = min(max(p // 6, 1), 4095)
     bit = _code_bit(p, bit, decoding, ac, buf)
     # learn
-    for j in range(N_MIX):
+    for j in range(n_mix):
         e = (bit << 12) - squash(outs[j])
         r = mix_rows[j]
-        for i in range(N_IN):
+        for i in range(n_in):
             weights[r, i] += (inp[i] * e * MIX_RATE) >> 20
     near = lo + (wt >> 6)
     for j in range(N_MAP):
         r = map_rows[j]
         maps[r, near] += ((bit << 16) - maps[r, near]) >> APM_RATE
-    for q in range(N_CTX):
+    for q in range(n_ctx):
         j = CTX_OFFSETS[q] + node * CTX_SIZES[q] + ctx[q]
         n = cnt[j]
         ctr[j] += (((bit << 16) - ctr[j]) * RECIP[n]) >> 16
@@ -426,18 +502,23 @@ def _code_decision(node, alo, ahi, blo, bhi, bit, decoding, mu, s, pred, ctx, b,
 
 
 @numba.njit(cache=True)
-def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
+def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding, model,
                 ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx):
     """Code sample (y, xx) of plane k, value t (encoding) or returned (decoding), given its
     least-squares prediction mu, logistic scale s and error bin b.  The binarisation: t == m,
     then the side, then |t - m| - 1's bucket [2^j - 1, 2^(j+1) - 1) in unary, then its place
-    in the bucket by halving; decisions the range settles are not coded.  ctr..buf: the
-    state (new_state); pred, ctx: scratch (N_PRED floats, N_CTX int64)."""
+    in the bucket by halving; decisions the range settles are not coded.  model: MODEL_MIXED
+    or MODEL_POINTERS (with the pointer contexts and their mixer); ctr..buf: the state
+    (new_state); pred, ctx: scratch (N_PRED floats, N_CTX int64)."""
     m = min(max(int(np.floor(mu + 0.5)), 0), 255)
     _simple_predictions(x, order, k, y, xx, diff, pred)
     signs = _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx)
+    n_ctx, n_mix = N_CTX_MIXED, N_MIX_MIXED
+    if model == MODEL_POINTERS:
+        _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx)
+        n_ctx, n_mix = N_CTX, N_MIX
     bit = 1 if t == m else 0
-    bit = _code_decision(0, -1, -1, m, m + 1, bit, decoding, mu, s, pred, ctx, b, signs,
+    bit = _code_decision(0, -1, -1, m, m + 1, bit, decoding, mu, s, pred, ctx, b, signs, n_ctx, n_mix,
                          ctr, cnt, weights, scratch, maps, ac, buf)
     if bit:
         return m
@@ -446,7 +527,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
     elif m == 255:
         up = 0
     else:
-        up = _code_decision(1, 0, m, m + 1, 256, 1 if t > m else 0, decoding, mu, s, pred, ctx, b, signs,
+        up = _code_decision(1, 0, m, m + 1, 256, 1 if t > m else 0, decoding, mu, s, pred, ctx, b, signs, n_ctx, n_mix,
                             ctr, cnt, weights, scratch, maps, ac, buf)
     top = 254 - m if up else m - 1  # the largest |t - m| - 1 on this side
     a = abs(t - m) - 1
@@ -455,7 +536,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         a0, a1 = (1 << j) - 1, (1 << (j + 1)) - 1
         near, far = _side_range(m, up, a0, a1, top + 1)
         more = _code_decision(2 + j, near[0], near[1], far[0], far[1], 1 if a >= a1 else 0, decoding, mu, s,
-                              pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
+                              pred, ctx, b, signs, n_ctx, n_mix, ctr, cnt, weights, scratch, maps, ac, buf)
         if not more:
             break
         j += 1
@@ -470,7 +551,7 @@ def code_sample(x, err, order, k, y, xx, diff, mu, s, b, t, decoding,
         node = 12 + min(j, 7) * 6 + min(lg, 5)
         near, far = _side_range(m, up, alo, mid, ahi)
         half = _code_decision(node, near[0], near[1], far[0], far[1], 1 if a >= mid else 0, decoding, mu, s,
-                              pred, ctx, b, signs, ctr, cnt, weights, scratch, maps, ac, buf)
+                              pred, ctx, b, signs, n_ctx, n_mix, ctr, cnt, weights, scratch, maps, ac, buf)
         if half:
             alo = mid
         else:
@@ -488,7 +569,7 @@ def _side_range(m, up, a0, a1, a2):
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_samples(x, order, diff, mus, bins, scales, first,
+def encode_samples(x, order, diff, mus, bins, scales, first, model,
                    ctr, cnt, weights, scratch, maps, ac, buf):
     """Code every sample of planes first.. in coding order (mus, bins over those planes)."""
     h, w, nc = x.shape
@@ -501,7 +582,7 @@ def encode_samples(x, order, diff, mus, bins, scales, first,
         for y in range(h):
             for xx in range(w):
                 t = int(x[y, xx, c])
-                code_sample(x, err, order, k, y, xx, diff, mus[i], scales[k - first, bins[i]], bins[i], t, False,
+                code_sample(x, err, order, k, y, xx, diff, mus[i], scales[k - first, bins[i]], bins[i], t, False, model,
                             ctr, cnt, weights, scratch, maps, ac, buf, pred, ctx)
                 err[y, xx, c] = float(t) - mus[i]
                 i += 1

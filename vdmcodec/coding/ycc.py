@@ -35,7 +35,7 @@ the search alternates a short descent with projections onto the planes that tabl
 give (`half_chroma_dct`), so the chroma's coefficients give its planes back with no residual
 (and fewer escapes: training photographs 15-30% smaller, searched five times faster).
 Format 15 adds LSQ_MIXED: every own (least-squares) code inside is in lsq's mixed model
-(coding.lsqcm).
+(coding.lsqcm); format 16 LSQ_POINTERS: in its model with the pointer contexts.
 
 >>> import numpy as np
 >>> rgb = to_rgb(np.full((2, 3, 3), (90, 100, 160), dtype=np.uint8))
@@ -87,8 +87,12 @@ COEF_LUMA = 4  # or-ed into the mode: Y coded as the JPEG's DCT coefficients (co
 COEF_CHROMA = 8  # or-ed into the mode: Cb and Cr (as coded: half resolution or whole) likewise
 COEF_MODEL2 = 16  # or-ed with either: the coefficients in jpegcoef's model 2 (format 14)
 LSQ_MIXED = 32  # or-ed into the mode: every least-squares code inside in lsq's mixed model (format 15)
+LSQ_POINTERS = 64  # ... or in its model with the pointer contexts (format 16)
 COEF_BITS = COEF_LUMA | COEF_CHROMA | COEF_MODEL2
-MODE_BITS = COEF_BITS | LSQ_MIXED
+LSQ_BITS = LSQ_MIXED | LSQ_POINTERS
+MODE_BITS = COEF_BITS | LSQ_BITS
+LSQ_MODELS = {0: lsq.MODEL_LOGISTIC, LSQ_MIXED: lsq.MODEL_MIXED, LSQ_POINTERS: lsq.MODEL_POINTERS}  # by mode bits
+LSQ_BIT, LSQ_MODEL = LSQ_POINTERS, lsq.MODEL_POINTERS  # what the encoder writes
 SHORT_SWEEPS = 5  # the chroma search with a known table: descent sweeps between projections
 PROJECTIONS = 3  # ... and projections onto the planes the table's IDCT can give
 COEF_PASSES = 3  # then passes of single-coefficient moves
@@ -594,8 +598,8 @@ def _chroma_code(chroma: np.ndarray, threads: int, table: np.ndarray | None = No
                     for c in (0, 1))
     if table is not None and chroma.shape[0] * chroma.shape[1] >= DIRECT_PIXELS // 4:
         return COEF_CHROMA | COEF_MODEL2, coef
-    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False, model=lsq.MODEL_MIXED)
-    return (COEF_CHROMA | COEF_MODEL2, coef) if len(coef) < len(own) else (LSQ_MIXED, own)
+    own = lsq.encode(chroma, threads=threads, order=(0, 1), diff=False, model=LSQ_MODEL)
+    return (COEF_CHROMA | COEF_MODEL2, coef) if len(coef) < len(own) else (LSQ_BIT, own)
 
 
 def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndarray, chroma: bytes,
@@ -607,8 +611,8 @@ def _smaller_luma(x: np.ndarray, mode: int, planes: np.ndarray, escapes: np.ndar
     pixels = x.shape[0] * x.shape[1]
     if pixels >= DIRECT_PIXELS and 8 * len(coef) < DIRECT_BITS * pixels:
         return coef
-    own = (bytes([mode | LSQ_MIXED]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
-           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2, model=lsq.MODEL_MIXED))
+    own = (bytes([mode | LSQ_BIT]) + _part(_escape_section(x, planes, escapes)) + _part(chroma)
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, first=2, model=LSQ_MODEL))
     return min(own, coef, key=len)
 
 
@@ -616,8 +620,8 @@ def _whole_code(x: np.ndarray, planes: np.ndarray, escapes: np.ndarray, threads:
                 luma_table: np.ndarray) -> bytes:
     """The code of full-resolution chroma: the three planes in the own code, or Cb, Cr on
     their own (_chroma_code) and Y as JPEG coefficients, whichever is smaller."""
-    own = (bytes([WHOLE | LSQ_MIXED]) + _part(_escape_section(x, planes, escapes))
-           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, model=lsq.MODEL_MIXED))
+    own = (bytes([WHOLE | LSQ_BIT]) + _part(_escape_section(x, planes, escapes))
+           + lsq.encode(planes, threads=threads, order=ORDER, diff=False, model=LSQ_MODEL))
     chroma_bit, chroma = _chroma_code(np.ascontiguousarray(planes[:, :, 1:]), threads)
     return min(own, _coef_code(x, WHOLE | chroma_bit, planes, escapes, chroma, luma_table), key=len)
 
@@ -693,12 +697,12 @@ def _chroma_planes(chroma: bytes, height: int, width: int, coef: bool, model: in
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of `encode`: uint8 RGB (H, W, 3); ValueError on data that does not fit."""
     modes = (WHOLE, HALF, HALF_ROWS)
-    if (not data or data[0] & ~MODE_BITS not in modes or data[0] & ~(COEF_MODEL2 | LSQ_MIXED) == WHOLE | COEF_CHROMA
-            or data[0] & COEF_BITS == COEF_MODEL2):
+    if (not data or data[0] & ~MODE_BITS not in modes or data[0] & ~(COEF_MODEL2 | LSQ_BITS) == WHOLE | COEF_CHROMA
+            or data[0] & COEF_BITS == COEF_MODEL2 or data[0] & LSQ_BITS == LSQ_BITS):
         raise ValueError("ycc data has an unknown chroma mode")
     mode, coef = data[0] & ~MODE_BITS, bool(data[0] & COEF_LUMA)
     model = 2 if data[0] & COEF_MODEL2 else 1
-    lsq_model = lsq.MODEL_MIXED if data[0] & LSQ_MIXED else lsq.MODEL_LOGISTIC
+    lsq_model = LSQ_MODELS[data[0] & LSQ_BITS]
     section, pos = _take(data, 1)
     where, fixes = _read_escapes(section, height * width, green=coef and model == 2)
     if mode != WHOLE or coef:
