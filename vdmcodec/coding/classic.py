@@ -2,8 +2,8 @@
 
 The smallest of zlib on raw bytes, PNG, WebP lossless, (format 10) JPEG XL lossless and
 (format 11, whole images) vdmcodec's own least-squares code (coding.lsq; from format 15 its
-mixed model, coding.lsqcm; from 16 with its pointer contexts), or (format 12) the same code of a JPEG decode's own YCbCr planes
-(coding.ycc), behind a one-byte tag.
+mixed model, coding.lsqcm; from 16 with its pointer contexts), or (format 12) the same code
+of a JPEG decode's own YCbCr planes (coding.ycc), behind a one-byte tag.
 JPEG XL codes a photograph's seed strip about 11% smaller than WebP
 at method 6 (12 training photographs, strips of 18-64 rows of 768 pixels), in a fraction of
 a second; its lossless decode is exact by the standard, whatever libjxl decodes it.

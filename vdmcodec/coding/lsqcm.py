@@ -30,8 +30,16 @@ probability maps, as in PAQ-family context-mixing coders.  Everything after the 
 is integer arithmetic (12-bit probabilities, 16.16 weights), and those probabilities are
 IEEE basic operations on `detmath`'s sigmoid, so a file decodes the same on every machine.
 
+Its third model (format 16, `lsq.MODEL_POINTERS`) adds sixteen *pointer* contexts
+(`_pointer_contexts`): which integer, relative to m, each of fourteen predictions (the
+simple predictors, the neighbours, four extrapolations) points at, and a seventh mixer
+chosen by the west and north pointers.  Pixels are integers: where an image is flat or
+repeats (resized or JPEG-decoded photographs) the value a neighbour points at is far
+likelier than the logistic says.  On the training tune set 0.5% smaller than model 2, on
+resized JPEG photographs 1.8-3.5%, on film scans 0-0.4% (docs/RESULTS.md, session 27).
+
 On six training images (four ImageNet photographs, two film scans; docs/RESULTS.md,
-session 26) it codes 3.0% smaller than the first model: 1-2% on film scans, 3-6% on the
+session 26) model 2 codes 3.0% smaller than the first model: 1-2% on film scans, 3-6% on the
 smooth ImageNet photographs where the first model lost to JPEG XL.  It adds about 2.5 us per
 sample to the least squares' 8 (a 512x512 film scan decodes in 8.3 s, not 6.3).
 
@@ -59,12 +67,13 @@ from vdmcodec.coding.detmath import sigmoid_scalar
 NODES = 64  # decision kinds: 0 zero, 1 sign, 2.. unary bucket steps, 12.. bucket halvings
 MODEL_MIXED, MODEL_POINTERS = 2, 3  # lsq's model numbers this module codes (formats 15, 16)
 POINTER_REACH = 16  # a pointer context tells offsets -16..16 from m apart (farther ones clip)
-_PQ = (2 * POINTER_REACH + 1) * 3  # a pointer context's values: the offset, the bin in 3 groups
+_PQ = (2 * POINTER_REACH + 1) * 9  # a pointer context's values: the offset, the bin in 3 groups, the plane
 N_POINTERS = 14  # pointer contexts (`_pointer_contexts`): 4 simple predictors, 6 neighbours, 4 extrapolations
 # per context: its values for each decision kind (see _contexts, _pointer_contexts); model 2
 # reads the first 13, model 3 all
 CTX_SIZES = np.array([24, 12 * 5, 8 * 81, 3 * 15 * 8, 12 * 9, 64 * 3, 3 * 24, 12 * 9 * 3, 9 * 9 * 4, 8 * 6,
-                      8 * 8 * 3, 9 * 9 * 4, 9 * 9 * 4] + [_PQ] * N_POINTERS + [7 * 7 * 3], dtype=np.int64)
+                      8 * 8 * 3, 9 * 9 * 4, 9 * 9 * 4] + [_PQ] * N_POINTERS + [7 * 7 * 3, 8 * 8 * 3],
+                     dtype=np.int64)
 CTX_OFFSETS = np.concatenate([[0], np.cumsum(CTX_SIZES * NODES)]).astype(np.int64)
 N_CTX = CTX_SIZES.shape[0]
 N_CTX_MIXED = 13  # model 2's contexts
@@ -367,11 +376,17 @@ def _contexts(x, err, order, k, y, xx, mu, b, m, pred, ctx):
 
 
 @numba.njit(cache=True)
-def _offset_value(v, m, b):
+def _offset_value(v, m, b, k):
     """A pointer context's value: the offset of v's nearest integer from m (clipped to the
-    reach), with the error bin in three groups."""
+    reach), with the error bin in three groups and the plane (0, 1, 2 or more)."""
     q = min(max(int(np.floor(v + 0.5)) - m, -POINTER_REACH), POINTER_REACH) + POINTER_REACH
-    return q * 3 + min(b // 8, 2)
+    return (q * 3 + min(b // 8, 2)) * 3 + min(k, 2)
+
+
+@numba.njit(cache=True)
+def _offset(value):
+    """The offset from m (-POINTER_REACH..POINTER_REACH) in a pointer context's value."""
+    return value // 9 - POINTER_REACH
 
 
 @numba.njit(cache=True)
@@ -391,12 +406,13 @@ def _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx):
     simple predictors; the west, north, north-west and north-east neighbours (in the plane's
     domain, so after the first plane: their difference from it plus its value here); west and
     north as differences from the previous plane (the third plane only, where that is not the
-    first); the extrapolations 2W - WW, 2N - NN, N + NE - NNE, W + NE - N; then west's and
-    north's offsets together (-3..3 each)."""
+    first); the extrapolations 2W - WW, 2N - NN, N + NE - NNE, W + NE - N.  Then two more:
+    west's and north's offsets together (-3..3 each), and how many of the fourteen point at
+    m and how many next to it (0..7 each)."""
     base = float(x[y, xx, order[0]]) if (diff and k >= 1) else 0.0
     at = N_CTX_MIXED
     for i in range(N_PRED):
-        ctx[at + i] = _offset_value(pred[i], m, b)
+        ctx[at + i] = _offset_value(pred[i], m, b, k)
     at += N_PRED
     vw = _pv(x, order, k, y, xx - 1, diff, mu - base)
     vn = _pv(x, order, k, y - 1, xx, diff, vw)
@@ -405,10 +421,10 @@ def _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx):
     vww = _pv(x, order, k, y, xx - 2, diff, vw)
     vnn = _pv(x, order, k, y - 2, xx, diff, vn)
     vnne = _pv(x, order, k, y - 2, xx + 1, diff, vne)
-    ctx[at] = _offset_value(vw + base, m, b)
-    ctx[at + 1] = _offset_value(vn + base, m, b)
-    ctx[at + 2] = _offset_value(vnw + base, m, b)
-    ctx[at + 3] = _offset_value(vne + base, m, b)
+    ctx[at] = _offset_value(vw + base, m, b, k)
+    ctx[at + 1] = _offset_value(vn + base, m, b, k)
+    ctx[at + 2] = _offset_value(vnw + base, m, b, k)
+    ctx[at + 3] = _offset_value(vne + base, m, b, k)
     cw, cn = mu, mu  # differences from the previous plane
     if k >= 1 and not (diff and k == 1):
         c, prev = order[k], order[k - 1]
@@ -417,15 +433,23 @@ def _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx):
             cw = float(x[y, xx - 1, c]) - float(x[y, xx - 1, prev]) + here
         if y >= 1:
             cn = float(x[y - 1, xx, c]) - float(x[y - 1, xx, prev]) + here
-    ctx[at + 4] = _offset_value(cw, m, b)
-    ctx[at + 5] = _offset_value(cn, m, b)
-    ctx[at + 6] = _offset_value(2.0 * vw - vww + base, m, b)
-    ctx[at + 7] = _offset_value(2.0 * vn - vnn + base, m, b)
-    ctx[at + 8] = _offset_value(vn + vne - vnne + base, m, b)
-    ctx[at + 9] = _offset_value(vw + vne - vn + base, m, b)
-    west = min(max(ctx[at] // 3 - POINTER_REACH, -3), 3) + 3
-    north = min(max(ctx[at + 1] // 3 - POINTER_REACH, -3), 3) + 3
+    ctx[at + 4] = _offset_value(cw, m, b, k)
+    ctx[at + 5] = _offset_value(cn, m, b, k)
+    ctx[at + 6] = _offset_value(2.0 * vw - vww + base, m, b, k)
+    ctx[at + 7] = _offset_value(2.0 * vn - vnn + base, m, b, k)
+    ctx[at + 8] = _offset_value(vn + vne - vnne + base, m, b, k)
+    ctx[at + 9] = _offset_value(vw + vne - vn + base, m, b, k)
+    west = min(max(_offset(ctx[at]), -3), 3) + 3
+    north = min(max(_offset(ctx[at + 1]), -3), 3) + 3
     ctx[at + 10] = (west * 7 + north) * 3 + min(b // 8, 2)
+    at_m, beside = 0, 0
+    for i in range(N_CTX_MIXED, N_CTX_MIXED + N_POINTERS):
+        q = _offset(ctx[i])
+        if q == 0:
+            at_m += 1
+        elif q == 1 or q == -1:
+            beside += 1
+    ctx[at + 11] = (min(at_m, 7) * 8 + min(beside, 7)) * 3 + min(b // 8, 2)
 
 
 @numba.njit(cache=True)
@@ -434,8 +458,8 @@ def _rows(node, b, signs, ctx, n_mix, mix_rows, map_rows):
     activity = ctx[10] // 3
     plane = ctx[6] // 24
     # the west and north neighbour pointers' offsets from m, -2..2 (model 3)
-    west = min(max(ctx[N_CTX_MIXED + 4] // 3 - POINTER_REACH, -2), 2) + 2
-    north = min(max(ctx[N_CTX_MIXED + 5] // 3 - POINTER_REACH, -2), 2) + 2
+    west = min(max(_offset(ctx[N_CTX_MIXED + 4]), -2), 2) + 2
+    north = min(max(_offset(ctx[N_CTX_MIXED + 5]), -2), 2) + 2
     sel = (b, signs, plane * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9], (plane * 5 + west) * 5 + north)
     for j in range(n_mix):
         mix_rows[j] = MIX_OFFSETS[j] + node * MIX_SIZES[j] + sel[j]
