@@ -22,7 +22,8 @@ The only per-image side data is the scale table: one byte per (channel, error bi
 Since format 15 whole images are written with a second model (MODEL_MIXED, coding.lsqcm):
 the same prediction, scale and bin, with the logistic mixed with simple predictors and
 adaptive contexts, about 3% smaller; the decoder's walk calls its code_sample in place of
-the rANS pop.
+the rANS pop.  Since format 16 with a third (MODEL_POINTERS): that model with its pointer
+contexts, another 0.5-4% (Kodak 4%).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
