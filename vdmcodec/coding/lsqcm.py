@@ -405,8 +405,9 @@ def _pointer_contexts(x, order, k, y, xx, diff, mu, b, m, pred, ctx):
     flat or repeated areas (resized or JPEG-decoded photographs).  The predictions: the four
     simple predictors; the west, north, north-west and north-east neighbours (in the plane's
     domain, so after the first plane: their difference from it plus its value here); west and
-    north as differences from the previous plane (the third plane only, where that is not the
-    first); the extrapolations 2W - WW, 2N - NN, N + NE - NNE, W + NE - N.  Then two more:
+    north as differences from the previous plane plus its value here (after the first plane,
+    except the second when the planes are differences from the first: that is the pair
+    before); the extrapolations 2W - WW, 2N - NN, N + NE - NNE, W + NE - N.  Then two more:
     west's and north's offsets together (-3..3 each), and how many of the fourteen point at
     m and how many next to it (0..7 each)."""
     base = float(x[y, xx, order[0]]) if (diff and k >= 1) else 0.0
