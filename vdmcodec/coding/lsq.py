@@ -482,6 +482,11 @@ def choose_scales(values, mus, bins, chan_of, channels: int) -> np.ndarray:
     return np.take_along_axis(cand, fbits.argmin(axis=2)[:, :, None], axis=2)[:, :, 0].astype(np.uint8)
 
 
+def _check_model(model: int) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown lsq model {model}")
+
+
 def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: float = ALPHA,
            threads: int = 2, order: tuple | None = None, diff: bool = DIFF, first: int = 0,
            model: int = MODEL_LOGISTIC) -> bytes:
@@ -489,11 +494,10 @@ def encode(x: np.ndarray, radii: tuple = RADII, ridge: float = RIDGE, alpha: flo
     (coded channels x BINS bytes), then the rANS words (MODEL_LOGISTIC) or the mixed models'
     arithmetic code (MODEL_MIXED, MODEL_POINTERS).  order, diff, first: as `analyse` (the
     decoder must be given the same, and the planes before first)."""
+    _check_model(model)
     planes = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1), dtype=np.uint8)
     values, mus, bins, chan_of = analyse(planes, radii, ridge, alpha, threads, order, diff, first)
     idx = choose_scales(values, mus, bins, chan_of, planes.shape[2] - first)
-    if model not in MODELS:
-        raise ValueError(f"unknown lsq model {model}")
     if model != MODEL_LOGISTIC:
         # 3 bytes a sample is far above any image's cost; a stream that needs more (at most 17
         # decisions of 12 bits each) is coded again into a buffer that holds the worst case
@@ -517,8 +521,7 @@ def decode(data: bytes, height: int, width: int, channels: int, radii: tuple = R
     before `first` in the order (the rest is overwritten)."""
     order = _order(channels, order)
     head = (channels - first) * BINS
-    if model not in MODELS:
-        raise ValueError(f"unknown lsq model {model}")
+    _check_model(model)
     mixed = model != MODEL_LOGISTIC
     if len(data) < head + (4 if mixed else 8) or (not mixed and (len(data) - head) % 4):
         raise ValueError("lsq data is truncated")

@@ -458,10 +458,12 @@ def _rows(node, b, signs, ctx, n_mix, mix_rows, map_rows):
     """Each mixer's weight row and each map's row for this decision (MIX_SIZES, MAP_SIZES)."""
     activity = ctx[10] // 3
     plane = ctx[6] // 24
-    # the west and north neighbour pointers' offsets from m, -2..2 (model 3)
-    west = min(max(_offset(ctx[N_CTX_MIXED + 4]), -2), 2) + 2
-    north = min(max(_offset(ctx[N_CTX_MIXED + 5]), -2), 2) + 2
-    sel = (b, signs, plane * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9], (plane * 5 + west) * 5 + north)
+    pointers = 0  # model 3's seventh mixer: the west and north pointers' offsets, -2..2
+    if n_mix > N_MIX_MIXED:
+        west = min(max(_offset(ctx[N_CTX_MIXED + 4]), -2), 2) + 2
+        north = min(max(_offset(ctx[N_CTX_MIXED + 5]), -2), 2) + 2
+        pointers = (plane * 5 + west) * 5 + north
+    sel = (b, signs, plane * 9 + ctx[4] % 9, activity, ctx[5] // 3, ctx[9], pointers)
     for j in range(n_mix):
         mix_rows[j] = MIX_OFFSETS[j] + node * MIX_SIZES[j] + sel[j]
     sel_map = (b, signs, activity)
